@@ -1,0 +1,305 @@
+"""The model: text encoder, refiner, length predictor and first-pose correction.
+
+One `ModelConfig` holds every hyperparameter and everything needed to use the model (vocabulary,
+skeleton, normaliser statistics, neutral first pose, fps). `save(dir)` writes `model.safetensors`
++ `config.json`; `load(dir)` rebuilds the exact model from those two files, strictly, without
+unpickling anything.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from t2p.notation import SignText, Vocabulary
+from t2p.pose import Normalization, Skeleton
+from t2p.schedule import RefinementSchedule, ScheduleConfig
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelConfig:
+    vocabulary: list[str]
+    skeleton: dict
+    d_model: int = 128
+    heads: int = 4
+    text_layers: int = 2
+    refiner_layers: int = 4
+    ff_mult: int = 4
+    dropout: float = 0.1
+    max_frames: int = 256
+    max_text_tokens: int = 128
+    fps: float = 25.0
+    default_notation: str = "text"
+    # normaliser statistics over the training data, per joint and dim (flattened joints*dims)
+    pose_mean: list[float] | None = None
+    pose_std: list[float] | None = None
+    # the mean first frame of the training data: the default starting pose
+    neutral_pose: list[float] | None = None
+    # mean log-length of the training data: the length predictor's prior
+    log_length_prior: float = math.log(25.0)
+    # where outputs without a first pose are written (the training data's mean normalisation)
+    output_normalization: dict = field(default_factory=lambda: {"center": [250.0, 250.0, 0.0], "scale": 0.005})
+    output_canvas: list[int] = field(default_factory=lambda: [500, 500, 0])
+
+    def __post_init__(self):
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        if not 0 <= self.dropout < 1:
+            raise ValueError("dropout must be in [0, 1)")
+        if self.max_frames < 1 or self.max_text_tokens < 2:
+            raise ValueError("max_frames must be >= 1 and max_text_tokens >= 2")
+        size = self.num_joints * self.dims
+        for name in ("pose_mean", "pose_std", "neutral_pose"):
+            value = getattr(self, name)
+            if value is not None and len(value) != size:
+                raise ValueError(f"{name} has {len(value)} values, the skeleton needs {size}")
+
+    @property
+    def skeleton_(self) -> Skeleton:
+        return Skeleton.from_dict(self.skeleton)
+
+    @property
+    def num_joints(self) -> int:
+        return sum(len(c["points"]) for c in self.skeleton["components"])
+
+    @property
+    def dims(self) -> int:
+        return int(self.skeleton["dims"])
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+def sinusoidal(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features of (possibly fractional) positions."""
+    # positions: (...,) -> (..., dim)
+    half = dim // 2
+    frequencies = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device) / half)
+    angles = positions.float().unsqueeze(-1) * frequencies
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def _encoder(config: ModelConfig, layers: int) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(config.d_model, config.heads, config.d_model * config.ff_mult,
+                                       config.dropout, batch_first=True, norm_first=True, activation="gelu")
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+@dataclass
+class TextEncoding:
+    """The encoded text, computed once per request and reused at every refinement step."""
+    states: torch.Tensor  # (batch, tokens, d_model)
+    mask: torch.Tensor    # (batch, tokens) True = real token
+
+    def repeat(self, times: int) -> "TextEncoding":
+        return TextEncoding(self.states.repeat(times, 1, 1), self.mask.repeat(times, 1))
+
+
+def pad_tokens(token_ids: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lists of token ids -> (tokens, mask), both (batch, longest)."""
+    longest = max(len(ids) for ids in token_ids)
+    tokens = torch.full((len(token_ids), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_ids), longest), dtype=torch.bool)
+    for i, ids in enumerate(token_ids):
+        tokens[i, :len(ids)] = torch.as_tensor(list(ids), dtype=torch.long)
+        mask[i, :len(ids)] = True
+    return tokens, mask
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.d_model = config.d_model
+        self.embedding = nn.Embedding(len(config.vocabulary), config.d_model, padding_idx=0)
+        self.encoder = _encoder(config, config.text_layers)
+        self.norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> TextEncoding:
+        # tokens, mask: (batch, tokens)
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        states = self.embedding(tokens) * math.sqrt(self.d_model) + sinusoidal(positions, self.d_model)
+        states = self.norm(self.encoder(states, src_key_padding_mask=~mask))
+        return TextEncoding(states, mask)
+
+
+class LengthPredictor(nn.Module):
+    """A Gaussian over log-length (mean, log-variance) from the pooled text."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.prior = config.log_length_prior
+        self.mlp = nn.Sequential(nn.Linear(config.d_model, config.d_model), nn.GELU(), nn.Linear(config.d_model, 2))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, text: TextEncoding) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = text.mask.float().unsqueeze(-1)
+        pooled = (text.states * weights).sum(1) / weights.sum(1).clamp(min=1)  # (batch, d_model)
+        mean, log_variance = self.mlp(pooled).unbind(-1)
+        return mean + self.prior, log_variance
+
+
+class FirstPoseCorrector(nn.Module):
+    """Fills the missing keypoints of a starting pose; observed keypoints are kept as they are."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        size = config.num_joints * config.dims
+        hidden = 2 * config.d_model
+        self.mlp = nn.Sequential(nn.Linear(size + config.num_joints, hidden), nn.GELU(),
+                                 nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, size))
+
+    def forward(self, pose: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+        # pose: (batch, joints, dims) standardised; confidence: (batch, joints)
+        observed = (confidence > 0).float()
+        features = torch.cat([(pose * observed.unsqueeze(-1)).flatten(1), observed], dim=-1)
+        return self.mlp(features).view_as(pose)
+
+
+class Refiner(nn.Module):
+    """Predicts the clean sequence from x_t, the starting pose, the step's beta and the text."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        size = config.num_joints * config.dims
+        self.d_model = config.d_model
+        self.frames_in = nn.Linear(2 * size, config.d_model)
+        self.step = nn.Sequential(nn.Linear(config.d_model, config.d_model), nn.GELU(),
+                                  nn.Linear(config.d_model, config.d_model))
+        self.text_in = nn.Linear(config.d_model, config.d_model)
+        self.type_embedding = nn.Embedding(3, config.d_model)  # step token, text, frames
+        self.encoder = _encoder(config, config.refiner_layers)
+        self.norm = nn.LayerNorm(config.d_model)
+        self.frames_out = nn.Linear(config.d_model, size)
+        # starts as the identity (x0_hat = x_t): the static baseline, improved from there
+        nn.init.zeros_(self.frames_out.weight)
+        nn.init.zeros_(self.frames_out.bias)
+
+    def forward(self, x_t: torch.Tensor, start: torch.Tensor, beta: torch.Tensor,
+                text: TextEncoding, frame_mask: torch.Tensor) -> torch.Tensor:
+        # x_t: (batch, frames, joints, dims) standardised; start: (batch, joints, dims); beta: (batch,)
+        batch, frames, joints, dims = x_t.shape
+        start_frames = start.unsqueeze(1).expand(-1, frames, -1, -1)
+        frame_states = self.frames_in(torch.cat([x_t, start_frames], dim=-1).flatten(2))  # (batch, frames, d)
+        step = self.step(sinusoidal(beta * 1000, self.d_model)).unsqueeze(1)              # (batch, 1, d)
+        positions = torch.arange(frames, device=x_t.device)
+        frame_states = frame_states + sinusoidal(positions, self.d_model) + step + self.type_embedding.weight[2]
+        text_states = self.text_in(text.states) + self.type_embedding.weight[1]
+        sequence = torch.cat([step + self.type_embedding.weight[0], text_states, frame_states], dim=1)
+        keep = torch.cat([torch.ones_like(frame_mask[:, :1]), text.mask, frame_mask], dim=1)
+        states = self.encoder(sequence, src_key_padding_mask=~keep)[:, 1 + text_states.shape[1]:]
+        delta = self.frames_out(self.norm(states)).view(batch, frames, joints, dims)
+        return x_t + delta
+
+
+class T2PModel(nn.Module):
+    def __init__(self, config: ModelConfig, schedule: ScheduleConfig | None = None):
+        super().__init__()
+        self.config = config
+        self.schedule_config = schedule or ScheduleConfig()
+        self.vocabulary = Vocabulary(tuple(config.vocabulary))
+        self.skeleton = config.skeleton_
+        size = config.num_joints * config.dims
+        shape = (config.num_joints, config.dims)
+        self.register_buffer("pose_mean", _tensor(config.pose_mean, 0.0, size).view(shape), persistent=False)
+        self.register_buffer("pose_std", _tensor(config.pose_std, 1.0, size).clamp(min=1e-4).view(shape),
+                             persistent=False)
+        self.register_buffer("neutral_pose", _tensor(config.neutral_pose, 0.0, size).view(shape), persistent=False)
+        self.text_encoder = TextEncoder(config)
+        self.length_predictor = LengthPredictor(config)
+        self.first_pose_corrector = FirstPoseCorrector(config)
+        self.refiner = Refiner(config)
+
+    @property
+    def schedule(self) -> RefinementSchedule:
+        return RefinementSchedule(self.schedule_config)
+
+    @property
+    def output_normalization(self) -> Normalization:
+        return Normalization.from_dict(self.config.output_normalization)
+
+    # --- the pieces generation and training call ------------------------------------------------
+    def standardize(self, poses: torch.Tensor) -> torch.Tensor:
+        return (poses - self.pose_mean) / self.pose_std
+
+    def destandardize(self, poses: torch.Tensor) -> torch.Tensor:
+        return poses * self.pose_std + self.pose_mean
+
+    def encode_text(self, tokens: torch.Tensor, mask: torch.Tensor) -> TextEncoding:
+        if tokens.shape[1] > self.config.max_text_tokens:
+            raise ValueError(f"text has {tokens.shape[1]} tokens, the model takes at most {self.config.max_text_tokens}")
+        return self.text_encoder(tokens, mask)
+
+    def encode_signs(self, signs: Sequence[SignText], device: torch.device | str | None = None) -> TextEncoding:
+        tokens, mask = pad_tokens([self.vocabulary.encode(sign) for sign in signs])
+        device = device or self.pose_mean.device
+        return self.encode_text(tokens.to(device), mask.to(device))
+
+    def predict_length(self, text: TextEncoding) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log-variance) of the log-length in frames."""
+        return self.length_predictor(text)
+
+    def complete_first_pose(self, pose: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+        """Fill missing keypoints of starting poses; observed ones stay exactly as given."""
+        # pose: (batch, joints, dims) shoulder-normalised; confidence: (batch, joints)
+        predicted = self.destandardize(self.first_pose_corrector(self.standardize(pose), confidence))
+        return torch.where((confidence > 0).unsqueeze(-1), pose, predicted)
+
+    def refine(self, x_t: torch.Tensor, start: torch.Tensor, beta: torch.Tensor, text: TextEncoding,
+               frame_mask: torch.Tensor) -> torch.Tensor:
+        """One refinement: the predicted clean sequence, in shoulder-normalised space."""
+        # x_t: (batch, frames, joints, dims); start: (batch, joints, dims); beta: (batch,)
+        clean = self.refiner(self.standardize(x_t), self.standardize(start), beta, text, frame_mask)
+        return self.destandardize(clean)
+
+    # --- disk ----------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
+        save_file(state, str(directory / (WEIGHTS_FILE + ".partial")))
+        (directory / (CONFIG_FILE + ".partial")).write_text(json.dumps(
+            {"t2p_format": FORMAT_VERSION, "model": asdict(self.config),
+             "schedule": self.schedule_config.to_dict()}, ensure_ascii=False, indent=1))
+        (directory / (WEIGHTS_FILE + ".partial")).replace(directory / WEIGHTS_FILE)
+        (directory / (CONFIG_FILE + ".partial")).replace(directory / CONFIG_FILE)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "T2PModel":
+        directory = Path(directory)
+        if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"{directory} is not a t2p model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        saved = json.loads((directory / CONFIG_FILE).read_text())
+        unknown = set(saved) - {"t2p_format", "model", "schedule"}
+        if unknown or saved.get("t2p_format") != FORMAT_VERSION:
+            raise ValueError(f"{directory / CONFIG_FILE}: unsupported model folder (format "
+                             f"{saved.get('t2p_format')!r}, unknown keys {sorted(unknown)})")
+        schedule_keys = {f.name for f in fields(ScheduleConfig)}
+        if set(saved["schedule"]) - schedule_keys:
+            raise ValueError(f"unknown schedule config keys: {sorted(set(saved['schedule']) - schedule_keys)}")
+        model = cls(ModelConfig.from_dict(saved["model"]), ScheduleConfig(**saved["schedule"]))
+        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=True)
+        return model.to(device).eval()
+
+
+def _tensor(values: list[float] | None, default: float, size: int) -> torch.Tensor:
+    if values is None:
+        return torch.full((size,), default, dtype=torch.float32)
+    return torch.tensor(values, dtype=torch.float32)

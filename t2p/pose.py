@@ -1,0 +1,321 @@
+"""Poses: the one module that talks to pose-format.
+
+Everything else in t2p sees a `PoseSequence`: numpy arrays `(frames, joints, dims)` plus a
+confidence `(frames, joints)` in which 0 means missing, on a named `Skeleton`.
+
+- A `Skeleton` is a named choice of components and points (with their limbs and colours, taken
+  from a real header by pose-format's own `get_components`), stored with every model.
+- Poses of another layout are mapped onto a skeleton by point names (with an alias table between
+  MediaPipe Holistic and OpenPose names); points the file lacks become masked.
+- Coordinates are shoulder-normalised with pose-format's `Pose.normalize`; the transform is kept
+  so that a prediction can be written back in the space of the pose it started from.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+from pose_format import Pose
+from pose_format.numpy import NumPyPoseBody
+from pose_format.pose_header import PoseHeader, PoseHeaderComponent, PoseHeaderDimensions
+from pose_format.utils.generic import reduce_holistic
+from pose_format.utils.openpose import BODY_POINTS as OPENPOSE_BODY_POINTS
+from pose_format.utils.openpose import HAND_POINTS as OPENPOSE_HAND_POINTS
+
+
+class PoseFormatError(ValueError):
+    """A `.pose` file that cannot be read or does not fit the skeleton."""
+
+
+# MediaPipe hand landmarks, in the order both MediaPipe and OpenPose store the 21 hand points.
+HOLISTIC_HAND_POINTS = [
+    "WRIST", "THUMB_CMC", "THUMB_MCP", "THUMB_IP", "THUMB_TIP",
+    "INDEX_FINGER_MCP", "INDEX_FINGER_PIP", "INDEX_FINGER_DIP", "INDEX_FINGER_TIP",
+    "MIDDLE_FINGER_MCP", "MIDDLE_FINGER_PIP", "MIDDLE_FINGER_DIP", "MIDDLE_FINGER_TIP",
+    "RING_FINGER_MCP", "RING_FINGER_PIP", "RING_FINGER_DIP", "RING_FINGER_TIP",
+    "PINKY_MCP", "PINKY_PIP", "PINKY_DIP", "PINKY_TIP",
+]
+UPPER_BODY_POINTS = ["LEFT_SHOULDER", "RIGHT_SHOULDER", "LEFT_ELBOW", "RIGHT_ELBOW",
+                     "LEFT_WRIST", "RIGHT_WRIST", "LEFT_HIP", "RIGHT_HIP"]
+_OPENPOSE_BODY_NAMES = {"LEFT_SHOULDER": "LShoulder", "RIGHT_SHOULDER": "RShoulder",
+                        "LEFT_ELBOW": "LElbow", "RIGHT_ELBOW": "RElbow",
+                        "LEFT_WRIST": "LWrist", "RIGHT_WRIST": "RWrist",
+                        "LEFT_HIP": "LHip", "RIGHT_HIP": "RHip"}
+
+
+def _alias_groups() -> dict[tuple[str, str], tuple[tuple[str, str], ...]]:
+    """(component, point) -> every name the same body point has in the layouts t2p reads."""
+    groups: list[tuple[tuple[str, str], ...]] = []
+    for holistic_name, openpose_name in _OPENPOSE_BODY_NAMES.items():
+        groups.append((("POSE_LANDMARKS", holistic_name), ("pose_keypoints_2d", openpose_name)))
+    for side, openpose_component in (("LEFT", "hand_left_keypoints_2d"), ("RIGHT", "hand_right_keypoints_2d")):
+        for holistic_point, openpose_point in zip(HOLISTIC_HAND_POINTS, OPENPOSE_HAND_POINTS):
+            groups.append(((f"{side}_HAND_LANDMARKS", holistic_point), (openpose_component, openpose_point)))
+    return {name: group for group in groups for name in group}
+
+
+ALIASES = _alias_groups()
+
+# Skeleton presets: component -> points (None: all points of the component), per layout family.
+SKELETON_PRESETS: dict[str, dict[str, dict[str, list[str] | None]]] = {
+    "upper_body": {
+        "holistic": {"POSE_LANDMARKS": UPPER_BODY_POINTS,
+                     "LEFT_HAND_LANDMARKS": None, "RIGHT_HAND_LANDMARKS": None},
+        "openpose": {"pose_keypoints_2d": [_OPENPOSE_BODY_NAMES[p] for p in UPPER_BODY_POINTS],
+                     "hand_left_keypoints_2d": None, "hand_right_keypoints_2d": None},
+    },
+    "upper_body_face": {
+        "holistic": {"POSE_LANDMARKS": UPPER_BODY_POINTS, "FACE_LANDMARKS": "contours",  # type: ignore[dict-item]
+                     "LEFT_HAND_LANDMARKS": None, "RIGHT_HAND_LANDMARKS": None},
+        "openpose": {"pose_keypoints_2d": [_OPENPOSE_BODY_NAMES[p] for p in UPPER_BODY_POINTS],
+                     "face_keypoints_2d": None,
+                     "hand_left_keypoints_2d": None, "hand_right_keypoints_2d": None},
+    },
+}
+
+
+@dataclass(frozen=True)
+class SkeletonComponent:
+    name: str
+    points: tuple[str, ...]
+    limbs: tuple[tuple[int, int], ...]
+    colors: tuple[tuple[int, int, int], ...]
+    point_format: str
+
+
+@dataclass(frozen=True)
+class Skeleton:
+    """The joints a model predicts, in order: components and their points, with limbs for drawing."""
+    name: str
+    components: tuple[SkeletonComponent, ...]
+    dims: int
+
+    @property
+    def joints(self) -> list[tuple[str, str]]:
+        return [(c.name, p) for c in self.components for p in c.points]
+
+    @property
+    def num_joints(self) -> int:
+        return sum(len(c.points) for c in self.components)
+
+    def joint_index(self, component: str, point: str) -> int:
+        """Index of a joint by name, accepting any alias (e.g. OpenPose `RShoulder`)."""
+        names = ALIASES.get((component, point), ((component, point),))
+        for index, joint in enumerate(self.joints):
+            if joint in names:
+                return index
+        raise KeyError(f"skeleton {self.name!r} has no point {component}/{point}")
+
+    def header(self, width: int = 500, height: int = 500, depth: int = 0) -> PoseHeader:
+        components = [PoseHeaderComponent(c.name, list(c.points), [tuple(limb) for limb in c.limbs],
+                                          [tuple(color) for color in c.colors], c.point_format)
+                      for c in self.components]
+        return PoseHeader(0.1, PoseHeaderDimensions(width, height, depth), components)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dims": self.dims,
+                "components": [{"name": c.name, "points": list(c.points), "limbs": [list(l) for l in c.limbs],
+                                "colors": [list(col) for col in c.colors], "point_format": c.point_format}
+                               for c in self.components]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Skeleton":
+        unknown = set(data) - {"name", "dims", "components"}
+        if unknown:
+            raise ValueError(f"unknown skeleton keys: {sorted(unknown)}")
+        components = tuple(
+            SkeletonComponent(c["name"], tuple(c["points"]), tuple(tuple(l) for l in c["limbs"]),
+                              tuple(tuple(col) for col in c["colors"]), c["point_format"])
+            for c in data["components"])
+        return cls(name=data["name"], components=components, dims=int(data["dims"]))
+
+    @classmethod
+    def from_pose(cls, pose: Pose, preset: str = "upper_body") -> "Skeleton":
+        """Choose the preset's points from a real pose, keeping its limbs and colours."""
+        if preset not in SKELETON_PRESETS:
+            raise ValueError(f"unknown skeleton {preset!r}; choose one of {sorted(SKELETON_PRESETS)}")
+        family = _layout_family(pose.header)
+        selection = dict(SKELETON_PRESETS[preset][family])
+        if selection.get("FACE_LANDMARKS") == "contours":
+            # pose-format's reduce_holistic holds MediaPipe's face-contour point list.
+            reduced = reduce_holistic(pose)
+            selection["FACE_LANDMARKS"] = list(_component(reduced.header, "FACE_LANDMARKS").points)
+        chosen = pose.get_components(list(selection), {k: v for k, v in selection.items() if v is not None})
+        dims = len(chosen.header.components[0].format) - 1
+        components = tuple(SkeletonComponent(c.name, tuple(c.points), tuple(tuple(int(i) for i in l) for l in c.limbs),
+                                             tuple(tuple(int(v) for v in col) for col in c.colors), c.format)
+                           for c in chosen.header.components)
+        return cls(name=preset, components=components, dims=dims)
+
+
+def _component(header: PoseHeader, name: str) -> PoseHeaderComponent:
+    for component in header.components:
+        if component.name == name:
+            return component
+    raise PoseFormatError(f"pose has no component {name!r}")
+
+
+def _layout_family(header: PoseHeader) -> str:
+    names = {c.name for c in header.components}
+    if "POSE_LANDMARKS" in names:
+        return "holistic"
+    if "pose_keypoints_2d" in names:
+        return "openpose"
+    raise PoseFormatError(f"unsupported pose layout with components {sorted(names)}; "
+                          "t2p reads MediaPipe Holistic and OpenPose (137) layouts")
+
+
+@dataclass
+class Normalization:
+    """Shoulder normalisation as applied by pose-format: normalised = (raw - center) * scale."""
+    center: np.ndarray  # (dims,)
+    scale: float
+
+    def apply(self, data: np.ndarray) -> np.ndarray:
+        return (data - self.center) * self.scale
+
+    def invert(self, data: np.ndarray) -> np.ndarray:
+        return data / self.scale + self.center
+
+    def to_dict(self) -> dict:
+        return {"center": [float(v) for v in self.center], "scale": float(self.scale)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Normalization":
+        return cls(center=np.asarray(data["center"], dtype=np.float32), scale=float(data["scale"]))
+
+
+@dataclass
+class PoseSequence:
+    """One person's joints over time on a skeleton, shoulder-normalised."""
+    data: np.ndarray        # (frames, joints, dims) float32, 0 where missing
+    confidence: np.ndarray  # (frames, joints) float32, 0 = missing
+    fps: float
+    normalization: Normalization
+    canvas: tuple[int, int, int] = (500, 500, 0)  # header dimensions of the source
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.data.shape[0])
+
+
+def read_pose(source: Union[str, Path, bytes, BinaryIO]) -> Pose:
+    """Read a `.pose` file (path, bytes or file object); errors name the file."""
+    label = str(source) if isinstance(source, (str, Path)) else "<bytes>"
+    try:
+        if isinstance(source, (str, Path)):
+            buffer = Path(source).read_bytes()
+        elif isinstance(source, bytes):
+            buffer = source
+        else:
+            buffer = source.read()
+        pose = Pose.read(buffer)
+    except FileNotFoundError:
+        raise PoseFormatError(f"{label}: no such .pose file") from None
+    except Exception as error:  # pose-format raises assorted errors on truncated or foreign files
+        raise PoseFormatError(f"{label}: not a readable .pose file ({type(error).__name__}: {error})") from None
+    if pose.body.data.shape[0] == 0:
+        raise PoseFormatError(f"{label}: the pose has no frames")
+    _layout_family(pose.header)
+    return pose
+
+
+def normalization_of(pose: Pose) -> Normalization:
+    """The shoulder normalisation pose-format's `Pose.normalize` applies to this pose."""
+    normalized = pose.copy().normalize()  # normalize() works in place, hence the copy
+    before = np.ma.asarray(pose.body.data)
+    after = np.ma.asarray(normalized.body.data)
+    valid = ~np.ma.getmaskarray(before) & ~np.ma.getmaskarray(after)
+    valid &= (pose.body.confidence > 0)[..., None]
+    dims = before.shape[-1]
+    raw = [np.asarray(before[..., d])[valid[..., d]] for d in range(dims)]
+    out = [np.asarray(after[..., d])[valid[..., d]] for d in range(dims)]
+    # after = (before - center) * scale, recovered by least squares over every observed value
+    covariance = sum(float(((r - r.mean()) * (o - o.mean())).sum()) for r, o in zip(raw, out) if r.size)
+    variance = sum(float(((r - r.mean()) ** 2).sum()) for r in raw if r.size)
+    if variance <= 0 or not np.isfinite(covariance) or covariance <= 0:
+        raise PoseFormatError("cannot shoulder-normalise this pose: its shoulders are missing")
+    scale = covariance / variance
+    center = np.array([r.mean() - o.mean() / scale if r.size else 0.0 for r, o in zip(raw, out)], dtype=np.float32)
+    return Normalization(center=center, scale=float(scale))
+
+
+def to_sequence(pose: Pose, skeleton: Skeleton, normalize: bool = True) -> PoseSequence:
+    """Map a pose of any supported layout onto `skeleton`; points it lacks are masked."""
+    _layout_family(pose.header)
+    normalization = normalization_of(pose) if normalize else Normalization(np.zeros(pose.body.data.shape[-1], np.float32), 1.0)
+    data = np.ma.filled(np.ma.asarray(pose.body.data[:, 0]), 0.0).astype(np.float32)  # (frames, points, dims)
+    confidence = np.asarray(pose.body.confidence[:, 0], dtype=np.float32)              # (frames, points)
+    confidence = np.where(np.ma.getmaskarray(np.ma.asarray(pose.body.data[:, 0])).any(-1), 0.0, confidence)
+    data = normalization.apply(data)
+
+    frames = data.shape[0]
+    out = np.zeros((frames, skeleton.num_joints, skeleton.dims), dtype=np.float32)
+    out_confidence = np.zeros((frames, skeleton.num_joints), dtype=np.float32)
+    shared_dims = min(skeleton.dims, data.shape[-1])
+    for joint, source_index in enumerate(_source_indices(pose.header, skeleton)):
+        if source_index is None:
+            continue
+        out[:, joint, :shared_dims] = data[:, source_index, :shared_dims]
+        out_confidence[:, joint] = confidence[:, source_index]
+    out_confidence = np.clip(np.nan_to_num(out_confidence), 0.0, 1.0)
+    out[out_confidence == 0] = 0.0
+    # a 2D layout read onto a 3D skeleton has depth 0, so its normalisation gets a zero depth centre
+    center = np.zeros(skeleton.dims, dtype=np.float32)
+    center[:shared_dims] = normalization.center[:shared_dims]
+    normalization = Normalization(center, normalization.scale)
+    dims = pose.header.dimensions
+    return PoseSequence(out, out_confidence, float(pose.body.fps), normalization,
+                        (int(dims.width), int(dims.height), int(getattr(dims, "depth", 0) or 0)))
+
+
+def _source_indices(header: PoseHeader, skeleton: Skeleton) -> list[int | None]:
+    """For each skeleton joint, its point index in `header` (by name or alias), or None."""
+    offsets: dict[tuple[str, str], int] = {}
+    start = 0
+    for component in header.components:
+        for i, point in enumerate(component.points):
+            offsets[(component.name, point)] = start + i
+        start += len(component.points)
+    indices: list[int | None] = []
+    for joint in skeleton.joints:
+        candidates = ALIASES.get(joint, (joint,))
+        indices.append(next((offsets[name] for name in candidates if name in offsets), None))
+    return indices
+
+
+def load_sequence(source: Union[str, Path, bytes, BinaryIO], skeleton: Skeleton) -> PoseSequence:
+    """Read a `.pose` file onto `skeleton`, shoulder-normalised."""
+    return to_sequence(read_pose(source), skeleton)
+
+
+def to_pose(data: np.ndarray, skeleton: Skeleton, fps: float,
+            normalization: Normalization | None = None, confidence: np.ndarray | None = None,
+            canvas: tuple[int, int, int] = (500, 500, 0)) -> Pose:
+    """A prediction `(frames, joints, dims)` as a pose-format `Pose`, back in the space of `normalization`."""
+    data = np.asarray(data, dtype=np.float32)
+    if data.ndim != 3 or data.shape[1:] != (skeleton.num_joints, skeleton.dims):
+        raise ValueError(f"expected (frames, {skeleton.num_joints}, {skeleton.dims}), got {data.shape}")
+    if normalization is not None:
+        data = normalization.invert(data)
+    if confidence is None:
+        confidence = np.ones(data.shape[:2], dtype=np.float32)
+    body = NumPyPoseBody(fps=float(fps), data=data[:, None], confidence=np.asarray(confidence, np.float32)[:, None])
+    return Pose(skeleton.header(*canvas), body)
+
+
+def write_pose(pose: Pose, destination: Union[str, Path, None] = None) -> bytes:
+    """Write a pose to `destination` (atomically) and return its bytes."""
+    buffer = io.BytesIO()
+    pose.write(buffer)
+    payload = buffer.getvalue()
+    if destination is not None:
+        destination = Path(destination)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        partial = destination.with_name(destination.name + ".partial")
+        partial.write_bytes(payload)
+        partial.replace(destination)
+    return payload

@@ -1,0 +1,230 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import POSES, tiny_model_config
+from t2p.data import Example, collate, statistics
+from t2p.generation import as_pose, generate, generate_chain, iter_generate, Observed
+from t2p.model import T2PModel
+from t2p.notation import SignText, Vocabulary
+from t2p.pose import Skeleton, SkeletonComponent, load_sequence, read_pose, to_sequence, write_pose
+from t2p.train import TrainConfig, compute_losses, fit
+
+TOY_SKELETON = Skeleton("toy", (SkeletonComponent("BODY", ("P",), (), ((255, 0, 0),), "XYC"),), 2)
+
+
+def _mean_joint_error(predicted, reference, confidence):
+    observed = confidence > 0
+    return float(np.linalg.norm(predicted - reference, axis=-1)[observed].mean())
+
+
+@pytest.fixture(scope="module")
+def toy_model():
+    torch.manual_seed(0)
+    sign = SignText("abc", "text")
+    vocabulary = Vocabulary.build([sign])
+    model = T2PModel(tiny_model_config(vocabulary, TOY_SKELETON, max_frames=16, log_length_prior=0.0))
+    target = np.array([[[1, 1]], [[2, 2]], [[3, 3]]], np.float32)
+    example = Example(vocabulary.encode(sign), target, np.ones((3, 1), np.float32))
+    fit(model, [example], TrainConfig(batch_size=1, text_dropout=0.0, learning_rate=3e-3, warmup_steps=10),
+        iterations=900)
+    return model, sign, target
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_toy_sequence_is_learned_exactly(toy_model, steps):
+    model, sign, target = toy_model
+    (sequence,) = generate(model, [sign], first_poses=[target[0]], steps=steps)
+    assert sequence.shape == (3, 1, 2)
+    np.testing.assert_array_equal(np.round(sequence), target)
+
+
+def test_toy_length_is_predicted(toy_model):
+    model, sign, _ = toy_model
+    with torch.no_grad():
+        mean, _ = model.predict_length(model.encode_signs([sign]))
+    assert round(float(mean.exp())) == 3
+
+
+@pytest.fixture(scope="module")
+def real_data():
+    rows = list(csv.DictReader(open(POSES / "lexicon_sgg" / "index.csv", encoding="utf-8")))
+    skeleton = Skeleton.from_pose(read_pose(POSES / "lexicon_sgg" / rows[0]["path"]))
+    sequences = [load_sequence(POSES / "lexicon_sgg" / row["path"], skeleton) for row in rows]
+    signs = [SignText(row["words"], "text", row["signed_language"]) for row in rows]
+    return skeleton, signs, sequences
+
+
+@pytest.fixture(scope="module")
+def real_model(real_data):
+    skeleton, signs, sequences = real_data
+    torch.manual_seed(0)
+    vocabulary = Vocabulary.build(signs)
+    config = tiny_model_config(vocabulary, skeleton, d_model=64, heads=4,
+                               **statistics([(s.data, s.confidence) for s in sequences]))
+    model = T2PModel(config)
+    examples = [Example(vocabulary.encode(g), s.data, s.confidence) for g, s in zip(signs, sequences)]
+    fit(model, examples, TrainConfig(batch_size=4, text_dropout=0.0, learning_rate=2e-3, warmup_steps=20),
+        iterations=600)
+    return model
+
+
+def test_real_sequences_are_reproduced_well_under_the_static_baseline(real_data, real_model):
+    _, signs, sequences = real_data
+    generated = generate(real_model, signs, first_poses=sequences, steps=10,
+                         lengths=[s.num_frames for s in sequences])
+    model_error = np.mean([_mean_joint_error(g, s.data, s.confidence) for g, s in zip(generated, sequences)])
+    static_error = np.mean([_mean_joint_error(np.repeat(s.data[:1], s.num_frames, 0), s.data, s.confidence)
+                            for s in sequences])
+    print(f"overfit mean per-joint error: model {model_error:.3f}, static {static_error:.3f}")
+    assert model_error < 0.6 * static_error
+
+
+def test_every_keypoint_is_predicted_in_every_frame(real_data, real_model):
+    _, signs, sequences = real_data
+    (generated,) = generate(real_model, signs[:1], steps=3)
+    assert np.isfinite(generated).all()
+    assert generated.shape[1:] == (50, 3)
+    assert (np.abs(generated).sum(-1) > 0).all()  # hands included, no zeroed joints
+
+
+class CountingRefiner(torch.nn.Module):
+    def __init__(self, refiner):
+        super().__init__()
+        self.inner, self.calls = refiner, 0
+
+    def forward(self, *args):
+        self.calls += 1
+        return self.inner(*args)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7])
+def test_generation_applies_every_requested_step(real_model, steps):
+    counting = CountingRefiner(real_model.refiner)
+    real_model.refiner = counting
+    try:
+        updates = list(iter_generate(real_model, ["essen", "pizza"], steps=steps))
+    finally:
+        real_model.refiner = counting.inner
+    assert counting.calls == steps
+    assert len(updates) == steps
+
+
+def test_the_last_step_returns_the_refiner_output_itself(real_model, real_data):
+    _, signs, _ = real_data
+    first, last = None, None
+    for last in iter_generate(real_model, signs[:1], steps=1):
+        first = first or last
+    assert first is last  # one step: x0_hat of x_T is the result
+
+
+def test_text_is_encoded_once_per_call_not_per_step(real_model, monkeypatch):
+    calls = []
+    original = real_model.text_encoder.forward
+    monkeypatch.setattr(real_model.text_encoder, "forward", lambda *a: calls.append(1) or original(*a))
+    generate(real_model, ["essen", "kinder"], steps=5)
+    assert len(calls) == 1
+
+
+def test_batching_changes_nothing(real_model, real_data):
+    _, signs, sequences = real_data
+    texts = [signs[0], signs[1], SignText("", "text"), signs[3]]
+    lengths = [40, None, 12, 70]
+    steps = [4, 10, 1, 6]
+    guidance = [None, 2.0, None, 1.5]
+    first = [sequences[2], None, sequences[0], None]
+    batched = generate(real_model, texts, first_poses=first, steps=steps, lengths=lengths, guidance=guidance, seed=3)
+    for i in range(len(texts)):
+        (alone,) = generate(real_model, [texts[i]], first_poses=[first[i]], steps=steps[i], lengths=[lengths[i]],
+                            guidance=[guidance[i]], seed=3)
+        assert alone.shape == batched[i].shape
+        np.testing.assert_allclose(batched[i], alone, atol=1e-4)
+
+
+def test_first_pose_decides_the_start_and_missing_keypoints_are_completed(real_model, real_data):
+    _, signs, sequences = real_data
+    first = sequences[1].data[0].copy()
+    confidence = sequences[1].confidence[0].copy()
+    confidence[8:29] = 0  # the left hand is missing
+    with torch.no_grad():
+        completed = real_model.complete_first_pose(torch.tensor(first[None]), torch.tensor(confidence[None]))[0].numpy()
+    observed = confidence > 0
+    np.testing.assert_array_equal(completed[observed], first[observed])
+    assert np.isfinite(completed[~observed]).all() and np.abs(completed[~observed]).sum() > 0
+
+
+def test_observed_values_stay_fixed_when_completing_a_sequence(real_model, real_data):
+    _, signs, sequences = real_data
+    reference = sequences[0]
+    confidence = reference.confidence.copy()
+    confidence[10:20] = 0  # a gap of ten frames
+    (completed,) = generate(real_model, signs[:1], first_poses=[reference], steps=5,
+                            observed=[Observed(reference.data, confidence)])
+    kept = confidence > 0
+    np.testing.assert_allclose(completed[kept], reference.data[kept], atol=1e-6)
+    assert len(completed) == reference.num_frames
+
+
+def test_chained_signs_start_from_the_previous_last_frame(real_model):
+    chained = generate_chain(real_model, ["essen", "pizza"], steps=2, lengths=10)
+    assert chained.shape == (20, 50, 3)
+    (second,) = generate(real_model, ["pizza"], first_poses=[chained[9]], steps=2, lengths=10)
+    np.testing.assert_allclose(chained[10:], second, atol=1e-5)
+
+
+def test_save_and_load_give_the_same_outputs(real_model, tmp_path):
+    real_model.save(tmp_path / "model")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = T2PModel.load(tmp_path / "model")
+    before = generate(real_model, ["essen", "kinder"], steps=4, guidance=2.0)
+    after = generate(loaded, ["essen", "kinder"], steps=4, guidance=2.0)
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["model"]["skeleton"]["components"][0]["name"] == "POSE_LANDMARKS"
+
+
+def test_loading_rejects_unknown_config_keys(real_model, tmp_path):
+    real_model.save(tmp_path / "model")
+    path = tmp_path / "model" / "config.json"
+    config = json.loads(path.read_text())
+    config["model"]["surprise"] = 1
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="unknown model config keys: \\['surprise'\\]"):
+        T2PModel.load(tmp_path / "model")
+
+
+def test_generated_pose_is_written_in_the_first_pose_space(real_model, real_data, tmp_path):
+    _, signs, sequences = real_data
+    (generated,) = generate(real_model, signs[:1], first_poses=[sequences[0]], steps=2)
+    write_pose(as_pose(real_model, generated, sequences[0]), tmp_path / "out.pose")
+    back = to_sequence(read_pose(tmp_path / "out.pose"), real_model.skeleton, normalize=False)
+    np.testing.assert_allclose(back.data, sequences[0].normalization.invert(generated), rtol=1e-4, atol=1e-3)
+
+
+def test_losses_are_finite_and_ignore_padding(real_model, real_data):
+    _, signs, sequences = real_data
+    vocabulary = real_model.vocabulary
+    examples = [Example(vocabulary.encode(g), s.data, s.confidence) for g, s in zip(signs, sequences)]
+    batch = collate(examples)
+    assert batch.frame_mask.sum(1).tolist() == [s.num_frames for s in sequences]
+    poisoned = collate(examples)
+    poisoned.poses[~poisoned.frame_mask] = 1e6  # values in padding must not matter
+    config = TrainConfig(text_dropout=0.0)
+    clean = compute_losses(real_model, batch, config, torch.Generator().manual_seed(1))
+    dirty = compute_losses(real_model, poisoned, config, torch.Generator().manual_seed(1))
+    for name in clean:
+        assert torch.isfinite(clean[name])
+        assert torch.allclose(clean[name], dirty[name], rtol=1e-4), name
+
+
+def test_invalid_arguments_are_clear_errors(real_model):
+    with pytest.raises(ValueError, match="steps must be in 1..1000"):
+        generate(real_model, ["essen"], steps=0)
+    with pytest.raises(ValueError, match="length must be in 1..128"):
+        generate(real_model, ["essen"], lengths=1000)
+    with pytest.raises(ValueError, match="got 2 values for 1 texts"):
+        generate(real_model, ["essen"], steps=[1, 2])

@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from t2p.schedule import RefinementSchedule, ScheduleConfig
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 10, 1000])
+def test_cosine_schedule_ends_at_the_starting_sequence_and_increases(steps):
+    betas = RefinementSchedule().betas(steps)
+    assert betas.shape == (steps,)
+    assert betas[-1] == 1.0
+    assert (betas[1:] > betas[:-1]).all()
+    assert (betas > 0).all()
+
+
+def test_mix_interpolates_between_start_and_clean():
+    schedule = RefinementSchedule()
+    start, clean = torch.zeros(2, 3, 1, 2), torch.ones(2, 3, 1, 2)
+    mixed = schedule.mix(start, clean, torch.tensor([1.0, 0.25]))
+    assert torch.equal(mixed[0], start[0])
+    assert torch.allclose(mixed[1], torch.full_like(mixed[1], 0.75))
+
+
+def test_training_betas_cover_the_first_step_and_the_open_interval():
+    betas = RefinementSchedule().sample_training_betas(4000, torch.Generator().manual_seed(0))
+    assert ((betas > 0) & (betas <= 1)).all()
+    assert (betas == 1).float().mean() > 0.2
+    assert (betas < 0.1).any()
+
+
+def test_step_counts_outside_the_range_are_rejected():
+    with pytest.raises(ValueError, match="steps must be in 1..1000"):
+        RefinementSchedule().betas(0)
+    with pytest.raises(ValueError):
+        ScheduleConfig(steps=0)
+
+
+def test_schedule_holds_no_weights():
+    assert not any(isinstance(v, torch.nn.Module) for v in vars(RefinementSchedule()).values())
