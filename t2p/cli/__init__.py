@@ -1,0 +1,65 @@
+"""The `t2p` command: one verb per capability, each a thin parser over a library function.
+
+Verbs live in small modules by concern (`t2p.cli.pipeline`: prepare, train, tune, generate,
+quickstart; `t2p.cli.evaluation`: evaluate, compare, render; `t2p.cli.serving`: serve). Each module
+exposes `register(subparsers)`; a verb's handler returns an exit code. User mistakes raise
+`CommandError` (or a library ValueError/FileNotFoundError) and exit non-zero with one clear line.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+VERB_MODULES = ("t2p.cli.pipeline", "t2p.cli.evaluation", "t2p.cli.serving")
+
+
+class CommandError(Exception):
+    """A user mistake on the command line: printed as one line, exit code 2."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def add_verb(subparsers, name: str, help: str, example: str) -> argparse.ArgumentParser:
+    """A verb parser whose --help ends with a worked example."""
+    return subparsers.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}",
+                                 formatter_class=HelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="t2p", formatter_class=HelpFormatter,
+        description="Sign language notation (HamNoSys, SignWriting, text) to pose sequences.",
+        epilog="example:\n  t2p quickstart            # prepare the fingerspelling data, train, generate")
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
+    for module_name in VERB_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name == module_name:
+                continue  # a verb group not installed in this build
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("t2p: interrupted", file=sys.stderr)
+        return 130
+    except (CommandError, ValueError, FileNotFoundError) as error:
+        print(f"t2p {args.verb}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
