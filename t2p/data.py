@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from t2p.notation import SignText
+    from t2p.pose import PoseSequence
 
 
 @dataclass
@@ -95,3 +100,326 @@ def statistics(sequences: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict:
             "pose_std": std.reshape(-1).astype(float).tolist(),
             "neutral_pose": neutral.reshape(-1).astype(float).tolist(),
             "log_length_prior": float(np.mean(log_lengths))}
+
+
+# --- Sources: real corpora as lists of items --------------------------------------------------
+
+SPLITS = ("train", "validation", "test")
+MANIFEST_FILE = "manifest.json"
+SHARD_FORMAT_VERSION = 1
+
+
+@dataclass
+class SourceItem:
+    """One recording and what it signs, before preparation."""
+    path: Path
+    text: str
+    notation: str
+    language: str | None
+    key: str                 # items with the same key always land in the same split
+    gloss: str = ""          # the plain word/letter, for retrieval baselines
+    split: str | None = None  # fixed by the index, or assigned by `prepare`
+
+
+def fingerspelling_lexicon_dir() -> Path:
+    """The fingerspelling lexicon shipped inside the `spoken-to-signed` package."""
+    from importlib.resources import files
+    path = Path(str(files("spoken_to_signed").joinpath("assets", "fingerspelling_lexicon")))
+    if not (path / "index.csv").is_file():
+        raise FileNotFoundError(f"{path}/index.csv not found: is spoken-to-signed>=0.4 installed?")
+    return path
+
+
+def fingerspelling_items(notation: str = "text") -> list[SourceItem]:
+    """The 600 fingerspelled letters of the spoken-to-signed lexicon (19 sign languages).
+
+    The 26 `fsl` rows point at the `ase` recordings and are dropped. With notation "signwriting",
+    only letters the `signwriting` package can spell for their language are kept.
+    """
+    from signwriting.fingerspelling.fingerspelling import spell
+    root = fingerspelling_lexicon_dir()
+    items = []
+    for row in _read_rows(root / "index.csv"):
+        language, letter = row["signed_language"], row["words"]
+        if language == "fsl":
+            continue
+        text = letter
+        if notation == "signwriting":
+            try:
+                text = spell(letter, language)
+            except Exception:  # the package raises for languages it has no alphabet for
+                text = None
+            if not text:
+                continue
+        elif notation != "text":
+            raise ValueError(f"the fingerspelling source offers notations text and signwriting, not {notation!r}")
+        items.append(SourceItem(root / row["path"], text, notation, language, f"{language}:{letter}", letter))
+    return items
+
+
+def lexicon_items(index: str | Path) -> list[SourceItem]:
+    """A folder in the spoken-to-signed lexicon format: path, spoken_language, signed_language,
+    start, end, words, glosses, priority. The text is the `words` column."""
+    index = Path(index)
+    rows = _read_rows(index)
+    _require_columns(index, rows, ["path", "signed_language", "words"])
+    return [SourceItem(index.parent / row["path"], row["words"], "text", row["signed_language"] or None,
+                       f"{row['signed_language']}:{row['words']}", row.get("glosses") or row["words"])
+            for row in rows]
+
+
+def index_items(index: str | Path) -> list[SourceItem]:
+    """A generic index (.csv or .jsonl): path, text, notation, language[, split]; paths relative to it."""
+    index = Path(index)
+    rows = _read_rows(index)
+    _require_columns(index, rows, ["path", "text", "notation", "language"])
+    items = []
+    for number, row in enumerate(rows, start=2 if index.suffix == ".csv" else 1):
+        split = row.get("split") or None
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"{index}:{number}: split must be one of {', '.join(SPLITS)}, got {split!r}")
+        language = row.get("language") or None
+        items.append(SourceItem(index.parent / row["path"], row["text"], row["notation"] or "text", language,
+                                f"{language}:{row['text']}", row["text"], split))
+    return items
+
+
+def _read_rows(index: Path) -> list[dict]:
+    import csv
+    import json
+    if not index.is_file():
+        raise FileNotFoundError(f"index {index} not found")
+    if index.suffix == ".jsonl":
+        rows = []
+        for number, line in enumerate(index.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{index}:{number}: not valid JSON ({error.msg})") from None
+        return rows
+    with open(index, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _require_columns(index: Path, rows: list[dict], columns: list[str]) -> None:
+    if not rows:
+        raise ValueError(f"{index} has no rows")
+    missing = [c for c in columns if c not in rows[0]]
+    if missing:
+        raise ValueError(f"{index} lacks column(s) {', '.join(missing)}; it has {', '.join(rows[0])}")
+
+
+# --- Preparation: Parquet shards + manifest.json ---------------------------------------------
+
+@dataclass
+class PreparedItem:
+    """One prepared row, as read back from a shard."""
+    id: str
+    key: str
+    split: str
+    sign: "SignText"
+    gloss: str
+    sequence: "PoseSequence"
+    source_path: str
+
+
+def assign_splits(items: Sequence[SourceItem], fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                  seed: int = 0) -> list[str]:
+    """Deterministic splits that hold out whole keys; an item's own split (from its index) wins."""
+    import random
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    keys = sorted({item.key for item in items if item.split is None})
+    random.Random(seed).shuffle(keys)
+    train_end = round(len(keys) * fractions[0])
+    validation_end = train_end + round(len(keys) * fractions[1])
+    if len(keys) >= 3 and fractions[1] > 0 and validation_end == train_end:
+        validation_end, train_end = train_end, train_end - 1  # at least one validation key
+    by_key = {key: ("train" if i < train_end else "validation" if i < validation_end else "test")
+              for i, key in enumerate(keys)}
+    return [item.split or by_key[item.key] for item in items]
+
+
+def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, skeleton: str = "upper_body",
+            fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0, skip_bad: bool = False,
+            shard_rows: int = 256, progress: bool = True) -> dict:
+    """Read every item's `.pose` onto one skeleton and write Parquet shards per split + manifest.json.
+
+    A missing or corrupt file raises `PreparationError` naming it, unless `skip_bad`, in which case
+    it is skipped and counted. Shards are written under a temporary name and renamed when complete;
+    the manifest is written last, so it never lists a half-written shard.
+    """
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    from t2p.notation import Vocabulary, SignText, tokenize
+    from t2p.pose import PoseFormatError, Skeleton, read_pose, to_sequence
+
+    if not items:
+        raise ValueError("nothing to prepare: the source has no items")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = assign_splits(items, fractions, seed)
+    chosen_skeleton = None
+    rows: dict[str, list[dict]] = {name: [] for name in SPLITS}
+    skipped: list[dict] = []
+    train_sequences, train_signs = [], []
+    for number, (item, split) in enumerate(tqdm(list(zip(items, splits)), desc="prepare", unit="pose",
+                                                disable=not progress)):
+        sign = SignText(item.text, item.notation, item.language)
+        try:
+            tokenize(sign)
+            pose = read_pose(item.path)
+            chosen_skeleton = chosen_skeleton or Skeleton.from_pose(pose, skeleton)
+            sequence = to_sequence(pose, chosen_skeleton)
+        except (PoseFormatError, ValueError) as error:
+            if not skip_bad:
+                raise PreparationError(f"{item.path}: {error}".replace(f"{item.path}: {item.path}: ", f"{item.path}: ")
+                                       + " (use --skip-bad to skip unreadable items)") from None
+            skipped.append({"path": str(item.path), "reason": str(error)})
+            continue
+        row_id = f"{number:06d}"
+        rows[split].append({
+            "id": row_id, "key": item.key, "split": split, "text": item.text, "notation": item.notation,
+            "language": item.language, "gloss": item.gloss, "source_path": str(item.path),
+            "frames": sequence.num_frames, "fps": sequence.fps,
+            "poses": sequence.data.astype(np.float32).tobytes(),
+            "confidence": sequence.confidence.astype(np.float32).tobytes(),
+            "norm_center": [float(v) for v in sequence.normalization.center],
+            "norm_scale": float(sequence.normalization.scale), "canvas": list(sequence.canvas),
+        })
+        if split == "train":
+            train_sequences.append((sequence.data, sequence.confidence))
+            train_signs.append(sign)
+    if chosen_skeleton is None:
+        raise PreparationError(f"no readable item among {len(items)}")
+    if not train_sequences:
+        raise PreparationError("the training split is empty: give more items or other split fractions")
+
+    shards = []
+    for split, split_rows in rows.items():
+        for begin in range(0, len(split_rows), shard_rows):
+            name = f"{split}-{begin // shard_rows:05d}.parquet"
+            table = pa.Table.from_pylist(split_rows[begin:begin + shard_rows], schema=_SHARD_SCHEMA)
+            partial = out_dir / (name + ".partial")
+            pq.write_table(table, partial)
+            partial.replace(out_dir / name)
+            shards.append({"path": name, "split": split, "rows": table.num_rows})
+
+    train_meta = [r for r in rows["train"]]
+    manifest = {
+        "t2p_shards": SHARD_FORMAT_VERSION,
+        "source": source,
+        "notation": sorted({item.notation for item in items}),
+        "skeleton": chosen_skeleton.to_dict(),
+        "fps": float(np.median([r["fps"] for split_rows in rows.values() for r in split_rows])),
+        "shards": shards,
+        "counts": {split: len(split_rows) for split, split_rows in rows.items()},
+        "splits": {"fractions": list(fractions), "seed": seed, "held_out_by": "key"},
+        "skipped": skipped,
+        "statistics": statistics(train_sequences),
+        "vocabulary": list(Vocabulary.build(train_signs).tokens),
+        "output_normalization": {
+            "center": np.mean([r["norm_center"] for r in train_meta], axis=0).astype(float).tolist(),
+            "scale": float(np.mean([r["norm_scale"] for r in train_meta]))},
+        "output_canvas": [int(v) for v in np.median([r["canvas"] for r in train_meta], axis=0)],
+    }
+    partial = out_dir / (MANIFEST_FILE + ".partial")
+    partial.write_text(json.dumps(manifest, ensure_ascii=False, indent=1))
+    partial.replace(out_dir / MANIFEST_FILE)
+    return manifest
+
+
+class PreparationError(RuntimeError):
+    """An item that cannot be prepared; the message names its file."""
+
+
+def _shard_schema():
+    import pyarrow as pa
+    return pa.schema([
+        ("id", pa.string()), ("key", pa.string()), ("split", pa.string()), ("text", pa.string()),
+        ("notation", pa.string()), ("language", pa.string()), ("gloss", pa.string()),
+        ("source_path", pa.string()), ("frames", pa.int32()), ("fps", pa.float32()),
+        ("poses", pa.binary()), ("confidence", pa.binary()),
+        ("norm_center", pa.list_(pa.float32())), ("norm_scale", pa.float32()), ("canvas", pa.list_(pa.int32())),
+    ])
+
+
+_SHARD_SCHEMA = _shard_schema()
+
+
+def load_manifest(data_dir: str | Path) -> dict:
+    import json
+    path = Path(data_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{data_dir} has no {MANIFEST_FILE}: run `t2p prepare` first")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("t2p_shards") != SHARD_FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported shard format {manifest.get('t2p_shards')!r}")
+    return manifest
+
+
+def shard_paths(data_dir: str | Path, split: str) -> list[str]:
+    """Absolute paths of one split's shards, as listed in the manifest."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    manifest = load_manifest(data_dir)
+    return [str((Path(data_dir) / shard["path"]).resolve()) for shard in manifest["shards"] if shard["split"] == split]
+
+
+def row_to_item(row: dict, skeleton_dims: tuple[int, int]) -> PreparedItem:
+    """A shard row (a dict of Python/numpy values) as a `PreparedItem`."""
+    from t2p.notation import SignText
+    from t2p.pose import Normalization, PoseSequence
+    joints, dims = skeleton_dims
+    frames = int(row["frames"])
+    data = np.frombuffer(row["poses"], dtype=np.float32).reshape(frames, joints, dims)
+    confidence = np.frombuffer(row["confidence"], dtype=np.float32).reshape(frames, joints)
+    sequence = PoseSequence(data, confidence, float(row["fps"]),
+                            Normalization(np.asarray(row["norm_center"], np.float32), float(row["norm_scale"])),
+                            tuple(int(v) for v in row["canvas"]))
+    return PreparedItem(row["id"], row["key"], row["split"], SignText(row["text"], row["notation"], row["language"]),
+                        row["gloss"], sequence, row["source_path"])
+
+
+def read_items(data_dir: str | Path, split: str, limit: int | None = None) -> list[PreparedItem]:
+    """Rows of one split, read with pyarrow (for evaluation and small data; training streams via Ray Data)."""
+    import pyarrow.parquet as pq
+    manifest = load_manifest(data_dir)
+    dims = _skeleton_dims(manifest)
+    items = []
+    for path in shard_paths(data_dir, split):
+        for row in pq.read_table(path).to_pylist():
+            items.append(row_to_item(row, dims))
+            if limit is not None and len(items) >= limit:
+                return items
+    return items
+
+
+def _skeleton_dims(manifest: dict) -> tuple[int, int]:
+    skeleton = manifest["skeleton"]
+    return sum(len(c["points"]) for c in skeleton["components"]), int(skeleton["dims"])
+
+
+class ShardCollate:
+    """Ray Data batch (dict of column arrays) -> `PoseBatch`: decodes poses, encodes texts, pads."""
+
+    def __init__(self, vocabulary: Sequence[str], skeleton_dims: tuple[int, int], max_frames: int):
+        self.vocabulary_tokens = tuple(vocabulary)
+        self.skeleton_dims = tuple(skeleton_dims)
+        self.max_frames = max_frames
+        self._vocabulary = None
+
+    def __call__(self, columns: dict) -> PoseBatch:
+        from t2p.notation import Vocabulary
+        if self._vocabulary is None:
+            self._vocabulary = Vocabulary(self.vocabulary_tokens)
+        examples = []
+        for i in range(len(columns["id"])):
+            item = row_to_item({name: values[i] for name, values in columns.items()}, self.skeleton_dims)
+            examples.append(Example(self._vocabulary.encode(item.sign), item.sequence.data, item.sequence.confidence))
+        return collate(examples, self.max_frames)

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 import torch
 
 from t2p.data import Example, PoseBatch, collate
-from t2p.model import T2PModel
+from t2p.model import ModelConfig, T2PModel
 from t2p.schedule import RefinementSchedule
 
 
@@ -170,3 +170,17 @@ def _batches(examples: Sequence[Example], config: TrainConfig, generator: torch.
             yield collate([examples[i] for i in order[begin:begin + config.batch_size]])
             produced += 1
         epoch += 1
+
+
+def model_config_from_manifest(manifest: dict, **overrides) -> ModelConfig:
+    """A model config for prepared data: vocabulary, skeleton, statistics and output space come
+    from the manifest; hyperparameters from `overrides` (any `ModelConfig` field)."""
+    settings = dict(vocabulary=manifest["vocabulary"], skeleton=manifest["skeleton"], fps=manifest["fps"],
+                    default_notation=manifest["notation"][0],
+                    output_normalization=manifest["output_normalization"],
+                    output_canvas=manifest["output_canvas"], **manifest["statistics"])
+    unknown = set(overrides) - {f.name for f in fields(ModelConfig)}
+    if unknown:
+        raise ValueError(f"unknown model setting(s): {', '.join(sorted(unknown))}")
+    settings.update(overrides)
+    return ModelConfig(**settings)
