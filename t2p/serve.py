@@ -1,0 +1,326 @@
+"""Ray Serve: `generate` over HTTP, with concurrent requests sharing one refinement pass per step.
+
+```
+POST /v1/generate  {text, notation?, language?, steps?, length?, guidance?, seed?, first_pose?, format?}
+                   -> .pose bytes (application/octet-stream) or JSON {fps, components, points, frames}
+GET  /healthz      -> {"status": "ok"}
+GET  /v1/model     -> skeleton, notations, languages, limits
+GET  /v1/stats     -> batch sizes this replica has seen (read by the tests and bench/serve_load.py)
+```
+Every request is validated where it arrives (tokenised, its first pose decoded and mapped onto the
+skeleton) before it joins a batch, so a bad request is a 4xx for its sender alone. `@serve.batch`
+then hands the waiting requests to one `generate` call (one per seed): texts, lengths and step
+counts may all differ, and each item equals generating it alone.
+
+Run it with `serve run serve_configs/local.yaml`, `serve run t2p.serve:build_app model=DIR`, or
+`t2p serve --model DIR`. The model folder is the `model` argument, else `$T2P_MODEL`, else
+`runs/default/best` (what the README's main job trains); relative paths are read from the repo root.
+"""
+# no `from __future__ import annotations`: FastAPI must see the real request type through Serve's ingress
+import asyncio
+import base64
+import binascii
+import math
+import os
+from collections import deque
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve import Application
+
+from t2p.generation import as_pose, generate
+from t2p.model import CONFIG_FILE, WEIGHTS_FILE, T2PModel
+from t2p.notation import NOTATIONS, SignText
+from t2p.pose import PoseFormatError, PoseSequence, Skeleton, read_pose, to_sequence, write_pose
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = "runs/default/best"
+MODEL_ENV = "T2P_MODEL"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What one replica accepts and how it batches; set from a config file's `args` or CLI flags."""
+    max_text_length: int = 256            # characters of `text`
+    max_frames: int = 256                 # frames per output, asked for or predicted (never above the model's)
+    max_steps: int = 100                  # refinement steps per request (never above the schedule's)
+    max_batch_size: int = 16              # requests per `generate` call
+    batch_wait_timeout_s: float = 0.01    # how long a batch waits to fill once its first request is in
+    max_guidance: float = 20.0            # |guidance| above this is refused
+    max_first_pose_bytes: int = 8 << 20   # decoded size of `first_pose`
+    device: str = "auto"                  # "auto": CUDA when the replica has a GPU, else CPU
+
+    def __post_init__(self):
+        for name in ("max_text_length", "max_frames", "max_steps", "max_batch_size", "max_first_pose_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"serve config: {name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.batch_wait_timeout_s <= 10:
+            raise ValueError(f"serve config: batch_wait_timeout_s must be in [0, 10], got {self.batch_wait_timeout_s}")
+        if not self.max_guidance >= 0:
+            raise ValueError(f"serve config: max_guidance must be >= 0, got {self.max_guidance}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError(f"serve config: device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any]) -> "ServeConfig":
+        """Typed config from plain args (`serve run … key=value` passes every value as a string)."""
+        types = {f.name: type(f.default) for f in fields(cls)}
+        unknown = set(args) - set(types)
+        if unknown:
+            raise ValueError(f"unknown serve config keys: {sorted(unknown)}; known: model, {', '.join(types)}")
+        try:
+            return cls(**{name: types[name](value) for name, value in args.items()})
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"serve config: {error}") from None
+
+    def for_model(self, model: T2PModel) -> "ServeConfig":
+        """These limits, capped by what the model itself accepts."""
+        return replace(self, max_frames=min(self.max_frames, model.config.max_frames),
+                       max_steps=min(self.max_steps, model.schedule_config.max_steps))
+
+    def torch_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+
+def resolve_model_dir(value: str | os.PathLike | None, base: Path = REPO_ROOT) -> Path:
+    """The model folder: `value`, else $T2P_MODEL, else runs/default/best; relative to `base`."""
+    chosen = value or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    path = Path(chosen).expanduser()
+    path = path if path.is_absolute() else base / path
+    if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+        source = "argument" if value else (f"${MODEL_ENV}" if os.environ.get(MODEL_ENV) else "default")
+        raise FileNotFoundError(f"model folder {path} ({source}) is not a t2p model (needs {CONFIG_FILE} and "
+                                f"{WEIGHTS_FILE}); train one with `t2p quickstart`, or pass model=DIR / set {MODEL_ENV}")
+    return path
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+class GenerateRequest(BaseModel):
+    """The JSON body of POST /v1/generate; ranges that depend on the model and config are checked later."""
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    notation: str | None = None           # default: the model's default notation
+    language: str | None = None           # ISO 639-3, one of the model's languages
+    steps: int | None = None              # default: the model's schedule
+    length: int | None = None             # frames; default: the predicted length
+    guidance: float | None = Field(None, allow_inf_nan=False)
+    seed: int | None = Field(None, ge=0, lt=2 ** 63)
+    first_pose: str | None = None         # base64 of a .pose file: who signs
+    format: Literal["pose", "json"] = "pose"
+
+
+@dataclass
+class Job:
+    """One validated request, ready to join a batch."""
+    sign: SignText
+    first_pose: PoseSequence | None
+    steps: int
+    length: int | None
+    guidance: float | None
+    seed: int | None
+
+
+def validate_request(request: GenerateRequest, model: T2PModel, limits: ServeConfig) -> Job:
+    """Everything that can be wrong with a request, found before it can share a batch with others.
+
+    Raises ValueError (NotationError and PoseFormatError included) with a message for the sender."""
+    if len(request.text) > limits.max_text_length:
+        raise ValueError(f"text has {len(request.text)} characters; the limit is {limits.max_text_length}")
+    sign = SignText(request.text, request.notation or model.config.default_notation, request.language)
+    tokens = model.vocabulary.encode(sign)  # the notation's own error names symbol and position
+    if len(tokens) > model.config.max_text_tokens:
+        raise ValueError(f"text has {len(tokens)} tokens; this model takes at most {model.config.max_text_tokens}")
+    if sign.language is not None and sign.language not in model.vocabulary.languages:
+        known = ", ".join(model.vocabulary.languages) or "none: leave language out"
+        raise ValueError(f"language {sign.language!r} is not one this model knows ({known})")
+    steps = model.schedule_config.steps if request.steps is None else request.steps
+    if not 1 <= steps <= limits.max_steps:
+        raise ValueError(f"steps must be in 1..{limits.max_steps}, got {steps}")
+    if request.length is not None and not 1 <= request.length <= limits.max_frames:
+        raise ValueError(f"length must be in 1..{limits.max_frames}, got {request.length}")
+    if request.guidance is not None and abs(request.guidance) > limits.max_guidance:
+        raise ValueError(f"guidance must be in -{limits.max_guidance}..{limits.max_guidance}, got {request.guidance}")
+    first_pose = None
+    if request.first_pose is not None:
+        first_pose = decode_first_pose(request.first_pose, model.skeleton, limits.max_first_pose_bytes)
+    return Job(sign, first_pose, steps, request.length, request.guidance, request.seed)
+
+
+def decode_first_pose(encoded: str, skeleton: Skeleton, max_bytes: int) -> PoseSequence:
+    """base64 `.pose` -> its sequence on `skeleton`; refuses files that give the skeleton nothing."""
+    if len(encoded) > 4 * math.ceil(max_bytes / 3) + 4:
+        raise ValueError(f"first_pose is larger than {max_bytes} bytes")
+    try:
+        payload = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("first_pose is not valid base64 (standard alphabet, with padding)") from None
+    try:
+        sequence = to_sequence(read_pose(payload), skeleton)
+    except PoseFormatError as error:
+        raise ValueError(f"first_pose: {error}") from None
+    except Exception as error:  # pose-format fails in assorted ways on foreign or damaged files
+        raise ValueError(f"first_pose cannot be read onto the model's skeleton ({type(error).__name__}: {error})") \
+            from None
+    if not (sequence.confidence > 0).any():
+        components = ", ".join(c.name for c in skeleton.components)
+        raise ValueError(f"first_pose has none of the model's keypoints ({components}); "
+                         "send a MediaPipe Holistic or OpenPose pose")
+    if not (sequence.confidence[0] > 0).any():
+        raise ValueError("first_pose: its first frame has no observed keypoints")
+    return sequence
+
+
+def sequence_json(sequence: PoseSequence, skeleton: Skeleton) -> dict:
+    """A written pose's sequence as JSON: frames `(frames, joints, dims)`, joints ordered as `points`."""
+    return {"fps": sequence.fps,
+            "components": [c.name for c in skeleton.components],
+            "points": [list(c.points) for c in skeleton.components],
+            "frames": sequence.data.tolist()}
+
+
+# --- the deployment ---------------------------------------------------------------------------
+
+@dataclass
+class BatchStats:
+    """What the batch handler has seen; GET /v1/stats exposes it so batching can be checked from outside."""
+    batches: int = 0
+    requests: int = 0
+    generate_calls: int = 0
+    largest: int = 0
+    recent: deque = field(default_factory=lambda: deque(maxlen=256))
+
+    def record(self, size: int, calls: int) -> None:
+        self.batches += 1
+        self.requests += size
+        self.generate_calls += calls
+        self.largest = max(self.largest, size)
+        self.recent.append(size)
+
+    def to_dict(self) -> dict:
+        return {"batches": self.batches, "requests": self.requests, "generate_calls": self.generate_calls,
+                "mean_batch_size": self.requests / self.batches if self.batches else 0.0,
+                "max_batch_size": self.largest, "recent_batch_sizes": list(self.recent)}
+
+
+api = FastAPI(title="t2p", description="Sign language notation to pose sequences.")
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
+    """Body errors as one readable line: 400 when the body is not a JSON object, 422 for its fields."""
+    problems = error.errors()
+    for problem in problems:
+        if problem.get("type") == "json_invalid":
+            detail = problem.get("ctx", {}).get("error", "decode error")
+            return JSONResponse({"detail": f"body is not valid JSON: {detail}"}, status_code=400)
+        if tuple(problem.get("loc", ())) == ("body",):
+            return JSONResponse({"detail": "body must be a JSON object like {\"text\": \"...\"}"}, status_code=400)
+    lines = [f"{'.'.join(str(part) for part in problem['loc'][1:]) or 'body'}: {problem['msg']}" for problem in problems]
+    return JSONResponse({"detail": "; ".join(lines)}, status_code=422)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1})
+@serve.ingress(api)
+class T2PServer:
+    """One replica: the model, loaded once, behind the HTTP routes."""
+
+    def __init__(self, model_dir: str, config: dict):
+        limits = ServeConfig(**config)
+        self.model = T2PModel.load(model_dir, device=limits.torch_device())
+        self.limits = limits.for_model(self.model)
+        if self.model.schedule_config.steps > self.limits.max_steps:
+            raise ValueError(f"the model's default of {self.model.schedule_config.steps} steps is above "
+                             f"max_steps={self.limits.max_steps}")
+        self.stats = BatchStats()
+        self._generate_batch.set_max_batch_size(self.limits.max_batch_size)
+        self._generate_batch.set_batch_wait_timeout_s(self.limits.batch_wait_timeout_s)
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @api.get("/v1/model")
+    async def describe(self) -> dict:
+        limits = asdict(self.limits)
+        limits.update(max_text_tokens=self.model.config.max_text_tokens,
+                      default_steps=self.model.schedule_config.steps)
+        return {"skeleton": self.model.skeleton.to_dict(), "fps": self.model.config.fps,
+                "notations": list(NOTATIONS), "default_notation": self.model.config.default_notation,
+                "languages": self.model.vocabulary.languages, "limits": limits}
+
+    @api.get("/v1/stats")
+    async def batch_stats(self) -> dict:
+        return self.stats.to_dict()
+
+    @api.post("/v1/generate", response_model=None)
+    async def generate_route(self, request: GenerateRequest) -> Response:
+        try:
+            job = validate_request(request, self.model, self.limits)
+        except ValueError as error:
+            raise HTTPException(status_code=422, detail=str(error)) from None
+        sequence = await self._generate_batch(job)
+        if isinstance(sequence, ValueError):
+            raise HTTPException(status_code=422, detail=str(sequence))
+        pose = as_pose(self.model, sequence, job.first_pose)
+        if request.format == "json":
+            written = to_sequence(pose, self.model.skeleton, normalize=False)
+            return JSONResponse(sequence_json(written, self.model.skeleton))
+        return Response(write_pose(pose), media_type="application/octet-stream",
+                        headers={"content-disposition": 'attachment; filename="t2p.pose"'})
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)  # both replaced from the config in __init__
+    async def _generate_batch(self, jobs: list[Job]) -> list[np.ndarray | ValueError]:
+        """All waiting requests in one `generate` call per seed, off the event loop so more can queue."""
+        by_seed: dict[int | None, list[int]] = {}
+        for index, job in enumerate(jobs):
+            by_seed.setdefault(job.seed, []).append(index)
+        results: dict[int, np.ndarray | ValueError] = {}
+        for seed, members in by_seed.items():
+            outputs = await asyncio.to_thread(self._generate_group, [jobs[i] for i in members], seed)
+            results.update(zip(members, outputs))
+        self.stats.record(len(jobs), calls=len(by_seed))
+        return [results[index] for index in range(len(jobs))]
+
+    def _generate_group(self, jobs: Sequence[Job], seed: int | None) -> list[np.ndarray | ValueError]:
+        """`generate` for jobs that share a seed; should one still fail, each is retried alone."""
+        lengths = self._capped_lengths(jobs)
+        try:
+            return generate(self.model, [job.sign for job in jobs], first_poses=[job.first_pose for job in jobs],
+                            steps=[job.steps for job in jobs], lengths=lengths,
+                            guidance=[job.guidance for job in jobs], seed=seed)
+        except ValueError as error:
+            if len(jobs) == 1:
+                return [error]
+            return [self._generate_group([job], seed)[0] for job in jobs]
+
+    @torch.no_grad()
+    def _capped_lengths(self, jobs: Sequence[Job]) -> list[int | None]:
+        """Requested lengths, and predicted ones where the config caps frames below the model's maximum."""
+        lengths = [job.length for job in jobs]
+        if self.limits.max_frames >= self.model.config.max_frames or all(n is not None for n in lengths):
+            return lengths  # generate predicts them, within the model's own maximum
+        mean, _ = self.model.predict_length(self.model.encode_signs([job.sign for job in jobs]))
+        # the rounding generate applies to a predicted length, then the config's cap
+        predicted = torch.exp(mean).round().clamp(1, self.limits.max_frames).long().tolist()
+        return [n if n is not None else p for n, p in zip(lengths, predicted)]
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Serve application builder: `args` holds `model` (a folder) and any `ServeConfig` field."""
+    args = dict(args)
+    model_dir = resolve_model_dir(args.pop("model", None))
+    config = ServeConfig.from_args(args)
+    # a replica only takes max_ongoing_requests at once: room for a full batch running and one filling
+    return T2PServer.options(max_ongoing_requests=2 * config.max_batch_size).bind(str(model_dir), asdict(config))

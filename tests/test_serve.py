@@ -1,0 +1,252 @@
+"""Ray Serve endpoint: a tiny model served on 127.0.0.1, spoken to over HTTP."""
+import asyncio
+import base64
+import math
+import socket
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import POSES, tiny_model_config
+from t2p.generation import as_pose, generate
+from t2p.model import T2PModel
+from t2p.notation import SignText, Vocabulary
+from t2p.pose import Skeleton, SkeletonComponent, read_pose, to_pose, to_sequence, write_pose
+from t2p.schedule import ScheduleConfig
+from t2p.serve import ServeConfig, build_app, decode_first_pose
+
+CONFIGS = Path(__file__).parents[1] / "serve_configs"
+ESSEN = POSES / "lexicon_sgg" / "essen.pose"
+OPENPOSE = POSES / "layouts" / "openpose.pose"
+LIMITS = dict(max_text_length=32, max_frames=40, max_steps=5, max_batch_size=8, batch_wait_timeout_s=0.2)
+MODEL_MAX_FRAMES, MODEL_MAX_TOKENS, PREDICTED_FRAMES = 64, 16, 50
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """An untrained tiny model whose outputs still depend on text, steps and length."""
+    torch.manual_seed(0)
+    skeleton = Skeleton.from_pose(read_pose(ESSEN))
+    vocabulary = Vocabulary.build([SignText(word, "text", "sgg") for word in ("essen", "kinder", "pizza", "kleine")])
+    config = tiny_model_config(vocabulary, skeleton, max_frames=MODEL_MAX_FRAMES, max_text_tokens=MODEL_MAX_TOKENS)
+    model = T2PModel(config, ScheduleConfig(steps=3))
+    with torch.no_grad():  # the refiner and length head start at zero (identity, prior length): perturb them
+        torch.nn.init.normal_(model.refiner.frames_out.weight, std=0.05)
+        torch.nn.init.normal_(model.length_predictor.mlp[-1].weight, std=0.01)
+        model.length_predictor.mlp[-1].bias[0] = math.log(PREDICTED_FRAMES) - config.log_length_prior
+    return model.save(tmp_path_factory.mktemp("serve") / "model")
+
+
+@pytest.fixture(scope="module")
+def model(model_dir) -> T2PModel:
+    return T2PModel.load(model_dir)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(ray_session, model_dir) -> str:
+    from ray import serve
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app({"model": str(model_dir), **LIMITS}), name="t2p-test", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+@pytest.fixture
+def client(server):
+    with httpx.Client(base_url=server, trust_env=False, timeout=60) as client:
+        yield client
+
+
+def _pose_b64(pose) -> str:
+    return base64.b64encode(write_pose(pose)).decode()
+
+
+def _served_sequence(content: bytes, model: T2PModel, first_pose_b64: str | None) -> np.ndarray:
+    """A served .pose back in the shoulder-normalised space `generate` returns."""
+    written = to_sequence(read_pose(content), model.skeleton, normalize=False)
+    if first_pose_b64 is None:
+        return model.output_normalization.apply(written.data)
+    return to_sequence(read_pose(base64.b64decode(first_pose_b64)), model.skeleton).normalization.apply(written.data)
+
+
+def test_health_and_model_description(client, model):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    described = client.get("/v1/model").json()
+    assert described["languages"] == ["sgg"]
+    assert described["notations"] == ["hamnosys", "signwriting", "text"]
+    assert [c["name"] for c in described["skeleton"]["components"]] == [c.name for c in model.skeleton.components]
+    assert described["limits"] | LIMITS == described["limits"]
+    assert described["limits"]["max_text_tokens"] == MODEL_MAX_TOKENS
+    assert described["limits"]["default_steps"] == 3
+
+
+def test_concurrent_requests_share_batches_and_equal_generating_alone(server, model):
+    essen = base64.b64encode(ESSEN.read_bytes()).decode()
+    openpose = base64.b64encode(OPENPOSE.read_bytes()).decode()
+    requests = [
+        {"text": "essen", "language": "sgg", "steps": 5, "length": 12},
+        {"text": "kinder", "steps": 1, "length": 30, "first_pose": essen},
+        {"text": "pizza", "language": "sgg", "steps": 3, "length": 7, "guidance": 2.0},
+        {"text": "hamflathand,hamextfingeru", "notation": "hamnosys", "steps": 2, "length": 20},
+        {"text": "M518x529S14c20481x471", "notation": "signwriting", "length": 9, "first_pose": openpose},
+        {"text": "", "steps": 4, "length": 15, "seed": 7},
+        {"text": "kleine", "steps": 2},  # predicted length (~50 frames), capped at max_frames
+        {"text": "essen", "steps": 5, "length": 40, "guidance": 1.5, "seed": 7},
+    ]
+
+    async def send_all():
+        async with httpx.AsyncClient(base_url=server, trust_env=False, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/v1/generate", json=body) for body in requests))
+
+    before = httpx.get(f"{server}/v1/stats", trust_env=False).json()
+    responses = asyncio.run(send_all())
+    after = httpx.get(f"{server}/v1/stats", trust_env=False).json()
+
+    for body, response in zip(requests, responses):
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/octet-stream"
+        first = body.get("first_pose")
+        first_sequence = to_sequence(read_pose(base64.b64decode(first)), model.skeleton) if first else None
+        sign = SignText(body["text"], body.get("notation", "text"), body.get("language"))
+        (alone,) = generate(model, [sign], first_poses=[first_sequence], steps=body.get("steps"),
+                            lengths=[body.get("length", LIMITS["max_frames"])], guidance=[body.get("guidance")],
+                            seed=body.get("seed"))
+        served = _served_sequence(response.content, model, first)
+        assert served.shape == alone.shape
+        np.testing.assert_allclose(served, alone, atol=1e-4)
+    assert after["requests"] - before["requests"] == len(requests)
+    assert after["batches"] - before["batches"] < len(requests)
+    assert max(after["recent_batch_sizes"]) > 1
+
+
+def test_json_and_pose_outputs_describe_the_same_sequence(client, model):
+    body = {"text": "pizza", "steps": 2, "length": 6, "first_pose": base64.b64encode(ESSEN.read_bytes()).decode()}
+    as_file = client.post("/v1/generate", json=body)
+    as_json = client.post("/v1/generate", json=body | {"format": "json"})
+    assert as_file.status_code == as_json.status_code == 200
+    described = as_json.json()
+    written = to_sequence(read_pose(as_file.content), model.skeleton, normalize=False)
+    assert described["fps"] == written.fps == read_pose(ESSEN).body.fps
+    assert described["components"] == [c.name for c in model.skeleton.components]
+    assert described["points"] == [list(c.points) for c in model.skeleton.components]
+    np.testing.assert_array_equal(np.asarray(described["frames"], np.float32), written.data)
+
+
+def _pose_without_confidence(frames: slice) -> str:
+    pose = read_pose(ESSEN)
+    pose.body.confidence[frames] = 0
+    return _pose_b64(pose)
+
+
+TOY_SKELETON = Skeleton("toy", (SkeletonComponent("BODY", ("P",), (), ((255, 0, 0),), "XYC"),), 2)
+WRONG_LAYOUT = _pose_b64(to_pose(np.zeros((3, 1, 2), np.float32), TOY_SKELETON, fps=25))
+
+BAD_REQUESTS = [
+    ("non-JSON body", {"content": b"text=essen", "headers": {"content-type": "application/json"}}, 400,
+     "body is not valid JSON"),
+    ("JSON that is not an object", {"json": ["essen"]}, 400, "body must be a JSON object"),
+    ("missing text", {"json": {"steps": 2}}, 422, "text: Field required"),
+    ("unknown field", {"json": {"text": "essen", "speed": 2}}, 422, "speed: Extra inputs are not permitted"),
+    ("unknown notation", {"json": {"text": "essen", "notation": "stokoe"}}, 422, "stokoe: unknown notation"),
+    ("invalid HamNoSys symbol", {"json": {"text": "x", "notation": "hamnosys"}}, 422,
+     "hamnosys: invalid symbol 'x' (U+0078) at position 0"),
+    ("invalid SignWriting", {"json": {"text": "M500x500Z", "notation": "signwriting"}}, 422,
+     "signwriting: invalid FSW at position 8"),
+    ("malformed language code", {"json": {"text": "essen", "language": "DE"}}, 422, "invalid language code 'DE'"),
+    ("language the model does not know", {"json": {"text": "essen", "language": "ase"}}, 422,
+     "language 'ase' is not one this model knows (sgg)"),
+    ("text over the length limit", {"json": {"text": "a" * 33}}, 422, "text has 33 characters; the limit is 32"),
+    ("text over the model's token limit", {"json": {"text": "a" * 15}}, 422,
+     "text has 17 tokens; this model takes at most 16"),
+    ("zero steps", {"json": {"text": "essen", "steps": 0}}, 422, "steps must be in 1..5, got 0"),
+    ("too many steps", {"json": {"text": "essen", "steps": 6}}, 422, "steps must be in 1..5, got 6"),
+    ("fractional steps", {"json": {"text": "essen", "steps": 1.5}}, 422, "steps: Input should be a valid integer"),
+    ("zero length", {"json": {"text": "essen", "length": 0}}, 422, "length must be in 1..40, got 0"),
+    ("length over the frame limit", {"json": {"text": "essen", "length": 41}}, 422, "length must be in 1..40, got 41"),
+    ("guidance over the limit", {"json": {"text": "essen", "guidance": 1e6}}, 422, "guidance must be in -20.0..20.0"),
+    ("guidance NaN", {"content": b'{"text": "essen", "guidance": NaN}', "headers": {"content-type": "application/json"}},
+     422, "guidance: Input should be a finite number"),
+    ("negative seed", {"json": {"text": "essen", "seed": -1}}, 422, "seed: Input should be greater than or equal to 0"),
+    ("unknown format", {"json": {"text": "essen", "format": "gif"}}, 422, "format: Input should be 'pose' or 'json'"),
+    ("first_pose not base64", {"json": {"text": "essen", "first_pose": "@@not base64@@"}}, 422,
+     "first_pose is not valid base64"),
+    ("first_pose truncated", {"json": {"text": "essen", "first_pose": base64.b64encode(ESSEN.read_bytes()[:200]).decode()}},
+     422, "first_pose: <bytes>: not a readable .pose file"),
+    ("first_pose of another layout", {"json": {"text": "essen", "first_pose": WRONG_LAYOUT}}, 422,
+     "first_pose: unsupported pose layout with components ['BODY']"),
+    ("first_pose with no keypoints", {"json": {"text": "essen", "first_pose": _pose_without_confidence(slice(None))}},
+     422, "first_pose: cannot shoulder-normalise this pose"),
+    ("first_pose with an empty first frame", {"json": {"text": "essen", "first_pose": _pose_without_confidence(slice(0, 1))}},
+     422, "first_pose: its first frame has no observed keypoints"),
+]
+
+
+@pytest.mark.parametrize("name, request_args, status, message", BAD_REQUESTS, ids=[case[0] for case in BAD_REQUESTS])
+def test_bad_input_is_a_4xx_with_a_message_and_the_server_goes_on(client, name, request_args, status, message):
+    response = client.post("/v1/generate", **request_args)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+    good = client.post("/v1/generate", json={"text": "essen", "steps": 1, "length": 2})
+    assert good.status_code == 200 and read_pose(good.content).body.data.shape[0] == 2
+
+
+def test_a_first_pose_that_gives_the_skeleton_no_keypoints_is_refused(model):
+    with pytest.raises(ValueError, match="first_pose has none of the model's keypoints \\(BODY\\)"):
+        decode_first_pose(base64.b64encode(ESSEN.read_bytes()).decode(), TOY_SKELETON, 1 << 20)
+    with pytest.raises(ValueError, match="first_pose is larger than 100 bytes"):
+        decode_first_pose(base64.b64encode(ESSEN.read_bytes()).decode(), model.skeleton, 100)
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "gpu.yaml"])
+def test_serve_configs_are_valid_and_let_a_replica_fill_its_batches(name):
+    from ray.serve.schema import ServeDeploySchema
+    raw = yaml.safe_load((CONFIGS / name).read_text())
+    ServeDeploySchema.model_validate(raw)
+    (application,) = raw["applications"]
+    assert application["import_path"] == "t2p.serve:build_app"
+    limits = ServeConfig.from_args({k: v for k, v in application["args"].items() if k != "model"})
+    (deployment,) = application["deployments"]
+    assert deployment["max_ongoing_requests"] >= limits.max_batch_size
+    if name == "gpu.yaml":
+        assert 0 < deployment["ray_actor_options"]["num_gpus"] < 1
+        assert deployment["autoscaling_config"]["min_replicas"] < deployment["autoscaling_config"]["max_replicas"]
+    else:
+        assert raw["http_options"]["host"] == "127.0.0.1" and deployment["num_replicas"] == 1
+        assert "num_gpus" not in deployment["ray_actor_options"]
+
+
+def test_the_model_folder_comes_from_args_then_env_then_the_default(model_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("T2P_MODEL", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="missing \\(\\$T2P_MODEL\\) is not a t2p model"):
+        build_app({})
+    build_app({"model": str(model_dir)})
+    monkeypatch.setenv("T2P_MODEL", str(model_dir))
+    build_app({})
+    with pytest.raises(ValueError, match="unknown serve config keys: \\['batch_size'\\]"):
+        build_app({"batch_size": "4"})
+    with pytest.raises(ValueError, match="max_steps must be >= 1"):
+        build_app({"max_steps": "0"})
+
+
+def test_t2p_serve_refuses_a_missing_model_folder_in_one_line(tmp_path, capsys):
+    from t2p.cli import main
+    assert main(["serve", "--model", str(tmp_path / "nothing"), "--port", "8011"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("t2p serve: error: model folder") and "\n" not in error
+
+
+def test_t2p_serve_offers_every_serve_limit_as_a_flag():
+    from dataclasses import fields
+    from t2p.cli.serving import LIMIT_FLAGS
+    assert list(LIMIT_FLAGS) == [spec.name for spec in fields(ServeConfig)]
