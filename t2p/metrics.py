@@ -1,11 +1,30 @@
 """Metrics for generated pose sequences against references.
 
 Arrays are `(frames, joints, dims)` with a confidence `(frames, joints)` where 0 means missing.
+Each metric says which published definition it reproduces, so that numbers compare with papers:
+
+| name | what | source |
+|---|---|---|
+| `mje` | mean per-joint Euclidean error | the standard MJE / MPJPE |
+| `dtw_mje`, `dtw_mje_sum` | per-keypoint exact DTW, mean over keypoints | DTW-MJE (Huang et al. 2021), exact DTW by dtaidistance's C code |
+| `ndtw_mje` | Ham2Pose's nDTW-MJE | `metrics.py` of github.com/rotem-shalev/Ham2Pose (commit 2e269c5) |
+| `dtwp`, `ndtwp` | pose-evaluation's DTWp / nDTWp | github.com/sign-language-processing/pose-evaluation (README, `dtw_metric.py`, `create_metrics.py`, `examples/Pose_Evaluation_Example.ipynb`) |
+| `displacement_ratio` | motion of the prediction / motion of the reference | t2p's motion health check |
+| `length_error` | frames predicted minus frames in the reference, absolute | t2p's motion health check |
+
+`score` computes all of them for a pair of `PoseSequence`s; evaluation, `t2p compare` and the
+validation inside training call these same functions.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
 import numpy as np
 from dtaidistance import dtw_ndim
+
+from t2p.pose import ALIASES, HOLISTIC_HAND_POINTS, PoseSequence, Skeleton
 
 
 def mje(predicted: np.ndarray, reference: np.ndarray, reference_confidence: np.ndarray | None = None) -> float:
@@ -20,13 +39,16 @@ def mje(predicted: np.ndarray, reference: np.ndarray, reference_confidence: np.n
 
 
 def dtw_mje(predicted: np.ndarray, reference: np.ndarray, reference_confidence: np.ndarray | None = None,
-            per_frame: bool = True) -> float:
+            per_frame: bool = True, predicted_confidence: np.ndarray | None = None) -> float:
     """DTW-MJE: per keypoint, exact DTW (dtaidistance's C implementation, Euclidean local cost) of
     the predicted against the reference trajectory; mean over keypoints.
 
     Reference frames where a keypoint is missing are dropped from that keypoint's trajectory; a
     keypoint never observed in the reference is skipped. `per_frame=True` divides each keypoint's
-    DTW path cost by the reference length (frames), `False` reports the path sum.
+    DTW path cost by the reference length (frames), `False` reports the path sum. With
+    `predicted_confidence` (a prediction that has gaps, e.g. another recording), the prediction's
+    missing frames are dropped likewise and a keypoint it never has is skipped: DTW-MJE measures
+    trajectories that exist on both sides.
     """
     # predicted: (frames_p, joints, dims); reference: (frames_r, joints, dims)
     costs = []
@@ -35,7 +57,351 @@ def dtw_mje(predicted: np.ndarray, reference: np.ndarray, reference_confidence: 
         target = np.ascontiguousarray(reference[observed, joint], dtype=np.double)
         if len(target) == 0:
             continue
-        source = np.ascontiguousarray(predicted[:, joint], dtype=np.double)
+        present = slice(None) if predicted_confidence is None else predicted_confidence[:, joint] > 0
+        source = np.ascontiguousarray(predicted[present, joint], dtype=np.double)
+        if len(source) == 0:
+            continue
         cost = dtw_ndim.distance(source, target, use_c=True, inner_dist="euclidean")  # sum along the path
         costs.append(cost / len(target) if per_frame else cost)
     return float(np.mean(costs)) if costs else float("nan")
+
+
+# --- Joint selections, resolved from names once per skeleton ----------------------------------
+
+# Ham2Pose keeps OpenPose BODY_25 points 0-8 and both hands (`get_idx2weight`): no legs, no face.
+_HAM2POSE_BODY_POINTS = frozenset(
+    [("pose_keypoints_2d", name) for name in
+     ("Nose", "Neck", "RShoulder", "RElbow", "RWrist", "LShoulder", "LElbow", "LWrist", "MidHip")]
+    + [("POSE_LANDMARKS", name) for name in
+       ("NOSE", "RIGHT_SHOULDER", "RIGHT_ELBOW", "RIGHT_WRIST", "LEFT_SHOULDER", "LEFT_ELBOW", "LEFT_WRIST")])
+_HAND_COMPONENTS = ("LEFT_HAND_LANDMARKS", "RIGHT_HAND_LANDMARKS")
+
+
+@dataclass(frozen=True)
+class JointGroups:
+    """The joints each metric looks at, found by point names (any layout's spelling) on a skeleton."""
+    hands: tuple[int, ...]                     # both hands: DTWp, nDTWp
+    upper_body_and_hands: tuple[int, ...]      # Ham2Pose's selection: no legs, no face
+    shoulders: tuple[int, int] | None          # (right, left): shoulder normalisation
+    signing_arms: tuple[tuple[int, int], ...]  # (wrist, elbow) per side: pose-evaluation's trimming
+
+    @classmethod
+    def of(cls, skeleton: Skeleton) -> "JointGroups":
+        hands = []
+        for component in _HAND_COMPONENTS:
+            for point in HOLISTIC_HAND_POINTS:
+                index = _find(skeleton, component, point)
+                if index is not None:
+                    hands.append(index)
+        body = [i for i, joint in enumerate(skeleton.joints)
+                if any(name in _HAM2POSE_BODY_POINTS for name in ALIASES.get(joint, (joint,)))]
+        right, left = _find(skeleton, "POSE_LANDMARKS", "RIGHT_SHOULDER"), _find(skeleton, "POSE_LANDMARKS", "LEFT_SHOULDER")
+        arms: list[tuple[int, int]] = []
+        # pose-evaluation trims MediaPipe Holistic poses only (spoken-to-signed's `trim_pose`)
+        if any(c.name == "POSE_LANDMARKS" for c in skeleton.components):
+            for side in ("LEFT", "RIGHT"):
+                wrist, elbow = _find(skeleton, "POSE_LANDMARKS", f"{side}_WRIST"), _find(skeleton, "POSE_LANDMARKS", f"{side}_ELBOW")
+                if wrist is not None and elbow is not None:
+                    arms.append((wrist, elbow))
+        return cls(hands=tuple(hands), upper_body_and_hands=tuple(sorted(set(body) | set(hands))),
+                   shoulders=(right, left) if right is not None and left is not None else None,
+                   signing_arms=tuple(arms))
+
+
+def _find(skeleton: Skeleton, component: str, point: str) -> int | None:
+    try:
+        return skeleton.joint_index(component, point)
+    except KeyError:
+        return None
+
+
+# --- Ham2Pose's nDTW-MJE ----------------------------------------------------------------------
+
+HAM2POSE_LOW_CONFIDENCE = 0.2  # Ham2Pose's `pose_hide_low_conf` hides points with confidence <= 0.2
+
+
+def ndtw_mje(predicted: np.ndarray, reference: np.ndarray, joints: Sequence[int],
+             predicted_confidence: np.ndarray | None = None, reference_confidence: np.ndarray | None = None,
+             focus: bool = True) -> float:
+    """Ham2Pose's nDTW-MJE, reproducing `compare_poses(pred, label, distance_function=fastdtw)` of
+    Ham2Pose's `metrics.py` (github.com/rotem-shalev/Ham2Pose, commit 2e269c5).
+
+    Inputs are shoulder-normalised (as every `PoseSequence` is, with the shoulders Ham2Pose's
+    `pose_normalization_info` uses). As Ham2Pose's `get_pose` does, each sequence is then moved so
+    that its smallest observed coordinate is 0 (`Pose.focus`) and points with confidence <= 0.2
+    are hidden. Only `joints` are compared (`JointGroups.upper_body_and_hands`: Ham2Pose's
+    `get_idx2weight` keeps OpenPose body points 0-8 and both hands, no legs, no face) and only x and
+    y, since Ham2Pose's keypoints are 2D. Per keypoint, the trajectories are aligned by `fastdtw`
+    (radius 1, Ham2Pose's choice, so the approximation is part of the definition) with the local
+    cost of Ham2Pose's `masked_euclidean`: 0 where the reference point is missing, ‖reference‖ / 2
+    where only the prediction's is missing, else the Euclidean distance. The result is the path sum
+    averaged over the keypoints.
+
+    Like Ham2Pose's, the value of a sequence against itself is 0 only when no point is hidden: a
+    hidden reference point costs 0, so fastdtw's coarse path may leave the diagonal there and the
+    finer window may then miss it.
+
+    Not reproduced: Ham2Pose's dataset-specific steps (mirroring left-handed PJM videos, pruning
+    leading/trailing frames without face or hands). `focus` spans the joints given to it, so on a
+    skeleton without the face the origin differs from Ham2Pose's full OpenPose layout.
+    """
+    from fastdtw import fastdtw
+
+    # predicted: (frames_p, joints, dims); reference: (frames_r, joints, dims)
+    prediction = _ham2pose_points(predicted, predicted_confidence, focus)  # (frames_p, joints, 2), NaN = hidden
+    label = _ham2pose_points(reference, reference_confidence, focus)
+    total = 0.0
+    for joint in joints:
+        # NaN stands for a masked point: fastdtw's halving averages it into NaN exactly as a masked
+        # array's mask spreads, so the result equals Ham2Pose's masked-array computation
+        total += fastdtw(prediction[:, joint], label[:, joint], radius=1, dist=_ham2pose_masked_euclidean)[0]
+    return total / len(joints) if len(joints) else float("nan")
+
+
+def _ham2pose_points(data: np.ndarray, confidence: np.ndarray | None, focus: bool) -> np.ndarray:
+    points = np.array(data[..., :2], dtype=np.float64)  # (frames, joints, 2)
+    if confidence is not None:
+        points[confidence <= HAM2POSE_LOW_CONFIDENCE] = np.nan
+    if focus:
+        observed = ~np.isnan(points[..., 0])
+        if observed.any():
+            points -= points[observed].min(axis=0)
+    return points
+
+
+def _ham2pose_masked_euclidean(point: np.ndarray, reference_point: np.ndarray) -> float:
+    px, py = point
+    rx, ry = reference_point
+    if rx != rx or ry != ry:  # the reference point is missing
+        return 0.0
+    if px != px or py != py:  # only the predicted point is missing
+        return math.hypot(rx, ry) / 2
+    return math.hypot(px - rx, py - ry)
+
+
+# --- pose-evaluation's DTWp and nDTWp ---------------------------------------------------------
+
+def dtwp(predicted: np.ndarray, reference: np.ndarray, groups: JointGroups,
+         predicted_confidence: np.ndarray | None = None, reference_confidence: np.ndarray | None = None) -> float:
+    """DTWp of pose-evaluation (github.com/sign-language-processing/pose-evaluation, "Meaningful
+    Pose-Based Sign Language Evaluation", Jiang et al. 2025): "DTW + Trim + Default 0.0 + Hands-Only",
+    masked points filled with 10.0, metric name
+    `startendtrimmed_unnormalized_hands_defaultdist0.0_nointerp_dtw_fillmasked10.0_dtaiDTWAggregatedDistanceMetricFast`.
+
+    Inputs are in the pose files' own (unnormalised) coordinates: DTWp does not normalise.
+    Each sequence is trimmed to its active signing span (MediaPipe Holistic skeletons only, as
+    spoken-to-signed's `trim_pose` that pose-evaluation calls: from 5 frames before a wrist first
+    rises above its elbow to 5 frames after the last time), only the hands are kept, missing points
+    become 10.0 in every coordinate, and per hand keypoint `dtaidistance.dtw_ndim.distance_fast`
+    (squared-Euclidean local cost, square root of the path sum) aligns the trajectories; the result
+    is their mean, or 0.0 when that is not finite.
+    """
+    # predicted: (frames_p, joints, dims); reference: (frames_r, joints, dims)
+    return _pose_evaluation_dtw(predicted, reference, groups, predicted_confidence, reference_confidence,
+                                trim=True, normalize=False, masked_fill_value=10.0, default_distance=0.0)
+
+
+def ndtwp(predicted: np.ndarray, reference: np.ndarray, groups: JointGroups,
+          predicted_confidence: np.ndarray | None = None, reference_confidence: np.ndarray | None = None) -> float:
+    """nDTWp of pose-evaluation (same source as `dtwp`): "DTW + Default 1.0 + MaskFill 1.0 + Norm. +
+    Hands-Only", metric name
+    `untrimmed_normalizedbyshoulders_hands_defaultdist1.0_nointerp_dtw_fillmasked1.0_dtaiDTWAggregatedDistanceMetricFast`.
+
+    Each sequence is shoulder-normalised by its own shoulders (pose-format's `Pose.normalize`:
+    centre = mean shoulder midpoint, scale = 1 / mean shoulder width), not trimmed; only the
+    hands, missing points filled with 1.0; per keypoint `dtw_ndim.distance_fast`, mean over
+    keypoints, 1.0 when not finite. Inputs may be in any coordinates (own normalisation is applied).
+    """
+    # predicted: (frames_p, joints, dims); reference: (frames_r, joints, dims)
+    return _pose_evaluation_dtw(predicted, reference, groups, predicted_confidence, reference_confidence,
+                                trim=False, normalize=True, masked_fill_value=1.0, default_distance=1.0)
+
+
+def _pose_evaluation_dtw(predicted: np.ndarray, reference: np.ndarray, groups: JointGroups,
+                         predicted_confidence: np.ndarray | None, reference_confidence: np.ndarray | None,
+                         *, trim: bool, normalize: bool, masked_fill_value: float, default_distance: float) -> float:
+    prepared = []
+    for data, confidence in ((predicted, predicted_confidence), (reference, reference_confidence)):
+        data = np.asarray(data, dtype=np.float64)
+        confidence = np.ones(data.shape[:2]) if confidence is None else np.asarray(confidence)
+        if trim and groups.signing_arms:
+            first, last = active_signing_span(data, confidence, groups.signing_arms)
+            data, confidence = data[first:last], confidence[first:last]
+        if normalize:
+            if groups.shoulders is None:
+                raise ValueError("nDTWp normalises by the shoulders, which this skeleton lacks")
+            data = shoulder_normalize(data, confidence, *groups.shoulders)
+        hands = data[:, list(groups.hands)]  # (frames, hand joints, dims)
+        missing = (confidence[:, list(groups.hands)] <= 0)[..., None] | ~np.isfinite(hands)
+        prepared.append(np.where(missing, masked_fill_value, hands))
+    hypothesis, label = prepared
+    distances = [dtw_ndim.distance_fast(np.ascontiguousarray(hypothesis[:, k]), np.ascontiguousarray(label[:, k]))
+                 for k in range(len(groups.hands))]
+    distance = float(np.mean(distances)) if distances else float("nan")
+    return distance if math.isfinite(distance) else default_distance
+
+
+def active_signing_span(data: np.ndarray, confidence: np.ndarray,
+                        arms: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """The [first, last) frames in which a hand signs, as spoken-to-signed's `active_signing_span`
+    (0.4): from 5 frames before a wrist is first above its elbow (image y grows downwards) to 5
+    frames after the last time, within the frames where that wrist is seen; the whole sequence when
+    no wrist ever rises. Frames where the wrist or elbow is missing never count as raised."""
+    # data: (frames, joints, dims); confidence: (frames, joints)
+    frames = len(data)
+    firsts, lasts = [], []
+    for wrist, elbow in arms:
+        seen = confidence[:, wrist] > 0
+        raised = seen & (confidence[:, elbow] > 0) & (data[:, wrist, 1] < data[:, elbow, 1])
+        if not raised.any():
+            continue
+        first_seen, last_seen = int(np.argmax(seen)), frames - int(np.argmax(seen[::-1]))
+        first_raised, last_raised = int(np.argmax(raised)), frames - int(np.argmax(raised[::-1]))
+        firsts.append(max(first_seen, first_raised - 5))
+        lasts.append(min(last_seen, last_raised + 5))
+    if not firsts:
+        return 0, frames
+    return min(firsts), max(lasts)
+
+
+def shoulder_normalize(data: np.ndarray, confidence: np.ndarray, right: int, left: int) -> np.ndarray:
+    """pose-format's `Pose.normalize` on arrays: centre on the mean shoulder midpoint, scale so the
+    mean shoulder width is 1 (frames where a shoulder is missing do not count)."""
+    # data: (frames, joints, dims); confidence: (frames, joints)
+    both = (confidence[:, right] > 0) & (confidence[:, left] > 0)
+    if not both.any():
+        raise ValueError("cannot shoulder-normalise a sequence whose shoulders are never seen")
+    center = ((data[both, right] + data[both, left]) / 2).mean(axis=0)
+    width = np.linalg.norm(data[both, right] - data[both, left], axis=-1).mean()
+    if not width > 0:
+        raise ValueError("cannot shoulder-normalise a sequence whose shoulders coincide")
+    return (data - center) / width
+
+
+# --- Motion health ----------------------------------------------------------------------------
+
+def frame_motion(data: np.ndarray, confidence: np.ndarray | None = None) -> float:
+    """Mean Euclidean displacement of a joint from one frame to the next (both frames observed)."""
+    # data: (frames, joints, dims)
+    if len(data) < 2:
+        return 0.0
+    steps = np.linalg.norm(np.diff(data, axis=0), axis=-1)  # (frames - 1, joints)
+    if confidence is not None:
+        observed = (confidence[1:] > 0) & (confidence[:-1] > 0)
+        return float(steps[observed].mean()) if observed.any() else float("nan")
+    return float(steps.mean())
+
+
+def displacement_ratio(predicted: np.ndarray, reference: np.ndarray, predicted_confidence: np.ndarray | None = None,
+                       reference_confidence: np.ndarray | None = None) -> float:
+    """Mean frame-to-frame motion of the prediction divided by the reference's: about 1 is healthy,
+    about 0 is a frozen output, far above 1 is jitter."""
+    # predicted: (frames_p, joints, dims); reference: (frames_r, joints, dims)
+    reference_motion = frame_motion(reference, reference_confidence)
+    if not reference_motion > 0:
+        return float("nan")
+    return frame_motion(predicted, predicted_confidence) / reference_motion
+
+
+def length_error(predicted: np.ndarray, reference: np.ndarray) -> int:
+    """How many frames the predicted length is off from the reference's (absolute)."""
+    return abs(len(predicted) - len(reference))
+
+
+# --- Time resampling --------------------------------------------------------------------------
+
+def resample(data: np.ndarray, confidence: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """A sequence linearly resampled in time to `frames` frames (first and last frames kept).
+
+    An output value mixing a missing input value is missing too (confidence 0, value 0)."""
+    # data: (frames_in, joints, dims); confidence: (frames_in, joints)
+    if frames < 1:
+        raise ValueError(f"cannot resample to {frames} frames")
+    source = len(data)
+    if source == frames:
+        return data.copy(), confidence.copy()
+    position = np.linspace(0, source - 1, frames) if frames > 1 else np.zeros(1)
+    below = np.floor(position).astype(int)
+    above = np.minimum(below + 1, source - 1)
+    weight = (position - below)[:, None]  # (frames, 1)
+    values = (1 - weight[..., None]) * data[below] + weight[..., None] * data[above]
+    conf_below = np.where(weight < 1, confidence[below], np.inf)
+    conf_above = np.where(weight > 0, confidence[above], np.inf)
+    out_confidence = np.minimum(conf_below, conf_above).astype(np.float32)
+    values[out_confidence <= 0] = 0.0
+    return values.astype(np.float32), out_confidence
+
+
+# --- Every metric for one pair ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MetricInfo:
+    description: str
+    source: str
+    better: str  # "lower" or "closer to 1"
+
+
+METRICS: dict[str, MetricInfo] = {
+    "mje": MetricInfo("mean per-joint Euclidean error, shoulder widths (prediction linearly resampled to the "
+                      "reference length when they differ)", "standard MJE/MPJPE", "lower"),
+    "dtw_mje": MetricInfo("per-keypoint exact DTW (Euclidean cost) divided by the reference frames, mean over "
+                          "keypoints; masked reference points skipped", "DTW-MJE (Huang et al. 2021), dtaidistance C",
+                          "lower"),
+    "dtw_mje_sum": MetricInfo("as dtw_mje, the DTW path sum", "DTW-MJE, dtaidistance C", "lower"),
+    "ndtw_mje": MetricInfo("Ham2Pose's nDTW-MJE: focused, upper body and hands, fastdtw with masked_euclidean",
+                           "rotem-shalev/Ham2Pose metrics.py@2e269c5", "lower"),
+    "dtwp": MetricInfo("pose-evaluation's DTWp: trimmed, unnormalised, hands only, masked = 10.0",
+                       "sign-language-processing/pose-evaluation", "lower"),
+    "ndtwp": MetricInfo("pose-evaluation's nDTWp: shoulder-normalised, hands only, masked = 1.0",
+                        "sign-language-processing/pose-evaluation", "lower"),
+    "displacement_ratio": MetricInfo("mean frame-to-frame motion of the prediction / of the reference "
+                                     "(~1 healthy, ~0 frozen)", "t2p motion health", "closer to 1"),
+    "length_error": MetricInfo("|predicted frames - reference frames|", "t2p motion health", "lower"),
+}
+
+
+def score(predicted: PoseSequence, reference: PoseSequence, groups: JointGroups,
+          metrics: Sequence[str] | None = None) -> dict[str, float]:
+    """Every metric (or the named ones) of a prediction against a reference on the same skeleton.
+
+    Both are shoulder-normalised `PoseSequence`s; their `normalization` leads back to the files'
+    own coordinates, which DTWp needs. A prediction that starts from the reference's first pose
+    carries the reference's normalisation.
+    """
+    names = list(METRICS) if metrics is None else list(metrics)
+    unknown = [name for name in names if name not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+    if predicted.data.shape[1:] != reference.data.shape[1:]:
+        raise ValueError(f"prediction joints/dims {predicted.data.shape[1:]} differ from the reference's "
+                         f"{reference.data.shape[1:]}: map both onto one skeleton first")
+    p, pc = predicted.data, predicted.confidence
+    r, rc = reference.data, reference.confidence
+    results: dict[str, float] = {}
+    for name in names:
+        if name == "mje":
+            aligned = p if len(p) == len(r) else resample(p, pc, len(r))[0]
+            value = mje(aligned, r, rc)
+        elif name == "dtw_mje":
+            value = dtw_mje(p, r, rc, predicted_confidence=pc)
+        elif name == "dtw_mje_sum":
+            value = dtw_mje(p, r, rc, per_frame=False, predicted_confidence=pc)
+        elif name == "ndtw_mje":
+            value = ndtw_mje(p, r, groups.upper_body_and_hands, pc, rc)
+        elif name == "dtwp":
+            value = dtwp(_file_coordinates(predicted), _file_coordinates(reference), groups, pc, rc)
+        elif name == "ndtwp":
+            value = ndtwp(p, r, groups, pc, rc)
+        elif name == "displacement_ratio":
+            value = displacement_ratio(p, r, pc, rc)
+        else:
+            value = length_error(p, r)
+        results[name] = float(value)
+    return results
+
+
+def _file_coordinates(sequence: PoseSequence) -> np.ndarray:
+    """The sequence back in its file's own (pixel) coordinates; missing points stay 0."""
+    data = sequence.normalization.invert(sequence.data.astype(np.float64))
+    data[sequence.confidence <= 0] = 0.0
+    return data
