@@ -16,10 +16,11 @@ Run it with `serve run serve_configs/local.yaml`, `serve run t2p.serve:build_app
 `t2p serve --model DIR`. The model folder is the `model` argument, else `$T2P_MODEL`, else
 `runs/default/best` (what the README's main job trains); relative paths are read from the repo root.
 """
-# no `from __future__ import annotations`: FastAPI must see the real request type through Serve's ingress
+# no `from __future__ import annotations` here: FastAPI reads the route annotations through Serve's ingress
 import asyncio
 import base64
 import binascii
+import json
 import math
 import os
 from collections import deque
@@ -30,9 +31,8 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve import Application
 
@@ -76,10 +76,13 @@ class ServeConfig:
         unknown = set(args) - set(types)
         if unknown:
             raise ValueError(f"unknown serve config keys: {sorted(unknown)}; known: model, {', '.join(types)}")
-        try:
-            return cls(**{name: types[name](value) for name, value in args.items()})
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"serve config: {error}") from None
+        values = {}
+        for name, value in args.items():
+            try:
+                values[name] = types[name](value)
+            except (TypeError, ValueError):
+                raise ValueError(f"serve config: {name} must be {types[name].__name__}, got {value!r}") from None
+        return cls(**values)
 
     def for_model(self, model: T2PModel) -> "ServeConfig":
         """These limits, capped by what the model itself accepts."""
@@ -100,7 +103,7 @@ def resolve_model_dir(value: str | os.PathLike | None, base: Path = REPO_ROOT) -
     if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
         source = "argument" if value else (f"${MODEL_ENV}" if os.environ.get(MODEL_ENV) else "default")
         raise FileNotFoundError(f"model folder {path} ({source}) is not a t2p model (needs {CONFIG_FILE} and "
-                                f"{WEIGHTS_FILE}); train one with `t2p quickstart`, or pass model=DIR / set {MODEL_ENV}")
+                                f"{WEIGHTS_FILE}); train one with `t2p quickstart`, or point model / --model / ${MODEL_ENV} at one")
     return path
 
 
@@ -217,18 +220,21 @@ class BatchStats:
 api = FastAPI(title="t2p", description="Sign language notation to pose sequences.")
 
 
-@api.exception_handler(RequestValidationError)
-async def _invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
-    """Body errors as one readable line: 400 when the body is not a JSON object, 422 for its fields."""
-    problems = error.errors()
-    for problem in problems:
-        if problem.get("type") == "json_invalid":
-            detail = problem.get("ctx", {}).get("error", "decode error")
-            return JSONResponse({"detail": f"body is not valid JSON: {detail}"}, status_code=400)
-        if tuple(problem.get("loc", ())) == ("body",):
-            return JSONResponse({"detail": "body must be a JSON object like {\"text\": \"...\"}"}, status_code=400)
-    lines = [f"{'.'.join(str(part) for part in problem['loc'][1:]) or 'body'}: {problem['msg']}" for problem in problems]
-    return JSONResponse({"detail": "; ".join(lines)}, status_code=422)
+def parse_request(body: bytes) -> GenerateRequest:
+    """The body as a request, whatever its content type (`curl -d` sends form-encoded): 400 when it is
+    not a JSON object, 422 naming each field that is wrong."""
+    try:
+        data = json.loads(body)
+    except ValueError as error:  # JSONDecodeError and undecodable bytes
+        raise HTTPException(status_code=400, detail=f"body is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise HTTPException(status_code=400, detail='body must be a JSON object like {"text": "..."}')
+    try:
+        return GenerateRequest.model_validate(data)
+    except ValidationError as error:
+        problems = [f"{'.'.join(str(part) for part in problem['loc']) or 'body'}: {problem['msg']}"
+                    for problem in error.errors()]
+        raise HTTPException(status_code=422, detail="; ".join(problems)) from None
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1})
@@ -264,8 +270,10 @@ class T2PServer:
     async def batch_stats(self) -> dict:
         return self.stats.to_dict()
 
-    @api.post("/v1/generate", response_model=None)
-    async def generate_route(self, request: GenerateRequest) -> Response:
+    @api.post("/v1/generate", response_model=None, openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": GenerateRequest.model_json_schema()}}}})
+    async def generate_route(self, http_request: Request) -> Response:
+        request = parse_request(await http_request.body())
         try:
             job = validate_request(request, self.model, self.limits)
         except ValueError as error:

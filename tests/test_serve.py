@@ -143,6 +143,12 @@ def test_json_and_pose_outputs_describe_the_same_sequence(client, model):
     np.testing.assert_array_equal(np.asarray(described["frames"], np.float32), written.data)
 
 
+def test_a_json_body_is_read_whatever_its_content_type(client):
+    response = client.post("/v1/generate", content=b'{"text": "essen", "steps": 1, "length": 3}',
+                           headers={"content-type": "application/x-www-form-urlencoded"})  # what `curl -d` sends
+    assert response.status_code == 200 and read_pose(response.content).body.data.shape[0] == 3
+
+
 def _pose_without_confidence(frames: slice) -> str:
     pose = read_pose(ESSEN)
     pose.body.confidence[frames] = 0
@@ -154,7 +160,8 @@ WRONG_LAYOUT = _pose_b64(to_pose(np.zeros((3, 1, 2), np.float32), TOY_SKELETON, 
 
 BAD_REQUESTS = [
     ("non-JSON body", {"content": b"text=essen", "headers": {"content-type": "application/json"}}, 400,
-     "body is not valid JSON"),
+     "body is not valid JSON: Expecting value: line 1 column 1"),
+    ("body that is not UTF-8", {"content": b'{"text": "\xff"}'}, 400, "body is not valid JSON"),
     ("JSON that is not an object", {"json": ["essen"]}, 400, "body must be a JSON object"),
     ("missing text", {"json": {"steps": 2}}, 422, "text: Field required"),
     ("unknown field", {"json": {"text": "essen", "speed": 2}}, 422, "speed: Extra inputs are not permitted"),

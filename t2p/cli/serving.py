@@ -32,12 +32,12 @@ def register(subparsers) -> None:
                       "Serve a model over HTTP with Ray Serve: POST /v1/generate, GET /healthz, GET /v1/model.",
                       "t2p serve --model runs/default/best --port 8000 &\n"
                       "  curl -s localhost:8000/v1/generate -d '{\"text\": \"hallo\"}' -o hallo.pose")
-    parser.add_argument("--model", default=None,
+    parser.add_argument("--model", default=argparse.SUPPRESS,
                         help="model folder (default: $T2P_MODEL, else runs/default/best in the repo)")
     parser.add_argument("--host", default="127.0.0.1", help="address the HTTP proxy listens on")
     parser.add_argument("--port", type=int, default=8000, help="port the HTTP proxy listens on")
     for name, (kind, help) in LIMIT_FLAGS.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=argparse.SUPPRESS,
                             help=f"{help} (default: t2p.serve.ServeConfig's)")
     parser.set_defaults(handler=serve_command)
 
@@ -45,8 +45,9 @@ def register(subparsers) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     from t2p.serve import ServeConfig, build_app, resolve_model_dir
 
-    model_dir = resolve_model_dir(args.model, base=Path.cwd()) if args.model else resolve_model_dir(None)
-    limits = ServeConfig(**{name: getattr(args, name) for name in LIMIT_FLAGS if getattr(args, name) is not None})
+    given = vars(args)
+    model_dir = resolve_model_dir(given["model"], base=Path.cwd()) if "model" in given else resolve_model_dir(None)
+    limits = ServeConfig(**{name: given[name] for name in LIMIT_FLAGS if name in given})
     _check_port_free(args.host, args.port)
 
     import ray
