@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import POSES
+from t2p.cli import main
+from t2p.data import lexicon_items, prepare
+from t2p.model import T2PModel
+from t2p.pose import Skeleton, load_sequence, read_pose, to_pose, write_pose
+from t2p.render import Panel, render, render_file, render_refinement
+from t2p.train import model_config_from_manifest
+
+ESSEN = POSES / "lexicon_sgg" / "essen.pose"    # 73 frames
+KINDER = POSES / "lexicon_sgg" / "kinder.pose"  # 45 frames
+
+
+def _gif_frames(path) -> int:
+    with Image.open(path) as image:
+        return image.n_frames
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    manifest = prepare(lexicon_items(POSES / "lexicon_sgg" / "index.csv"), tmp_path_factory.mktemp("data"),
+                       source="lexicon", fractions=(0.5, 0.25, 0.25), progress=False)
+    return T2PModel(model_config_from_manifest(manifest, d_model=32, heads=2, text_layers=1, refiner_layers=1,
+                                               dropout=0.0))
+
+
+def test_render_writes_a_gif_whose_frame_count_equals_the_pose(tmp_path):
+    result = render_file(ESSEN, tmp_path / "essen.gif", text="essen", panel_height=96)
+    assert result.frames == read_pose(ESSEN).body.data.shape[0] == 73
+    assert _gif_frames(tmp_path / "essen.gif") == 73
+
+
+def test_prediction_and_reference_side_by_side_last_as_long_as_the_longer(tmp_path):
+    alone = render_file(KINDER, tmp_path / "alone.gif", panel_height=96)
+    both = render_file(KINDER, tmp_path / "both.gif", reference=ESSEN, text="kinder", panel_height=96)
+    assert both.frames == _gif_frames(tmp_path / "both.gif") == 73
+    assert both.panels == 2 and both.width > 1.8 * alone.width
+
+
+def test_a_frozen_pose_keeps_every_frame(tmp_path):
+    """GIF writers merge identical frames; the frame counter in the caption keeps them apart."""
+    skeleton = Skeleton.from_pose(read_pose(ESSEN))
+    sequence = load_sequence(ESSEN, skeleton)
+    frozen = np.repeat(sequence.data[:1], 20, axis=0)
+    pose = to_pose(frozen, skeleton, sequence.fps, sequence.normalization, canvas=sequence.canvas)
+    write_pose(pose, tmp_path / "frozen.pose")
+    result = render([Panel(read_pose(tmp_path / "frozen.pose"))], tmp_path / "frozen.gif", panel_height=64)
+    assert result.frames == _gif_frames(tmp_path / "frozen.gif") == 20
+
+
+def test_a_frame_shows_a_skeleton(tmp_path):
+    render_file(ESSEN, tmp_path / "essen.gif", panel_height=128)
+    with Image.open(tmp_path / "essen.gif") as image:
+        image.seek(36)
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    coloured = (pixels.max(-1) - pixels.min(-1)) > 80  # limbs are drawn in colour on white
+    assert coloured.mean() > 0.005
+
+
+def test_the_refinement_is_drawn_one_panel_per_shown_step(tmp_path, tiny_model):
+    first = load_sequence(ESSEN, tiny_model.skeleton)
+    result = render_refinement(tiny_model, "essen", tmp_path / "steps.gif", steps=3, first_pose=first, length=8,
+                               panel_height=64)
+    assert result.panels == 1 + 3  # the start x_T, then every step
+    assert result.frames == _gif_frames(tmp_path / "steps.gif") == 8
+    many = render_refinement(tiny_model, "essen", tmp_path / "many.gif", steps=50, first_pose=first, length=4,
+                             max_panels=5, reference=read_pose(ESSEN), panel_height=48)
+    assert many.panels == 1 + 4 + 1  # evenly spaced steps, capped, and the reference
+    assert many.frames == 73         # the reference is the longest panel
+
+
+def test_render_command_writes_an_mp4(tmp_path, capsys):
+    out = tmp_path / "kinder.mp4"
+    assert main(["render", str(KINDER), "--text", "kinder", "--height", "64", "-o", str(out)]) == 0
+    import cv2
+    video = cv2.VideoCapture(str(out))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 45
+    assert "45 frames" in capsys.readouterr().out
+
+
+def test_render_command_draws_a_models_refinement(tmp_path, tiny_model):
+    tiny_model.save(tmp_path / "model")
+    out = tmp_path / "steps.gif"
+    assert main(["render", str(ESSEN), "--model", str(tmp_path / "model"), "--text", "essen", "--steps", "2",
+                 "--height", "48", "-o", str(out)]) == 0
+    assert out.is_file()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["-o", "out.png", str(ESSEN)], ".gif or .mp4"),
+    (["--steps", "3", "-o", "out.gif", str(ESSEN)], "--model"),
+    (["-o", "out.gif"], "give a .pose file"),
+])
+def test_render_command_explains_a_mistake_in_one_line(arguments, message, capsys):
+    assert main(["render", *arguments]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and message in error
