@@ -1,0 +1,141 @@
+"""Verbs that judge poses: evaluate (model vs baselines), compare (two files), render (pictures)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from t2p.cli import CommandError, add_verb
+
+
+def register(subparsers) -> None:
+    _register_evaluate(subparsers)
+    _register_compare(subparsers)
+    _register_render(subparsers)
+
+
+# --- evaluate ------------------------------------------------------------------------------------
+
+def _register_evaluate(subparsers) -> None:
+    from t2p.metrics import METRICS
+    parser = add_verb(subparsers, "evaluate",
+                      "Score a model against the static, retrieval and mean baselines on every metric; write "
+                      "report.json, report.md, a plot per metric and rendered examples.",
+                      "t2p evaluate --model runs/default/model --data data/fingerspelling --split test --out reports/test")
+    parser.add_argument("--model", type=Path, required=True, help="model folder (config.json + model.safetensors)")
+    parser.add_argument("--data", type=Path, required=True, help="prepared shards (t2p prepare)")
+    parser.add_argument("--split", choices=["train", "validation", "test"], default="test")
+    parser.add_argument("--out", type=Path, required=True, help="report folder")
+    parser.add_argument("--steps", type=int, help="refinement steps (default: the model's schedule)")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N items")
+    parser.add_argument("--examples", type=int, default=3, help="rendered side-by-side examples")
+    parser.add_argument("--batch-size", type=int, default=32, help="items per generation call")
+    parser.add_argument("--baseline-length", choices=["predicted", "reference"], default="predicted",
+                        help="length of the retrieval and mean baselines: the model's predicted length or the "
+                             "reference length")
+    parser.add_argument("--metric", action="append", choices=list(METRICS), dest="metrics",
+                        help="metric to compute (repeatable; default: all)")
+    parser.set_defaults(handler=evaluate_command)
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    from t2p.evaluate import EvaluationConfig, evaluate
+    from t2p.metrics import METRICS
+    from t2p.model import T2PModel
+
+    config = EvaluationConfig(split=args.split, steps=args.steps, guidance=args.guidance, batch_size=args.batch_size,
+                              limit=args.limit, examples=args.examples, baseline_length=args.baseline_length,
+                              metrics=tuple(args.metrics or METRICS))
+    model = T2PModel.load(args.model)
+    report = evaluate(model, args.data, args.out, config, model_name=str(args.model))
+    summary = report.summary()
+    headline = next(m for m in ("dtw_mje", *config.metrics) if m in config.metrics)
+    print(f"evaluated {len(report.items)} {args.split} items; {headline} mean: "
+          + ", ".join(f"{system} {summary[system][headline]['mean']:.3f}" for system in summary))
+    print(f"report: {args.out / 'report.md'} and {args.out / 'report.json'}")
+    return 0
+
+
+# --- compare -------------------------------------------------------------------------------------
+
+def _register_compare(subparsers) -> None:
+    from t2p.metrics import METRICS
+    parser = add_verb(subparsers, "compare",
+                      "Every metric between two .pose files of any supported layout (the first is the "
+                      "prediction, the second the reference).",
+                      "t2p compare generated.pose reference.pose --json")
+    parser.add_argument("predicted", type=Path, help="the .pose file to judge")
+    parser.add_argument("reference", type=Path, help="the reference .pose file")
+    parser.add_argument("--metric", action="append", choices=list(METRICS), dest="metrics",
+                        help="metric to print (repeatable; default: all)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object: metric name -> value")
+    parser.set_defaults(handler=compare_command)
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    from t2p.evaluate import compare_files
+    from t2p.metrics import METRICS
+
+    values = compare_files(args.predicted, args.reference, args.metrics)
+    if args.json:
+        print(json.dumps({name: (value if value == value else None) for name, value in values.items()}))
+        return 0
+    width = max(len(name) for name in values)
+    for name, value in values.items():
+        print(f"{name:<{width}}  {value:12.4f}  ({METRICS[name].better} is better)")
+    return 0
+
+
+# --- render --------------------------------------------------------------------------------------
+
+def _register_render(subparsers) -> None:
+    parser = add_verb(subparsers, "render",
+                      "Draw a pose (next to its reference, with the text as caption) as a GIF or MP4; with "
+                      "--model and --steps, draw the refinement itself, one panel per step.",
+                      "t2p render generated.pose --reference reference.pose --text \"essen\" -o essen.gif")
+    parser.add_argument("pose", type=Path, nargs="?",
+                        help="the .pose file to draw (with --model: the first pose, who signs; optional)")
+    parser.add_argument("--reference", type=Path, help="a reference .pose drawn next to it")
+    parser.add_argument("--text", default="", help="caption (with --model: the text to generate)")
+    parser.add_argument("--notation", help="notation of --text for --model (default: the model's)")
+    parser.add_argument("--language", help="sign language of --text for --model (ISO 639-3)")
+    parser.add_argument("--model", type=Path, help="model folder: render the refinement of --text")
+    parser.add_argument("--steps", type=int, help="refinement steps to render (needs --model)")
+    parser.add_argument("--panels", type=int, default=6, help="most step panels shown (evenly spaced)")
+    parser.add_argument("--height", type=int, default=320, help="panel height in pixels")
+    parser.add_argument("-o", "--out", type=Path, required=True, help="output .gif or .mp4")
+    parser.set_defaults(handler=render_command)
+
+
+def render_command(args: argparse.Namespace) -> int:
+    from t2p.render import FORMATS, render_file, render_refinement
+
+    if args.out.suffix.lower() not in FORMATS:
+        raise CommandError(f"-o must end in {' or '.join(FORMATS)}, got {args.out.name!r}")
+    if args.steps is not None and args.model is None:
+        raise CommandError("--steps renders a model's refinement: give --model DIR and --text too")
+    if args.model is None:
+        if args.pose is None:
+            raise CommandError("give a .pose file to draw, or --model DIR --text ... --steps N")
+        result = render_file(args.pose, args.out, reference=args.reference, text=args.text, panel_height=args.height)
+    else:
+        result = _render_model(args, render_refinement)
+    print(f"wrote {result.path} ({result.frames} frames, {result.width}x{result.height})")
+    return 0
+
+
+def _render_model(args: argparse.Namespace, render_refinement):
+    from t2p.model import T2PModel
+    from t2p.notation import SignText
+    from t2p.pose import load_sequence, read_pose
+
+    if not args.text:
+        raise CommandError("--model needs --text: what to sign")
+    model = T2PModel.load(args.model)
+    sign = SignText(args.text, args.notation or model.config.default_notation, args.language)
+    first_pose = load_sequence(args.pose, model.skeleton) if args.pose is not None else None
+    reference = read_pose(args.reference) if args.reference is not None else None
+    return render_refinement(model, sign, args.out, steps=args.steps or model.schedule_config.steps,
+                             first_pose=first_pose, reference=reference, max_panels=args.panels,
+                             panel_height=args.height)
