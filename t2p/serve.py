@@ -244,8 +244,9 @@ class T2PServer:
 
     def __init__(self, model_dir: str, config: dict):
         limits = ServeConfig(**config)
-        self.model = T2PModel.load(model_dir, device=limits.torch_device())
-        self.limits = limits.for_model(self.model)
+        device = limits.torch_device()
+        self.model = T2PModel.load(model_dir, device=device)
+        self.limits = replace(limits.for_model(self.model), device=device)  # what GET /v1/model reports
         if self.model.schedule_config.steps > self.limits.max_steps:
             raise ValueError(f"the model's default of {self.model.schedule_config.steps} steps is above "
                              f"max_steps={self.limits.max_steps}")
@@ -303,10 +304,9 @@ class T2PServer:
 
     def _generate_group(self, jobs: Sequence[Job], seed: int | None) -> list[np.ndarray | ValueError]:
         """`generate` for jobs that share a seed; should one still fail, each is retried alone."""
-        lengths = self._capped_lengths(jobs)
         try:
             return generate(self.model, [job.sign for job in jobs], first_poses=[job.first_pose for job in jobs],
-                            steps=[job.steps for job in jobs], lengths=lengths,
+                            steps=[job.steps for job in jobs], lengths=self._capped_lengths(jobs),
                             guidance=[job.guidance for job in jobs], seed=seed)
         except ValueError as error:
             if len(jobs) == 1:
