@@ -377,8 +377,8 @@ def row_to_item(row: dict, skeleton_dims: tuple[int, int]) -> PreparedItem:
     from t2p.pose import Normalization, PoseSequence
     joints, dims = skeleton_dims
     frames = int(row["frames"])
-    data = np.frombuffer(row["poses"], dtype=np.float32).reshape(frames, joints, dims)
-    confidence = np.frombuffer(row["confidence"], dtype=np.float32).reshape(frames, joints)
+    data = np.frombuffer(row["poses"], dtype=np.float32).reshape(frames, joints, dims).copy()
+    confidence = np.frombuffer(row["confidence"], dtype=np.float32).reshape(frames, joints).copy()
     sequence = PoseSequence(data, confidence, float(row["fps"]),
                             Normalization(np.asarray(row["norm_center"], np.float32), float(row["norm_scale"])),
                             tuple(int(v) for v in row["canvas"]))

@@ -6,15 +6,24 @@ The Ray Train loop (`t2p.ray_train`) calls `train_step` exactly as the local loo
 """
 from __future__ import annotations
 
+import csv
+import json
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Iterable, Sequence
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import numpy as np
 
 import torch
 
 from t2p.data import Example, PoseBatch, collate
 from t2p.model import ModelConfig, T2PModel
-from t2p.schedule import RefinementSchedule
+from t2p.schedule import RefinementSchedule, ScheduleConfig
+
+if TYPE_CHECKING:
+    from t2p.data import PreparedItem
 
 
 @dataclass
@@ -30,7 +39,6 @@ class TrainConfig:
     length_weight: float = 0.1
     smoothness_weight: float = 0.5
     first_pose_weight: float = 0.1
-    validation_steps: int = 10     # refinement steps used by the validation metric
     seed: int = 0
 
     def __post_init__(self):
@@ -184,3 +192,259 @@ def model_config_from_manifest(manifest: dict, **overrides) -> ModelConfig:
         raise ValueError(f"unknown model setting(s): {', '.join(sorted(unknown))}")
     settings.update(overrides)
     return ModelConfig(**settings)
+
+
+# --- Validation: the real generation code, scored with the evaluation metric ------------------
+
+def validation_metrics(model: T2PModel, items: Sequence["PreparedItem"], steps: int,
+                       batch_size: int = 64) -> dict[str, float]:
+    """Mean DTW-MJE of generated vs reference sequences (reference first pose, predicted length),
+    the same for the static baseline, and the mean absolute length error in frames."""
+    from t2p.generation import generate
+    from t2p.metrics import dtw_mje
+    if not items:
+        return {}
+    errors, static_errors, length_errors = [], [], []
+    for begin in range(0, len(items), batch_size):
+        chunk = items[begin:begin + batch_size]
+        generated = generate(model, [item.sign for item in chunk], [item.sequence for item in chunk], steps=steps)
+        for item, sequence in zip(chunk, generated):
+            reference = item.sequence
+            errors.append(dtw_mje(sequence, reference.data, reference.confidence))
+            static = np.repeat(reference.data[:1], reference.num_frames, axis=0)
+            static_errors.append(dtw_mje(static, reference.data, reference.confidence))
+            length_errors.append(abs(len(sequence) - reference.num_frames))
+    return {"val_dtw_mje": float(np.nanmean(errors)), "val_static_dtw_mje": float(np.nanmean(static_errors)),
+            "val_length_error": float(np.mean(length_errors))}
+
+
+# --- Ray Train: shards streamed by Ray Data into TorchTrainer workers --------------------------
+
+@dataclass
+class TrainingJob:
+    """Everything a training run needs; saved as job.json in the run folder."""
+    data: str
+    out: str
+    workers: int = 1
+    gpu: bool = False
+    cpus_per_worker: float = 1.0
+    model: dict = field(default_factory=dict)     # ModelConfig overrides (d_model, heads, ...)
+    train: dict = field(default_factory=dict)     # TrainConfig fields
+    schedule: dict = field(default_factory=dict)  # ScheduleConfig fields
+    validation_items: int = 64                    # validation items scored each epoch
+    wandb: bool = False
+    name: str = "ray"                             # Ray's run name inside `out`
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainingJob":
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown training job keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+def route_settings(settings: dict[str, str]) -> tuple[dict, dict, dict]:
+    """`--set key=value` pairs -> (model, train, schedule) overrides, typed by the config fields."""
+    targets = [(ModelConfig, {}), (TrainConfig, {}), (ScheduleConfig, {})]
+    for key, raw in settings.items():
+        for config_class, chosen in targets:
+            known = {f.name: f for f in fields(config_class)}
+            if key in known and key not in ("vocabulary", "skeleton"):
+                chosen[key] = _parse_value(key, raw, known[key].type)
+                break
+        else:
+            names = sorted({f.name for c, _ in targets for f in fields(c)} - {"vocabulary", "skeleton"})
+            raise ValueError(f"unknown setting {key!r}; known settings: {', '.join(names)}")
+    return targets[0][1], targets[1][1], targets[2][1]
+
+
+def _parse_value(key: str, raw, annotation) -> object:
+    if not isinstance(raw, str):
+        return raw
+    text = str(annotation)
+    try:
+        if "bool" in text:
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return raw.lower() in ("true", "1", "yes")
+        if text.startswith("int"):
+            return int(raw)
+        if text.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"setting {key}={raw!r}: expected {text}") from None
+    return raw
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """The Ray Train worker: a plain PyTorch loop over this worker's shard of the training data."""
+    import tempfile
+
+    import ray.train
+    import ray.train.torch
+
+    from t2p.data import ShardCollate, read_items
+
+    job = TrainingJob.from_dict(config["job"])
+    model_config = ModelConfig.from_dict(config["model_config"])
+    train_config = TrainConfig.from_dict(config["train_config"])
+    schedule_config = ScheduleConfig(**config["schedule_config"])
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    torch.manual_seed(train_config.seed + rank)
+    torch.set_num_threads(max(1, int(job.cpus_per_worker)))
+    generator = torch.Generator().manual_seed(train_config.seed + rank)
+
+    model = T2PModel(model_config, schedule_config)
+    start_epoch, saved_state, history = 0, None, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:  # resuming: weights, optimiser, schedule position and the metrics so far
+        with checkpoint.as_directory() as directory:
+            model = T2PModel.load(Path(directory) / "model")
+            saved_state = torch.load(Path(directory) / "train_state.pt", weights_only=True)
+            history = json.loads((Path(directory) / "metrics.json").read_text())
+            start_epoch = int(saved_state["epoch"]) + 1
+    device = ray.train.torch.get_device()
+    wrapped = ray.train.torch.prepare_model(model)
+    steps_per_epoch = max(1, math.ceil(config["train_rows"] / context.get_world_size() / train_config.batch_size))
+    optimizer, scheduler = make_optimizer(wrapped, train_config, train_config.epochs * steps_per_epoch)
+    if saved_state is not None:
+        optimizer.load_state_dict(saved_state["optimizer"])
+        scheduler.load_state_dict(saved_state["scheduler"])
+
+    validation = read_items(job.data, "validation", limit=job.validation_items)
+    collate_batch = ShardCollate(model_config.vocabulary, (model_config.num_joints, model_config.dims),
+                                 model_config.max_frames)
+    shard = ray.train.get_dataset_shard("train")
+    logger = _wandb_logger(job, config) if rank == 0 and job.wandb else None
+
+    for epoch in range(start_epoch, train_config.epochs):
+        sums: dict[str, float] = {}
+        batches = 0
+        for batch in shard.iter_torch_batches(batch_size=train_config.batch_size, collate_fn=collate_batch,
+                                              local_shuffle_buffer_size=4 * train_config.batch_size):
+            losses = train_step(wrapped, batch.to(device), optimizer, scheduler, train_config, generator)
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + value
+            batches += 1
+        metrics = {f"train_{name}": value / max(batches, 1) for name, value in sums.items()}
+        metrics.update(epoch=epoch, learning_rate=scheduler.get_last_lr()[0])
+        core = wrapped.module if hasattr(wrapped, "module") else wrapped
+        # validated with the model's own default step count, the one saved with it
+        metrics.update(validation_metrics(core.eval(), validation, schedule_config.steps))
+        history.append(metrics)
+        if logger is not None:
+            logger.log(metrics, step=epoch)
+        with tempfile.TemporaryDirectory() as directory:
+            checkpoint = None
+            if rank == 0:  # every worker reports; rank 0 attaches the checkpoint
+                core.save(Path(directory) / "model")
+                torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                           Path(directory) / "train_state.pt")
+                # the whole history travels with each checkpoint: Ray keeps only the best few
+                (Path(directory) / "metrics.json").write_text(json.dumps(history))
+                checkpoint = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report(metrics, checkpoint=checkpoint)
+    if logger is not None:
+        logger.finish()
+
+
+def _wandb_logger(job: TrainingJob, config: dict):
+    """W&B run, offline unless an API key is configured; only when --wandb was asked for."""
+    import os
+    try:
+        import wandb
+    except ImportError:
+        raise RuntimeError("--wandb needs the wandb package: pip install 't2p[wandb]'") from None
+    mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    return wandb.init(project="t2p", dir=job.out, mode=mode,
+                      config={"train": config["train_config"], "schedule": config["schedule_config"],
+                              "model": {k: v for k, v in config["model_config"].items()
+                                        if k not in ("vocabulary", "pose_mean", "pose_std", "neutral_pose")}})
+
+
+def ensure_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
+    """Connect to the cluster in RAY_ADDRESS, or start local single-node Ray (saying so once)."""
+    import os
+
+    import ray
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"])
+        return
+    if not quiet:
+        print("t2p: no Ray cluster given (RAY_ADDRESS unset): starting a local Ray instance on this machine",
+              flush=True)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_TRAIN_V2_ENABLED": "1"}})
+
+
+def run_training(job: TrainingJob, callbacks: Sequence = ()) -> dict:
+    """Train with Ray Train on prepared shards; write best/, metrics.csv and job.json into job.out.
+
+    Re-running with the same `out` continues from the last checkpoint (Ray Train restores a run
+    with the same name and storage path). Returns the best epoch's metrics.
+    """
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from t2p.data import load_manifest, shard_paths
+
+    out = Path(job.out).resolve()
+    data = Path(job.data).resolve()
+    manifest = load_manifest(data)
+    job = TrainingJob.from_dict({**job.to_dict(), "out": str(out), "data": str(data)})
+    model_config = model_config_from_manifest(manifest, **job.model)
+    train_config = TrainConfig.from_dict({**TrainConfig().to_dict(), **job.train})
+    schedule_config = ScheduleConfig(**{**ScheduleConfig().to_dict(), **job.schedule})
+    if not manifest["counts"]["validation"]:
+        raise ValueError(f"{data} has no validation rows: prepare it with a validation fraction > 0")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "job.json").write_text(json.dumps({"job": job.to_dict(), "train_config": train_config.to_dict(),
+                                              "schedule_config": schedule_config.to_dict()}, indent=1))
+
+    ensure_ray()
+    train_data = ray.data.read_parquet(shard_paths(data, "train"))
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job.to_dict(), "model_config": asdict(model_config),
+                           "train_config": train_config.to_dict(), "schedule_config": schedule_config.to_dict(),
+                           "train_rows": manifest["counts"]["train"]},
+        scaling_config=ray.train.ScalingConfig(num_workers=job.workers, use_gpu=job.gpu,
+                                               resources_per_worker={"CPU": job.cpus_per_worker}),
+        datasets={"train": train_data},
+        run_config=ray.train.RunConfig(
+            name=job.name, storage_path=str(out), callbacks=list(callbacks),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_dtw_mje",
+                                                         checkpoint_score_order="min")),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    return export_run(out, result)
+
+
+def export_run(out: Path, result) -> dict:
+    """Copy the best checkpoint's model to out/best and the per-epoch metrics to out/metrics.csv."""
+    best_checkpoint, best_metrics = min(result.best_checkpoints, key=lambda pair: pair[1]["val_dtw_mje"])
+    staging = out / "best.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    with best_checkpoint.as_directory() as directory:
+        shutil.copytree(Path(directory) / "model", staging)
+    shutil.rmtree(out / "best", ignore_errors=True)
+    staging.replace(out / "best")
+    with result.checkpoint.as_directory() as directory:  # the latest checkpoint holds every epoch
+        history = json.loads((Path(directory) / "metrics.json").read_text())
+    columns = list(history[0])
+    partial = out / "metrics.csv.partial"
+    with open(partial, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+    partial.replace(out / "metrics.csv")
+    return {key: value for key, value in best_metrics.items() if key in columns}

@@ -1,0 +1,257 @@
+"""Verbs of the main pipeline: prepare, train, generate, quickstart."""
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from t2p.cli import CommandError, add_verb
+
+DEFAULT_DATA = "data/fingerspelling"
+DEFAULT_RUN = "runs/default"
+
+
+def register(subparsers) -> None:
+    _register_prepare(subparsers)
+    _register_train(subparsers)
+    _register_tune(subparsers)
+    _register_generate(subparsers)
+    _register_quickstart(subparsers)
+
+
+# --- prepare -------------------------------------------------------------------------------------
+
+def _register_prepare(subparsers) -> None:
+    parser = add_verb(subparsers, "prepare", "Read .pose recordings into Parquet shards + manifest.json.",
+                      "t2p prepare --source lexicon --index my_lexicon/index.csv --out data/mine")
+    parser.add_argument("--source", choices=["fingerspelling", "lexicon", "index"], default="fingerspelling",
+                        help="fingerspelling: the lexicon shipped in the spoken-to-signed package; lexicon: a "
+                             "spoken-to-signed lexicon folder; index: a csv/jsonl with path,text,notation,language[,split]")
+    parser.add_argument("--index", type=Path, help="index file for --source lexicon/index")
+    parser.add_argument("--notation", choices=["text", "signwriting"], default="text",
+                        help="text per fingerspelling row: the letter, or its SignWriting where the signwriting "
+                             "package can spell it")
+    parser.add_argument("--skeleton", choices=["upper_body", "upper_body_face"], default="upper_body")
+    parser.add_argument("--out", type=Path, default=Path(DEFAULT_DATA), help="output folder")
+    parser.add_argument("--split", default="0.8,0.1,0.1", help="train,validation,test fractions (by item)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split assignment")
+    parser.add_argument("--skip-bad", action="store_true", help="skip missing/corrupt files instead of failing")
+    parser.add_argument("--shard-rows", type=int, default=256, help="rows per Parquet shard")
+    parser.set_defaults(handler=prepare_command)
+
+
+def prepare_command(args: argparse.Namespace) -> int:
+    from t2p import data
+    try:
+        fractions = tuple(float(part) for part in args.split.split(","))
+    except ValueError:
+        raise CommandError(f"--split must be three numbers like 0.8,0.1,0.1, got {args.split!r}") from None
+    if args.source == "fingerspelling":
+        items = data.fingerspelling_items(args.notation)
+    elif args.index is None:
+        raise CommandError(f"--source {args.source} needs --index PATH")
+    elif args.source == "lexicon":
+        items = data.lexicon_items(args.index)
+    else:
+        items = data.index_items(args.index)
+    try:
+        manifest = data.prepare(items, args.out, source=args.source, skeleton=args.skeleton, fractions=fractions,
+                                seed=args.seed, skip_bad=args.skip_bad, shard_rows=args.shard_rows)
+    except data.PreparationError as error:
+        raise CommandError(str(error)) from None
+    counts = manifest["counts"]
+    print(f"prepared {sum(counts.values())} sequences into {args.out}: "
+          + ", ".join(f"{split} {count}" for split, count in counts.items()))
+    if manifest["skipped"]:
+        print(f"skipped {len(manifest['skipped'])} unreadable item(s); listed in {args.out}/manifest.json")
+    return 0
+
+
+# --- train ---------------------------------------------------------------------------------------
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), help="prepared shards (t2p prepare)")
+    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers")
+    parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--epochs", type=int, help="epochs (default: TrainConfig.epochs)")
+    parser.add_argument("--batch-size", type=int, help="batch size per worker")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any model, training or schedule setting, e.g. --set d_model=256 --set steps=20")
+    parser.add_argument("--validation-items", type=int, default=64, help="validation items scored each epoch")
+    parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline without a key)")
+
+
+def _register_train(subparsers) -> None:
+    parser = add_verb(subparsers, "train", "Train with Ray Train on prepared shards (local Ray unless RAY_ADDRESS).",
+                      "t2p train --data data/fingerspelling --out runs/default --epochs 30 --set d_model=128")
+    _add_training_options(parser)
+    parser.add_argument("--out", type=Path, default=Path(DEFAULT_RUN), help="run folder: best/, metrics.csv, job.json")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    parser.set_defaults(handler=train_command)
+
+
+def training_job_from_args(args: argparse.Namespace):
+    from t2p.train import TrainingJob, route_settings
+    settings = {}
+    for pair in args.set:
+        if "=" not in pair:
+            raise CommandError(f"--set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        settings[key.strip()] = value.strip()
+    model, train, schedule = route_settings(settings)
+    if args.epochs is not None:
+        train["epochs"] = args.epochs
+    if args.batch_size is not None:
+        train["batch_size"] = args.batch_size
+    if args.workers < 1:
+        raise CommandError("--workers must be >= 1")
+    return TrainingJob(data=str(args.data), out=str(args.out), workers=args.workers, gpu=args.gpu,
+                       cpus_per_worker=args.cpus_per_worker, model=model, train=train, schedule=schedule,
+                       validation_items=args.validation_items, wandb=args.wandb)
+
+
+def train_command(args: argparse.Namespace) -> int:
+    import json
+
+    from t2p.train import TrainingJob, run_training
+    if args.resume is not None:
+        saved = args.resume / "job.json"
+        if not saved.is_file():
+            raise CommandError(f"{args.resume} is not a t2p run folder (no job.json)")
+        job = TrainingJob.from_dict(json.loads(saved.read_text())["job"])
+        if args.epochs is not None:
+            job.train["epochs"] = args.epochs
+        print(f"resuming {args.resume} (epochs: {job.train.get('epochs', 'default')})")
+    else:
+        job = training_job_from_args(args)
+    best = run_training(job)
+    out = Path(job.out)
+    print(f"best epoch {best.get('epoch')}: validation DTW-MJE {best['val_dtw_mje']:.4f} "
+          f"(static baseline {best['val_static_dtw_mje']:.4f})")
+    print(f"model: {out / 'best'}\nmetrics: {out / 'metrics.csv'}\nconfig: {out / 'job.json'}")
+    return 0
+
+
+# --- tune ----------------------------------------------------------------------------------------
+
+def _register_tune(subparsers) -> None:
+    parser = add_verb(subparsers, "tune", "Sweep refinement steps and loss weights with Ray Tune (one TorchTrainer per trial).",
+                      "t2p tune --data data/fingerspelling --out runs/sweep --samples 8 --epochs 10 "
+                      "--search steps=1,5,10 --search smoothness_weight=0.05:2")
+    _add_training_options(parser)
+    parser.add_argument("--out", type=Path, default=Path("runs/sweep"), help="sweep folder: trials/, best/, sweep.json")
+    parser.add_argument("--samples", type=int, default=4, help="trials")
+    parser.add_argument("--max-concurrent", type=int, default=1, help="trials at once")
+    parser.add_argument("--search", action="append", default=[], metavar="KEY=SPEC",
+                        help="KEY=a,b,c (choice) or KEY=low:high (log-uniform); default: steps, smoothness_weight "
+                             "and length_weight")
+    parser.set_defaults(handler=tune_command)
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    from t2p.tune import METRIC, parse_search, run_sweep
+    if args.samples < 1:
+        raise CommandError("--samples must be >= 1")
+    job = training_job_from_args(args)
+    summary = run_sweep(job, samples=args.samples, space=parse_search(args.search) if args.search else None,
+                        max_concurrent=args.max_concurrent)
+    print(f"best of {len(summary['trials'])} trials: {METRIC} {summary['best_metrics'][METRIC]:.4f} "
+          f"with {summary['best_config']}")
+    print(f"model: {args.out / 'best'}\nsummary: {args.out / 'sweep.json'}")
+    return 0
+
+
+# --- generate ------------------------------------------------------------------------------------
+
+def _register_generate(subparsers) -> None:
+    parser = add_verb(subparsers, "generate", "Generate .pose files from text with a trained model.",
+                      't2p generate --model runs/default/best --text A --language ase -o a.pose')
+    parser.add_argument("--model", type=Path, default=Path(DEFAULT_RUN) / "best", help="model folder")
+    parser.add_argument("--text", action="append", default=[], help="a sign to generate (repeatable; one batch)")
+    parser.add_argument("--texts-file", type=Path, help="one sign per line")
+    parser.add_argument("--notation", choices=["hamnosys", "signwriting", "text"],
+                        help="notation of the texts (default: the model's)")
+    parser.add_argument("--language", help="sign language code, ISO 639-3 (e.g. ase)")
+    parser.add_argument("--first-pose", type=Path, help=".pose whose first frame decides who signs")
+    parser.add_argument("--steps", type=int, help="refinement steps (default: the model's)")
+    parser.add_argument("--length", type=int, help="frames (default: predicted)")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = off)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="output .pose for one text, or a folder for several")
+    parser.set_defaults(handler=generate_command)
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    from t2p.generation import as_pose, generate
+    from t2p.model import T2PModel
+    from t2p.notation import SignText
+    from t2p.pose import load_sequence, write_pose
+
+    texts = list(args.text)
+    if args.texts_file is not None:
+        if not args.texts_file.is_file():
+            raise CommandError(f"--texts-file {args.texts_file} not found")
+        texts += [line.rstrip("\n") for line in args.texts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise CommandError("give at least one --text (or --texts-file)")
+    model = T2PModel.load(args.model)
+    notation = args.notation or model.config.default_notation
+    signs = [SignText(text, notation, args.language) for text in texts]
+    first = load_sequence(args.first_pose, model.skeleton) if args.first_pose else None
+    sequences = generate(model, signs, first_poses=[first] * len(signs), steps=args.steps, lengths=args.length,
+                         guidance=args.guidance, seed=args.seed)
+    if len(signs) == 1 and args.output.suffix == ".pose":
+        destinations = [args.output]
+    else:
+        if args.output.suffix == ".pose":
+            raise CommandError(f"{len(signs)} texts need a folder for -o, not a .pose file")
+        destinations = [args.output / f"{i:03d}-{_slug(text)}.pose" for i, text in enumerate(texts)]
+    for destination, sequence in zip(destinations, sequences):
+        write_pose(as_pose(model, sequence, first), destination)
+        print(f"{destination} ({len(sequence)} frames)")
+    return 0
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^\w-]+", "_", text, flags=re.UNICODE).strip("_")
+    return slug[:40] or "sign"
+
+
+# --- quickstart ----------------------------------------------------------------------------------
+
+def _register_quickstart(subparsers) -> None:
+    parser = add_verb(subparsers, "quickstart",
+                      "The main job on the embedded data: prepare the fingerspelling lexicon, train, generate.",
+                      "t2p quickstart --epochs 5   # a shorter run")
+    parser.add_argument("--data", type=Path, default=Path(DEFAULT_DATA))
+    parser.add_argument("--out", type=Path, default=Path(DEFAULT_RUN))
+    parser.add_argument("--epochs", type=int, help="epochs (default: TrainConfig.epochs)")
+    parser.set_defaults(handler=quickstart_command)
+
+
+def quickstart_command(args: argparse.Namespace) -> int:
+    import time
+
+    from t2p import data
+    from t2p.train import TrainingJob, run_training
+
+    started = time.time()
+    if not (args.data / data.MANIFEST_FILE).is_file():
+        manifest = data.prepare(data.fingerspelling_items(), args.data, source="fingerspelling")
+        print(f"prepared {sum(manifest['counts'].values())} fingerspelling sequences into {args.data}")
+    train = {"epochs": args.epochs} if args.epochs else {}
+    best = run_training(TrainingJob(data=str(args.data), out=str(args.out), train=train))
+    example = args.out / "examples" / "ase-A.pose"
+    generate_command(argparse.Namespace(model=args.out / "best", text=["A"], texts_file=None, notation="text",
+                                        language="ase", first_pose=None, steps=None, length=None, guidance=None,
+                                        seed=None, output=example))
+    print(f"\ndone in {time.time() - started:.0f} s")
+    print(f"  data:     {args.data}  (manifest.json, Parquet shards)")
+    print(f"  model:    {args.out / 'best'}  (validation DTW-MJE {best['val_dtw_mje']:.4f}, "
+          f"static baseline {best['val_static_dtw_mje']:.4f})")
+    print(f"  metrics:  {args.out / 'metrics.csv'}")
+    print(f"  example:  {example}")
+    print(f"next: t2p generate --model {args.out / 'best'} --text B --language ase -o b.pose")
+    return 0
