@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 40
+    epochs: int = 30
     batch_size: int = 32
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
@@ -325,7 +325,8 @@ def train_loop_per_worker(config: dict) -> None:
         sums: dict[str, float] = {}
         batches = 0
         for batch in shard.iter_torch_batches(batch_size=train_config.batch_size, collate_fn=collate_batch,
-                                              local_shuffle_buffer_size=4 * train_config.batch_size):
+                                              local_shuffle_buffer_size=4 * train_config.batch_size,
+                                              local_shuffle_seed=train_config.seed + 1000 * rank + epoch):
             losses = train_step(wrapped, batch.to(device), optimizer, scheduler, train_config, generator)
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + value

@@ -30,7 +30,7 @@ def test_cli_prepares_trains_resumes_and_generates(ray_session, real_index, tmp_
                  "--split", "0.75,0.25,0"]) == 0
     assert "prepared 32 sequences" in capsys.readouterr().out
 
-    assert main(["train", "--data", str(data), "--out", str(run), "--epochs", "2", "--batch-size", "8", *TINY]) == 0
+    assert main(["train", "--data", str(data), "--out", str(run), "--epochs", "2", "--batch-size", "4", *TINY]) == 0
     assert "validation DTW-MJE" in capsys.readouterr().out
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(row["epoch"]) for row in rows] == [0, 1]
