@@ -278,8 +278,9 @@ def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, sk
             sequence = to_sequence(pose, chosen_skeleton)
         except (PoseFormatError, ValueError) as error:
             if not skip_bad:
-                raise PreparationError(f"{item.path}: {error}".replace(f"{item.path}: {item.path}: ", f"{item.path}: ")
-                                       + " (use --skip-bad to skip unreadable items)") from None
+                # read_pose's errors already name the file; the others get it in front
+                message = str(error) if str(item.path) in str(error) else f"{item.path}: {error}"
+                raise PreparationError(f"{message} (use --skip-bad to skip unreadable items)") from None
             skipped.append({"path": str(item.path), "reason": str(error)})
             continue
         row_id = f"{number:06d}"
@@ -310,7 +311,7 @@ def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, sk
             partial.replace(out_dir / name)
             shards.append({"path": name, "split": split, "rows": table.num_rows})
 
-    train_meta = [r for r in rows["train"]]
+    train_rows = rows["train"]
     manifest = {
         "t2p_shards": SHARD_FORMAT_VERSION,
         "source": source,
@@ -324,9 +325,9 @@ def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, sk
         "statistics": statistics(train_sequences),
         "vocabulary": list(Vocabulary.build(train_signs).tokens),
         "output_normalization": {
-            "center": np.mean([r["norm_center"] for r in train_meta], axis=0).astype(float).tolist(),
-            "scale": float(np.mean([r["norm_scale"] for r in train_meta]))},
-        "output_canvas": [int(v) for v in np.median([r["canvas"] for r in train_meta], axis=0)],
+            "center": np.mean([r["norm_center"] for r in train_rows], axis=0).astype(float).tolist(),
+            "scale": float(np.mean([r["norm_scale"] for r in train_rows]))},
+        "output_canvas": [int(v) for v in np.median([r["canvas"] for r in train_rows], axis=0)],
     }
     partial = out_dir / (MANIFEST_FILE + ".partial")
     partial.write_text(json.dumps(manifest, ensure_ascii=False, indent=1))

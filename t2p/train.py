@@ -200,8 +200,9 @@ def validation_metrics(model: T2PModel, items: Sequence["PreparedItem"], steps: 
                        batch_size: int = 64) -> dict[str, float]:
     """Mean DTW-MJE of generated vs reference sequences (reference first pose, predicted length),
     the same for the static baseline, and the mean absolute length error in frames."""
+    from t2p.evaluate import static_baseline
     from t2p.generation import generate
-    from t2p.metrics import dtw_mje
+    from t2p.metrics import dtw_mje, length_error
     if not items:
         return {}
     errors, static_errors, length_errors = [], [], []
@@ -211,9 +212,9 @@ def validation_metrics(model: T2PModel, items: Sequence["PreparedItem"], steps: 
         for item, sequence in zip(chunk, generated):
             reference = item.sequence
             errors.append(dtw_mje(sequence, reference.data, reference.confidence))
-            static = np.repeat(reference.data[:1], reference.num_frames, axis=0)
+            static, _ = static_baseline(reference.data[0], reference.num_frames)
             static_errors.append(dtw_mje(static, reference.data, reference.confidence))
-            length_errors.append(abs(len(sequence) - reference.num_frames))
+            length_errors.append(length_error(sequence, reference.data))
     return {"val_dtw_mje": float(np.nanmean(errors)), "val_static_dtw_mje": float(np.nanmean(static_errors)),
             "val_length_error": float(np.mean(length_errors))}
 

@@ -235,6 +235,10 @@ def quickstart_command(args: argparse.Namespace) -> int:
     import time
 
     from t2p import data
+    from t2p.generation import as_pose, generate
+    from t2p.model import T2PModel
+    from t2p.notation import SignText
+    from t2p.pose import write_pose
     from t2p.train import TrainingJob, run_training
 
     started = time.time()
@@ -244,9 +248,10 @@ def quickstart_command(args: argparse.Namespace) -> int:
     train = {"epochs": args.epochs} if args.epochs else {}
     best = run_training(TrainingJob(data=str(args.data), out=str(args.out), train=train))
     example = args.out / "examples" / "ase-A.pose"
-    generate_command(argparse.Namespace(model=args.out / "best", text=["A"], texts_file=None, notation="text",
-                                        language="ase", first_pose=None, steps=None, length=None, guidance=None,
-                                        seed=None, output=example))
+    model = T2PModel.load(args.out / "best")
+    (sequence,) = generate(model, [SignText("A", "text", "ase")])
+    write_pose(as_pose(model, sequence), example)
+    print(f"{example} ({len(sequence)} frames)")
     print(f"\ndone in {time.time() - started:.0f} s")
     print(f"  data:     {args.data}  (manifest.json, Parquet shards)")
     print(f"  model:    {args.out / 'best'}  (validation DTW-MJE {best['val_dtw_mje']:.4f}, "
