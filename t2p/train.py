@@ -411,7 +411,9 @@ def run_training(job: TrainingJob, callbacks: Sequence = ()) -> dict:
                                               "schedule_config": schedule_config.to_dict()}, indent=1))
 
     ensure_ray()
-    train_data = ray.data.read_parquet(shard_paths(data, "train"))
+    # reading a shard is light work: a fraction of a CPU, so reads still fit beside the workers
+    # (and beside a Tune trial's own reservation) on a small machine
+    train_data = ray.data.read_parquet(shard_paths(data, "train"), num_cpus=0.25)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.to_dict(), "model_config": asdict(model_config),

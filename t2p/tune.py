@@ -71,8 +71,10 @@ def run_sweep(job: TrainingJob, samples: int = 4, space: dict | None = None, max
     job = replace(job, out=str(out), data=str(Path(job.data).resolve()))
     ensure_ray()
     tuner = tune.Tuner(
-        # the trial function only drives; its TorchTrainer asks for the workers' CPUs itself
-        tune.with_resources(tune_trial, {"CPU": 0.01}),
+        # The trial function only drives; its TorchTrainer asks for the workers' CPUs itself. Any CPU
+        # held here leaves less than the one CPU an actor needs to be scheduled (Ray Data's split
+        # coordinator), which starves a small machine: the driver reserves memory instead.
+        tune.with_resources(tune_trial, {"CPU": 0, "memory": 256 * 1024 ** 2}),
         param_space={"job": job.to_dict(), "search": space or default_search_space()},
         tune_config=tune.TuneConfig(metric=METRIC, mode="min", num_samples=samples,
                                     max_concurrent_trials=max_concurrent),

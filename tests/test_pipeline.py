@@ -62,3 +62,18 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["prepare", "--source", "index"]) == 2
     assert "needs --index" in capsys.readouterr().err
 
+
+
+def test_tune_sweeps_steps_with_one_trainer_per_trial(ray_session, real_index, tmp_path, capsys):
+    data, sweep = tmp_path / "data", tmp_path / "sweep"
+    assert main(["prepare", "--source", "index", "--index", str(real_index), "--out", str(data),
+                 "--split", "0.75,0.25,0"]) == 0
+    tiny = [arg for arg in TINY if arg != "steps=2"][:-1]
+    assert main(["tune", "--data", str(data), "--out", str(sweep), "--samples", "2", "--epochs", "1",
+                 "--batch-size", "8", *tiny, "--search", "steps=1,2"]) == 0
+    summary = json.loads((sweep / "sweep.json").read_text())
+    assert len(summary["trials"]) == 2
+    assert all(trial["error"] is None and trial["val_dtw_mje"] > 0 for trial in summary["trials"])
+    assert summary["best_config"]["steps"] in (1, 2)
+    best = T2PModel.load(sweep / "best")
+    assert best.schedule_config.steps == summary["best_config"]["steps"]  # the swept setting is saved with the model
