@@ -406,16 +406,15 @@ def _skeleton_dims(manifest: dict) -> tuple[int, int]:
     return sum(len(c["points"]) for c in skeleton["components"]), int(skeleton["dims"])
 
 
-class ShardCollate:
-    """Ray Data batch (dict of column arrays) -> `PoseBatch`: decodes poses, encodes texts, pads."""
+class ShardExamples:
+    """Ray Data batch (dict of column arrays) -> `Example`s: decodes poses, encodes texts."""
 
-    def __init__(self, vocabulary: Sequence[str], skeleton_dims: tuple[int, int], max_frames: int):
+    def __init__(self, vocabulary: Sequence[str], skeleton_dims: tuple[int, int]):
         self.vocabulary_tokens = tuple(vocabulary)
         self.skeleton_dims = tuple(skeleton_dims)
-        self.max_frames = max_frames
         self._vocabulary = None
 
-    def __call__(self, columns: dict) -> PoseBatch:
+    def __call__(self, columns: dict) -> list[Example]:
         from t2p.notation import Vocabulary
         if self._vocabulary is None:
             self._vocabulary = Vocabulary(self.vocabulary_tokens)
@@ -423,4 +422,4 @@ class ShardCollate:
         for i in range(len(columns["id"])):
             item = row_to_item({name: values[i] for name, values in columns.items()}, self.skeleton_dims)
             examples.append(Example(self._vocabulary.encode(item.sign), item.sequence.data, item.sequence.confidence))
-        return collate(examples, self.max_frames)
+        return examples

@@ -7,10 +7,14 @@ Each metric says which published definition it reproduces, so that numbers compa
 |---|---|---|
 | `mje` | mean per-joint Euclidean error | the standard MJE / MPJPE |
 | `dtw_mje`, `dtw_mje_sum` | per-keypoint exact DTW, mean over keypoints | DTW-MJE (Huang et al. 2021), exact DTW by dtaidistance's C code |
-| `ndtw_mje` | Ham2Pose's nDTW-MJE | `metrics.py` of github.com/rotem-shalev/Ham2Pose (commit 2e269c5) |
+| `ndtw_mje` | Ham2Pose's nDTW-MJE on shoulder-normalised poses, without its per-sequence `focus` (`focus=True` restores it; see `ndtw_mje`) | `metrics.py` of github.com/rotem-shalev/Ham2Pose (commit 2e269c5) |
 | `dtwp`, `ndtwp` | pose-evaluation's DTWp / nDTWp | github.com/sign-language-processing/pose-evaluation (README, `dtw_metric.py`, `create_metrics.py`, `examples/Pose_Evaluation_Example.ipynb`) |
 | `displacement_ratio` | motion of the prediction / motion of the reference | t2p's motion health check |
 | `length_error` | frames predicted minus frames in the reference, absolute | t2p's motion health check |
+| `presence_error` | share of (frame, joint) whose presence differs from the reference's | t2p |
+
+`dtw_mje_matrix` and `back_retrieval_ranks` score a whole set: how often an output is closer
+(DTW-MJE) to its own reference than to the others, which a text-blind system cannot do.
 
 `score` computes all of them for a pair of `PoseSequence`s; evaluation, `t2p compare` and the
 validation inside training call these same functions.
@@ -122,28 +126,53 @@ HAM2POSE_LOW_CONFIDENCE = 0.2  # Ham2Pose's `pose_hide_low_conf` hides points wi
 
 def ndtw_mje(predicted: np.ndarray, reference: np.ndarray, joints: Sequence[int],
              predicted_confidence: np.ndarray | None = None, reference_confidence: np.ndarray | None = None,
-             focus: bool = True) -> float:
-    """Ham2Pose's nDTW-MJE, reproducing `compare_poses(pred, label, distance_function=fastdtw)` of
-    Ham2Pose's `metrics.py` (github.com/rotem-shalev/Ham2Pose, commit 2e269c5).
+             focus: bool = False) -> float:
+    """Ham2Pose's nDTW-MJE, `compare_poses(pred, label, distance_function=fastdtw)` of Ham2Pose's
+    `metrics.py` (github.com/rotem-shalev/Ham2Pose, commit 2e269c5), without its `Pose.focus` step
+    unless `focus=True`.
 
     Inputs are shoulder-normalised (as every `PoseSequence` is, with the shoulders Ham2Pose's
-    `pose_normalization_info` uses). As Ham2Pose's `get_pose` does, each sequence is then moved so
-    that its smallest observed coordinate is 0 (`Pose.focus`) and points with confidence <= 0.2
-    are hidden. Only `joints` are compared (`JointGroups.upper_body_and_hands`: Ham2Pose's
-    `get_idx2weight` keeps OpenPose body points 0-8 and both hands, no legs, no face) and only x and
-    y, since Ham2Pose's keypoints are 2D. Per keypoint, the trajectories are aligned by `fastdtw`
-    (radius 1, Ham2Pose's choice, so the approximation is part of the definition) with the local
-    cost of Ham2Pose's `masked_euclidean`: 0 where the reference point is missing, ‖reference‖ / 2
-    where only the prediction's is missing, else the Euclidean distance. The result is the path sum
-    averaged over the keypoints.
+    `pose_normalization_info` uses; pose-format 0.1.2, which Ham2Pose pins, centres on the mean
+    shoulder midpoint and scales to a mean shoulder width of 1, as t2p does). Points with confidence
+    <= 0.2 are hidden (`pose_hide_low_conf`). Only `joints` are compared
+    (`JointGroups.upper_body_and_hands`: Ham2Pose's `get_idx2weight` keeps OpenPose body points 0-8
+    and both hands, no legs, no face) and only x and y, since Ham2Pose's keypoints are 2D. Per
+    keypoint, the trajectories are aligned by `fastdtw` (radius 1, Ham2Pose's default, so the
+    approximation is part of the definition) with the local cost of Ham2Pose's `masked_euclidean`:
+    0 where the reference point is missing, ‖reference‖ / 2 where only the prediction's is missing,
+    else the Euclidean distance. The result is the path sum (not divided by any length, as in
+    Ham2Pose) averaged over the keypoints.
+
+    Why no focus by default: Ham2Pose's `get_pose` (metrics.py lines 37-39) calls `pose.focus()`
+    after normalising, which moves each pose on its own so that its smallest x and smallest y over
+    all frames and points become 0. That origin is set by the single most extreme point of the whole
+    recording (for a sign made above the head: the highest fingertip and the furthest elbow), so two
+    recordings of one sign that differ in reach are shifted against each other in every frame and
+    every keypoint, after the shoulder normalisation had already put both in one frame of reference.
+    This is Ham2Pose's own definition, not a slip of t2p's: run exactly as Ham2Pose runs it (masked
+    arrays, focus over all points before hiding, pose-format's normalise and focus) on the MediaPipe
+    recordings `colin-1-HOUSE`, `colin-2-HOUSE`, `colin-SAD` of pose-evaluation's test data, with
+    `colin-2-HOUSE` as the label it puts the other sign closer (SAD 12.8) than the second recording
+    of HOUSE (18.0); without the focus step, HOUSE is closer (5.9 against 6.5). On fingerspelled
+    letters of the spoken-to-signed lexicon (tests/test_metrics.py) the focus likewise ranks other
+    letters above a second recording of the same letter where DTW-MJE, DTWp and nDTWp do not.
+    t2p therefore reports nDTW-MJE on the shoulder-normalised coordinates and keeps every other step
+    of Ham2Pose's, as pose-evaluation's own recreation of Ham2Pose's preprocessing does (its
+    `get_standard_pose_processors` normalises by the shoulders and leaves the focus out). One
+    consequence: the ‖reference‖ / 2 cost of a missing predicted point is measured from the
+    shoulder midpoint rather than from the focus corner.
+
+    `focus=True` adds Ham2Pose's step: each sequence minus its smallest x and y over the points
+    Ham2Pose sees then (confidence > 0, before the <= 0.2 points are hidden: `focus` comes before
+    `pose_hide_low_conf` in `get_pose`). It spans the joints given to it, so on a skeleton without
+    the face or legs the origin can differ from Ham2Pose's full OpenPose layout.
 
     Like Ham2Pose's, the value of a sequence against itself is 0 only when no point is hidden: a
     hidden reference point costs 0, so fastdtw's coarse path may leave the diagonal there and the
     finer window may then miss it.
 
     Not reproduced: Ham2Pose's dataset-specific steps (mirroring left-handed PJM videos, pruning
-    leading/trailing frames without face or hands). `focus` spans the joints given to it, so on a
-    skeleton without the face the origin differs from Ham2Pose's full OpenPose layout.
+    leading/trailing frames without face or hands).
     """
     from fastdtw import fastdtw
 
@@ -159,17 +188,24 @@ def ndtw_mje(predicted: np.ndarray, reference: np.ndarray, joints: Sequence[int]
 
 
 def _ham2pose_points(data: np.ndarray, confidence: np.ndarray | None, focus: bool) -> np.ndarray:
+    """x and y as float64, NaN where Ham2Pose hides a point (confidence <= 0.2); with `focus`, first
+    moved so that the smallest observed (confidence > 0) x and y are 0, as `Pose.focus` then
+    `pose_hide_low_conf` in Ham2Pose's `get_pose`."""
+    # data: (frames, joints, dims); confidence: (frames, joints)
     points = np.array(data[..., :2], dtype=np.float64)  # (frames, joints, 2)
-    if confidence is not None:
-        points[confidence <= HAM2POSE_LOW_CONFIDENCE] = np.nan
     if focus:
-        observed = ~np.isnan(points[..., 0])
+        observed = np.ones(points.shape[:2], dtype=bool) if confidence is None else confidence > 0
         if observed.any():
             points -= points[observed].min(axis=0)
+    if confidence is not None:
+        points[confidence <= HAM2POSE_LOW_CONFIDENCE] = np.nan
     return points
 
 
 def _ham2pose_masked_euclidean(point: np.ndarray, reference_point: np.ndarray) -> float:
+    """Ham2Pose's `masked_euclidean` (metrics.py lines 65-71) on NaN-marked points: 0 when the
+    reference point is hidden, half the reference point's norm when only the predicted one is,
+    else the Euclidean distance."""
     px, py = point
     rx, ry = reference_point
     if rx != rx or ry != ry:  # the reference point is missing
@@ -308,6 +344,57 @@ def length_error(predicted: np.ndarray, reference: np.ndarray) -> int:
     return abs(len(predicted) - len(reference))
 
 
+def presence_error(predicted_presence: np.ndarray, reference_confidence: np.ndarray) -> float:
+    """Share of (frame, joint) pairs whose presence differs from the reference's, the prediction
+    resampled in time to the reference length: a hand drawn where the reference has none counts,
+    and so does a hand left out where the reference has one."""
+    # predicted_presence: (frames_p, joints); reference_confidence: (frames_r, joints)
+    present = np.asarray(predicted_presence, dtype=np.float32)
+    frames = len(reference_confidence)
+    if len(present) != frames:
+        position = np.linspace(0, len(present) - 1, frames) if frames > 1 else np.zeros(1)
+        present = present[np.rint(position).astype(int)]  # nearest frame: presence is not interpolated
+    return float(np.mean((present > 0) != (reference_confidence > 0)))
+
+
+def dtw_mje_matrix(predictions: Sequence[tuple[np.ndarray, np.ndarray]],
+                   references: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """`dtw_mje` of every prediction against every reference, (predictions, references): the same
+    per-keypoint exact DTW, frame handling and mean over keypoints, with dtaidistance's C matrix."""
+    # predictions, references: (data (frames, joints, dims), confidence (frames, joints)) pairs
+    joints = references[0][0].shape[1]
+    total = np.zeros((len(predictions), len(references)))
+    counted = np.zeros((len(predictions), len(references)))
+    for joint in range(joints):
+        sources = [np.ascontiguousarray(data[confidence[:, joint] > 0, joint], dtype=np.double)
+                   for data, confidence in predictions]
+        targets = [np.ascontiguousarray(data[confidence[:, joint] > 0, joint], dtype=np.double)
+                   for data, confidence in references]
+        rows = [i for i, series in enumerate(sources) if len(series)]
+        columns = [j for j, series in enumerate(targets) if len(series)]
+        if not rows or not columns:
+            continue
+        series = [sources[i] for i in rows] + [targets[j] for j in columns]
+        block = ((0, len(rows)), (len(rows), len(series)))
+        matrix = dtw_ndim.distance_matrix_fast(series, series[0].shape[1], block=block, compact=False,
+                                               inner_dist="euclidean")[:len(rows), len(rows):]
+        lengths = np.array([len(targets[j]) for j in columns], dtype=np.double)
+        total[np.ix_(rows, columns)] += matrix / lengths  # per reference frame, as dtw_mje
+        counted[np.ix_(rows, columns)] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counted > 0, total / counted, np.nan)
+
+
+def back_retrieval_ranks(distances: np.ndarray) -> np.ndarray:
+    """For each output i, how many other references are at least as close to it as its own
+    reference i (0 = its own reference is the strictly closest). Ties count against the output, so
+    identical outputs for every text never retrieve anything."""
+    # distances: (outputs, references), square, output i belongs to reference i
+    own = np.diag(distances)[:, None]
+    others = ~np.eye(len(distances), dtype=bool)
+    return ((distances <= own) & others).sum(axis=1)
+
+
 # --- Time resampling --------------------------------------------------------------------------
 
 def resample(data: np.ndarray, confidence: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -348,7 +435,7 @@ METRICS: dict[str, MetricInfo] = {
                           "keypoints; masked reference points skipped", "DTW-MJE (Huang et al. 2021), dtaidistance C",
                           "lower"),
     "dtw_mje_sum": MetricInfo("as dtw_mje, the DTW path sum", "DTW-MJE, dtaidistance C", "lower"),
-    "ndtw_mje": MetricInfo("Ham2Pose's nDTW-MJE: focused, upper body and hands, fastdtw with masked_euclidean",
+    "ndtw_mje": MetricInfo("Ham2Pose's nDTW-MJE: shoulder-normalised (no focus, see ndtw_mje), upper body and hands, fastdtw with masked_euclidean",
                            "rotem-shalev/Ham2Pose metrics.py@2e269c5", "lower"),
     "dtwp": MetricInfo("pose-evaluation's DTWp: trimmed, unnormalised, hands only, masked = 10.0",
                        "sign-language-processing/pose-evaluation", "lower"),
@@ -357,6 +444,8 @@ METRICS: dict[str, MetricInfo] = {
     "displacement_ratio": MetricInfo("mean frame-to-frame motion of the prediction / of the reference "
                                      "(~1 healthy, ~0 frozen)", "t2p motion health", "closer to 1"),
     "length_error": MetricInfo("|predicted frames - reference frames|", "t2p motion health", "lower"),
+    "presence_error": MetricInfo("share of (frame, joint) whose presence (e.g. a hand in view) differs from the "
+                                 "reference's", "t2p", "lower"),
 }
 
 
@@ -367,6 +456,12 @@ def score(predicted: PoseSequence, reference: PoseSequence, groups: JointGroups,
     Both are shoulder-normalised `PoseSequence`s; their `normalization` leads back to the files'
     own coordinates, which DTWp needs. A prediction that starts from the reference's first pose
     carries the reference's normalisation.
+
+    A joint with confidence 0 is absent, in the prediction as in the reference (a hand out of
+    view, the idle hand of a one-handed sign): trajectory metrics (DTW-MJE, nDTW-MJE) compare the
+    frames where a joint is there on both sides, and presence is judged by presence_error and by
+    DTWp/nDTWp, whose fill value for an absent point makes a hand drawn where the reference has
+    none (or left out where it has one) cost.
     """
     names = list(METRICS) if metrics is None else list(metrics)
     unknown = [name for name in names if name not in METRICS]
@@ -380,8 +475,8 @@ def score(predicted: PoseSequence, reference: PoseSequence, groups: JointGroups,
     results: dict[str, float] = {}
     for name in names:
         if name == "mje":
-            aligned = p if len(p) == len(r) else resample(p, pc, len(r))[0]
-            value = mje(aligned, r, rc)
+            aligned, aligned_confidence = (p, pc) if len(p) == len(r) else resample(p, pc, len(r))
+            value = mje(aligned, r, rc * (aligned_confidence > 0))  # joints there on both sides
         elif name == "dtw_mje":
             value = dtw_mje(p, r, rc, predicted_confidence=pc)
         elif name == "dtw_mje_sum":
@@ -394,6 +489,8 @@ def score(predicted: PoseSequence, reference: PoseSequence, groups: JointGroups,
             value = ndtwp(p, r, groups, pc, rc)
         elif name == "displacement_ratio":
             value = displacement_ratio(p, r, pc, rc)
+        elif name == "presence_error":
+            value = presence_error(pc, rc)
         else:
             value = length_error(p, r)
         results[name] = float(value)

@@ -24,7 +24,7 @@ from t2p.schedule import RefinementSchedule, ScheduleConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: presence head, length from text and starting pose
 
 
 @dataclass
@@ -139,20 +139,30 @@ class TextEncoder(nn.Module):
 
 
 class LengthPredictor(nn.Module):
-    """A Gaussian over log-length (mean, log-variance) from the pooled text."""
+    """A Laplace distribution over log-length (location, log-variance) from the pooled text and the
+    starting pose (where the hands start tells how far they have to go).
+
+    It reads the text states without sending gradients back into the text encoder: trained
+    jointly, the length loss dominated the encoder's gradients (50x the reconstruction's at the
+    end of training) and the encoder learned lengths instead of what the refiner needs."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.prior = config.log_length_prior
-        self.mlp = nn.Sequential(nn.Linear(config.d_model, config.d_model), nn.GELU(), nn.Linear(config.d_model, 2))
+        self.start_in = nn.Linear(config.num_joints * (config.dims + 1), config.d_model)
+        self.mlp = nn.Sequential(nn.GELU(), nn.Linear(config.d_model, config.d_model), nn.GELU(),
+                                 nn.Linear(config.d_model, 2))
+        self.text_in = nn.Linear(config.d_model, config.d_model)
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
-    def forward(self, text: TextEncoding) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, text: TextEncoding, start: torch.Tensor, start_observed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # start: (batch, joints, dims) standardised; start_observed: (batch, joints) 1 = seen
         weights = text.mask.float().unsqueeze(-1)
-        pooled = (text.states * weights).sum(1) / weights.sum(1).clamp(min=1)  # (batch, d_model)
-        mean, log_variance = self.mlp(pooled).unbind(-1)
-        return mean + self.prior, log_variance
+        pooled = (text.states.detach() * weights).sum(1) / weights.sum(1).clamp(min=1)  # (batch, d_model)
+        features = torch.cat([(start * start_observed.unsqueeze(-1)).flatten(1), start_observed], dim=-1)
+        location, log_variance = self.mlp(self.text_in(pooled) + self.start_in(features)).unbind(-1)
+        return location + self.prior, log_variance
 
 
 class FirstPoseCorrector(nn.Module):
@@ -172,8 +182,16 @@ class FirstPoseCorrector(nn.Module):
         return self.mlp(features).view_as(pose)
 
 
+@dataclass
+class Refined:
+    """One refinement: the predicted clean sequence and, per joint and frame, whether it is there."""
+    poses: torch.Tensor            # (batch, frames, joints, dims)
+    presence_logits: torch.Tensor  # (batch, frames, joints); > 0: the joint is there (e.g. a hand in view)
+
+
 class Refiner(nn.Module):
-    """Predicts the clean sequence from x_t, the starting pose, the step's beta and the text."""
+    """Predicts the clean sequence (and which joints are present) from x_t, the starting pose, the
+    step's beta and the text."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -187,12 +205,16 @@ class Refiner(nn.Module):
         self.encoder = _encoder(config, config.refiner_layers)
         self.norm = nn.LayerNorm(config.d_model)
         self.frames_out = nn.Linear(config.d_model, size)
-        # starts as the identity (x0_hat = x_t): the static baseline, improved from there
+        self.presence_out = nn.Linear(config.d_model, config.num_joints)
+        # starts as the identity (x0_hat = x_t) with every joint present: the static baseline,
+        # improved from there
         nn.init.zeros_(self.frames_out.weight)
         nn.init.zeros_(self.frames_out.bias)
+        nn.init.zeros_(self.presence_out.weight)
+        nn.init.constant_(self.presence_out.bias, 3.0)
 
     def forward(self, x_t: torch.Tensor, start: torch.Tensor, beta: torch.Tensor,
-                text: TextEncoding, frame_mask: torch.Tensor) -> torch.Tensor:
+                text: TextEncoding, frame_mask: torch.Tensor) -> Refined:
         # x_t: (batch, frames, joints, dims) standardised; start: (batch, joints, dims); beta: (batch,)
         batch, frames, joints, dims = x_t.shape
         start_frames = start.unsqueeze(1).expand(-1, frames, -1, -1)
@@ -203,9 +225,9 @@ class Refiner(nn.Module):
         text_states = self.text_in(text.states) + self.type_embedding.weight[1]
         sequence = torch.cat([step + self.type_embedding.weight[0], text_states, frame_states], dim=1)
         keep = torch.cat([torch.ones_like(frame_mask[:, :1]), text.mask, frame_mask], dim=1)
-        states = self.encoder(sequence, src_key_padding_mask=~keep)[:, 1 + text_states.shape[1]:]
-        delta = self.frames_out(self.norm(states)).view(batch, frames, joints, dims)
-        return x_t + delta
+        states = self.norm(self.encoder(sequence, src_key_padding_mask=~keep)[:, 1 + text_states.shape[1]:])
+        delta = self.frames_out(states).view(batch, frames, joints, dims)
+        return Refined(x_t + delta, self.presence_out(states))
 
 
 class T2PModel(nn.Module):
@@ -221,6 +243,7 @@ class T2PModel(nn.Module):
         self.register_buffer("pose_std", _tensor(config.pose_std, 1.0, size).clamp(min=1e-4).view(shape),
                              persistent=False)
         self.register_buffer("neutral_pose", _tensor(config.neutral_pose, 0.0, size).view(shape), persistent=False)
+        self.register_buffer("symbol_tokens", torch.tensor(self.vocabulary.symbol_mask()), persistent=False)
         self.text_encoder = TextEncoder(config)
         self.length_predictor = LengthPredictor(config)
         self.first_pose_corrector = FirstPoseCorrector(config)
@@ -251,9 +274,12 @@ class T2PModel(nn.Module):
         device = device or self.pose_mean.device
         return self.encode_text(tokens.to(device), mask.to(device))
 
-    def predict_length(self, text: TextEncoding) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, log-variance) of the log-length in frames."""
-        return self.length_predictor(text)
+    def predict_length(self, text: TextEncoding, start: torch.Tensor,
+                       start_confidence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(location, log-variance) of the log-length in frames, given the text and the starting pose;
+        exp(location) is the median length."""
+        # start: (batch, joints, dims) shoulder-normalised; start_confidence: (batch, joints)
+        return self.length_predictor(text, self.standardize(start), (start_confidence > 0).float())
 
     def complete_first_pose(self, pose: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
         """Fill missing keypoints of starting poses; observed ones stay exactly as given."""
@@ -262,11 +288,11 @@ class T2PModel(nn.Module):
         return torch.where((confidence > 0).unsqueeze(-1), pose, predicted)
 
     def refine(self, x_t: torch.Tensor, start: torch.Tensor, beta: torch.Tensor, text: TextEncoding,
-               frame_mask: torch.Tensor) -> torch.Tensor:
-        """One refinement: the predicted clean sequence, in shoulder-normalised space."""
+               frame_mask: torch.Tensor) -> Refined:
+        """One refinement: the predicted clean sequence, in shoulder-normalised space, and presence."""
         # x_t: (batch, frames, joints, dims); start: (batch, joints, dims); beta: (batch,)
-        clean = self.refiner(self.standardize(x_t), self.standardize(start), beta, text, frame_mask)
-        return self.destandardize(clean)
+        refined = self.refiner(self.standardize(x_t), self.standardize(start), beta, text, frame_mask)
+        return Refined(self.destandardize(refined.poses), refined.presence_logits)
 
     # --- disk ----------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -288,9 +314,11 @@ class T2PModel(nn.Module):
             raise FileNotFoundError(f"{directory} is not a t2p model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
         saved = json.loads((directory / CONFIG_FILE).read_text())
         unknown = set(saved) - {"t2p_format", "model", "schedule"}
-        if unknown or saved.get("t2p_format") != FORMAT_VERSION:
-            raise ValueError(f"{directory / CONFIG_FILE}: unsupported model folder (format "
-                             f"{saved.get('t2p_format')!r}, unknown keys {sorted(unknown)})")
+        if unknown:
+            raise ValueError(f"{directory / CONFIG_FILE}: unknown keys {sorted(unknown)}")
+        if saved.get("t2p_format") != FORMAT_VERSION:
+            raise ValueError(f"{directory}: model folder format {saved.get('t2p_format')!r}, this t2p reads format "
+                             f"{FORMAT_VERSION}; retrain the model with this version (t2p train)")
         schedule_keys = {f.name for f in fields(ScheduleConfig)}
         if set(saved["schedule"]) - schedule_keys:
             raise ValueError(f"unknown schedule config keys: {sorted(set(saved['schedule']) - schedule_keys)}")

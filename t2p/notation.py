@@ -185,6 +185,15 @@ class Vocabulary:
         return index
 
     @property
+    def unknown_id(self) -> int:
+        return self._index[UNK]
+
+    def symbol_mask(self) -> list[bool]:
+        """Per token id: is it a notation's symbol (a letter, a HamNoSys or SignWriting symbol),
+        as opposed to a special, language or notation token."""
+        return [token.startswith(tuple(f"{name}:" for name in NOTATIONS)) for token in self.tokens]
+
+    @property
     def languages(self) -> list[str]:
         return [t[len("lang:"):] for t in self.tokens if t.startswith("lang:")]
 

@@ -88,7 +88,7 @@ def render_refinement(model: "T2PModel", text: "Union[SignText, str]", out: Unio
     evenly spaced, so that 1000 steps still make a readable picture."""
     import torch
 
-    from t2p.generation import as_pose, iter_generate
+    from t2p.generation import Generated, as_pose, iter_generate
 
     if steps < 1:
         raise ValueError("steps must be >= 1")
@@ -98,7 +98,7 @@ def render_refinement(model: "T2PModel", text: "Union[SignText, str]", out: Unio
                iter_generate(model, [text], [first_pose], steps=steps, lengths=None if length is None else [length])]
     shown = sorted({round(k) for k in np.linspace(0, steps - 1, min(steps, max_panels - 1))})
     start = _starting_sequence(model, first_pose, len(results[-1]), torch)
-    panels = [Panel(as_pose(model, start, first_pose), "start (x_T)")]
+    panels = [Panel(as_pose(model, Generated(start, np.ones(start.shape[:2], np.float32)), first_pose), "start (x_T)")]
     panels += [Panel(as_pose(model, results[k], first_pose), f"step {k + 1}/{steps}") for k in shown]
     if reference is not None:
         panels.append(Panel(reference, "reference"))

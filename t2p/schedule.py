@@ -4,6 +4,15 @@
 (1 - beta[t]) * x_0`. It follows a cosine, `beta[t] = 1 - cos((t + 1) / T * pi / 2)`, so the last
 step (`t = T - 1`) starts from x_T alone (`beta = 1`) and small t are nearly clean. The refiner is
 conditioned on the value of beta, not on t, so one trained model serves any number of steps.
+
+`step` moves a sequence from one step to the next given the refiner's estimate of the clean
+sequence. It is cold diffusion's update (Bansal et al. 2022, "Cold Diffusion", Algorithm 2):
+`x_t-1 = x_t + (beta[t-1] - beta[t]) * (x_T - x0_hat)`, not the direct re-mix
+`beta[t-1] * x_T + (1 - beta[t-1]) * x0_hat`. Both agree when x0_hat is exact and both return
+x0_hat itself after a single step, but the re-mix hands every step's estimation error to the next
+step in full and the errors compound: measured on held-out fingerspelling, 100 re-mix steps gave
+DTW-MJE 0.81 against 0.149 for 1 step, while this update gives 0.149 at 1, 10, 30 and 100 steps
+(docs/quality.md). Here x_t is a running average of the estimates, weighted by the schedule.
 """
 from __future__ import annotations
 
@@ -15,7 +24,8 @@ import torch
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    steps: int = 10             # default number of refinement steps at inference
+    steps: int = 10               # default number of refinement steps at inference
+    guidance: float = 1.0         # default classifier-free guidance scale at inference (1 = off)
     training_noise: float = 0.01  # std of the small Gaussian noise added to x_t in training
     max_steps: int = 1000
 
@@ -24,6 +34,8 @@ class ScheduleConfig:
             raise ValueError(f"steps must be in 1..{self.max_steps}, got {self.steps}")
         if self.training_noise < 0:
             raise ValueError("training_noise must be >= 0")
+        if not math.isfinite(self.guidance):
+            raise ValueError(f"guidance must be a finite number, got {self.guidance}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,14 +61,22 @@ class RefinementSchedule:
         beta = beta.view(-1, *([1] * (clean.dim() - 1)))
         return beta * start + (1 - beta) * clean
 
+    def step(self, sample: torch.Tensor, clean: torch.Tensor, start: torch.Tensor, beta: torch.Tensor,
+             next_beta: torch.Tensor) -> torch.Tensor:
+        """x_t -> x_t-1 given the estimate x0_hat (`clean`); next_beta = 0 after the last step."""
+        # sample, clean, start: (batch, frames, joints, dims); beta, next_beta: (batch,)
+        shift = (next_beta - beta).view(-1, *([1] * (sample.dim() - 1)))
+        return sample + shift * (start - clean)
+
     def sample_training_betas(self, batch: int, generator: torch.Generator | None = None,
                               device: torch.device | str = "cpu") -> torch.Tensor:
         """Continuous steps u ~ U(0, 1] mapped through the cosine, covering every inference schedule."""
-        u = 1 - torch.rand(batch, generator=generator, device=device)  # (0, 1]
+        # drawn on the generator's device (CPU), then moved: a CPU generator cannot draw CUDA tensors
+        u = 1 - torch.rand(batch, generator=generator)  # (0, 1]
         betas = 1 - torch.cos(u * math.pi / 2)
         # a quarter of the examples at beta = 1 exactly: the first step of every schedule
-        first_step = torch.rand(batch, generator=generator, device=device) < 0.25
-        return torch.where(first_step, torch.ones_like(betas), betas)
+        first_step = torch.rand(batch, generator=generator) < 0.25
+        return torch.where(first_step, torch.ones_like(betas), betas).to(device)
 
     def noisy(self, start: torch.Tensor, clean: torch.Tensor, beta: torch.Tensor,
               generator: torch.Generator | None = None) -> torch.Tensor:
@@ -64,5 +84,5 @@ class RefinementSchedule:
         mixed = self.mix(start, clean, beta)
         if self.config.training_noise == 0:
             return mixed
-        noise = torch.randn(mixed.shape, generator=generator, device=mixed.device)
+        noise = torch.randn(mixed.shape, generator=generator).to(mixed.device)
         return mixed + self.config.training_noise * noise

@@ -2,7 +2,7 @@
 
 ```
 POST /v1/generate  {text, notation?, language?, steps?, length?, guidance?, seed?, first_pose?, format?}
-                   -> .pose bytes (application/octet-stream) or JSON {fps, components, points, frames}
+                   -> .pose bytes (application/octet-stream) or JSON {fps, components, points, frames, confidence}
 GET  /healthz      -> {"status": "ok"}
 GET  /v1/model     -> skeleton, notations, languages, limits
 GET  /v1/stats     -> batch sizes this replica has seen (read by the tests and bench/serve_load.py)
@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve import Application
 
-from t2p.generation import as_pose, generate
+from t2p.generation import Generated, as_pose, generate
 from t2p.model import CONFIG_FILE, WEIGHTS_FILE, T2PModel
 from t2p.notation import NOTATIONS, SignText
 from t2p.pose import PoseFormatError, PoseSequence, Skeleton, read_pose, to_sequence, write_pose
@@ -186,11 +186,13 @@ def decode_first_pose(encoded: str, skeleton: Skeleton, max_bytes: int) -> PoseS
 
 
 def sequence_json(sequence: PoseSequence, skeleton: Skeleton) -> dict:
-    """A written pose's sequence as JSON: frames `(frames, joints, dims)`, joints ordered as `points`."""
+    """A written pose's sequence as JSON: frames `(frames, joints, dims)`, joints ordered as `points`,
+    and confidence `(frames, joints)`: 0 for a joint predicted absent (its frame values are then 0)."""
     return {"fps": sequence.fps,
             "components": [c.name for c in skeleton.components],
             "points": [list(c.points) for c in skeleton.components],
-            "frames": sequence.data.tolist()}
+            "frames": sequence.data.tolist(),
+            "confidence": sequence.confidence.tolist()}
 
 
 # --- the deployment ---------------------------------------------------------------------------
@@ -290,39 +292,28 @@ class T2PServer:
                         headers={"content-disposition": 'attachment; filename="t2p.pose"'})
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)  # both replaced from the config in __init__
-    async def _generate_batch(self, jobs: list[Job]) -> list[np.ndarray | ValueError]:
+    async def _generate_batch(self, jobs: list[Job]) -> list[Generated | ValueError]:
         """All waiting requests in one `generate` call per seed, off the event loop so more can queue."""
         by_seed: dict[int | None, list[int]] = {}
         for index, job in enumerate(jobs):
             by_seed.setdefault(job.seed, []).append(index)
-        results: dict[int, np.ndarray | ValueError] = {}
+        results: dict[int, Generated | ValueError] = {}
         for seed, members in by_seed.items():
             outputs = await asyncio.to_thread(self._generate_group, [jobs[i] for i in members], seed)
             results.update(zip(members, outputs))
         self.stats.record(len(jobs), calls=len(by_seed))
         return [results[index] for index in range(len(jobs))]
 
-    def _generate_group(self, jobs: Sequence[Job], seed: int | None) -> list[np.ndarray | ValueError]:
+    def _generate_group(self, jobs: Sequence[Job], seed: int | None) -> list[Generated | ValueError]:
         """`generate` for jobs that share a seed; should one still fail, each is retried alone."""
         try:
             return generate(self.model, [job.sign for job in jobs], first_poses=[job.first_pose for job in jobs],
-                            steps=[job.steps for job in jobs], lengths=self._capped_lengths(jobs),
-                            guidance=[job.guidance for job in jobs], seed=seed)
+                            steps=[job.steps for job in jobs], lengths=[job.length for job in jobs],
+                            guidance=[job.guidance for job in jobs], seed=seed, max_length=self.limits.max_frames)
         except ValueError as error:
             if len(jobs) == 1:
                 return [error]
             return [self._generate_group([job], seed)[0] for job in jobs]
-
-    @torch.no_grad()
-    def _capped_lengths(self, jobs: Sequence[Job]) -> list[int | None]:
-        """Requested lengths, and predicted ones where the config caps frames below the model's maximum."""
-        lengths = [job.length for job in jobs]
-        if self.limits.max_frames >= self.model.config.max_frames or all(n is not None for n in lengths):
-            return lengths  # generate predicts them, within the model's own maximum
-        mean, _ = self.model.predict_length(self.model.encode_signs([job.sign for job in jobs]))
-        # the rounding generate applies to a predicted length, then the config's cap
-        predicted = torch.exp(mean).round().clamp(1, self.limits.max_frames).long().tolist()
-        return [n if n is not None else p for n, p in zip(lengths, predicted)]
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -1,8 +1,9 @@
 """Training: the losses, one optimisation step, and a plain local loop.
 
-Loss = confidence-masked reconstruction of x_0 from x_t + length NLL + smoothness (velocities
-match the reference) + first-pose correction. Every term is masked by confidence and padding.
-The Ray Train loop (`t2p.ray_train`) calls `train_step` exactly as the local loop here does.
+Loss = confidence-masked reconstruction of x_0 from x_t + presence (which joints are there) +
+length (median and spread of the log-length) + smoothness (velocities match the reference) +
+first-pose correction. Every term is masked by confidence and padding. The Ray Train loop
+(`train_loop_per_worker` below) calls `train_step` exactly as the local loop here does.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 import torch
+import torch.nn.functional as F
 
 from t2p.data import Example, PoseBatch, collate
 from t2p.model import ModelConfig, T2PModel
@@ -35,7 +37,10 @@ class TrainConfig:
     warmup_steps: int = 50
     grad_clip: float = 1.0
     text_dropout: float = 0.1      # share of examples trained without text, for guidance
+    first_pose_dropout: float = 0.0  # share of examples started from the neutral pose instead of their own
+    unknown_symbols: float = 0.0   # share of text symbols replaced by <unk>: unseen characters still mean "a sign"
     reconstruction_weight: float = 1.0
+    presence_weight: float = 0.1
     length_weight: float = 0.1
     smoothness_weight: float = 0.5
     first_pose_weight: float = 0.1
@@ -44,8 +49,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
-        if not 0 <= self.text_dropout <= 1:
-            raise ValueError("text_dropout must be in [0, 1]")
+        if not all(0 <= value <= 1 for value in (self.text_dropout, self.first_pose_dropout, self.unknown_symbols)):
+            raise ValueError("text_dropout, first_pose_dropout and unknown_symbols must be in [0, 1]")
         if self.learning_rate <= 0:
             raise ValueError("learning_rate must be > 0")
 
@@ -69,41 +74,70 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
     observed = (batch.confidence > 0) & batch.frame_mask.unsqueeze(-1)  # (batch, frames, joints)
 
     # drop the text (keep only <bos>) for some examples: the unconditional half of guidance
-    dropped = torch.rand(size, generator=generator).to(device) < config.text_dropout
+    dropped = _draw(size, config.text_dropout, generator, device)
     token_mask = batch.token_mask.clone()
     token_mask[dropped, 1:] = False
-    text = model.encode_text(batch.tokens, token_mask)
+    # some symbols become <unk>, as characters never seen in training are at inference
+    hidden = model.symbol_tokens[batch.tokens] & (torch.rand(batch.tokens.shape, generator=generator) <
+                                                  config.unknown_symbols).to(device)
+    tokens = torch.where(hidden, torch.full_like(batch.tokens, model.vocabulary.unknown_id), batch.tokens)
+    text = model.encode_text(tokens, token_mask)
 
     first_pose, first_confidence = batch.poses[:, 0], batch.confidence[:, 0]
     with torch.no_grad():
         start = model.complete_first_pose(first_pose, first_confidence)
+    # some examples start from the neutral pose: then only the text says what is signed
+    neutral = _draw(size, config.first_pose_dropout, generator, device)
+    start = torch.where(neutral.view(-1, 1, 1), model.neutral_pose.expand_as(start), start)
+    start_confidence = torch.where(neutral.view(-1, 1), torch.ones_like(first_confidence), first_confidence)
     frames = batch.poses.shape[1]
     x_start = start.unsqueeze(1).expand(-1, frames, -1, -1)
     # where the reference is missing, its clean value is taken as the start: nothing to learn there
     clean = torch.where(observed.unsqueeze(-1), batch.poses, x_start)
-    beta = schedule.sample_training_betas(size, generator).to(device)
+    beta = schedule.sample_training_betas(size, generator, device)
     x_t = schedule.noisy(x_start, clean, beta, generator)
-    predicted = model.refine(x_t, start, beta, text, batch.frame_mask)
+    refined = model.refine(x_t, start, beta, text, batch.frame_mask)
+    predicted = refined.poses
 
     scale = model.pose_std
     weights = observed.float()
     squared = (((predicted - clean) / scale) ** 2).sum(-1)  # (batch, frames, joints)
     reconstruction = (squared * weights).sum() / weights.sum().clamp(min=1)
 
+    real_frames = batch.frame_mask.unsqueeze(-1).expand_as(observed).float()
+    presence_error = F.binary_cross_entropy_with_logits(refined.presence_logits, observed.float(), reduction="none")
+    presence = (presence_error * real_frames).sum() / real_frames.sum().clamp(min=1)
+
     velocity_weights = weights[:, 1:] * weights[:, :-1]
     velocity_error = ((((predicted[:, 1:] - predicted[:, :-1]) - (clean[:, 1:] - clean[:, :-1])) / scale) ** 2).sum(-1)
     smoothness = (velocity_error * velocity_weights).sum() / velocity_weights.sum().clamp(min=1)
 
-    mean, log_variance = model.predict_length(text)
-    target = batch.lengths.float().clamp(min=1).log()
-    length = (0.5 * (log_variance + (target - mean) ** 2 / log_variance.exp())).mean()
-
+    length = _length_loss(model, text, start, start_confidence, batch.lengths)
     first_pose_loss = _first_pose_loss(model, first_pose, first_confidence, generator)
 
-    total = (config.reconstruction_weight * reconstruction + config.length_weight * length
-             + config.smoothness_weight * smoothness + config.first_pose_weight * first_pose_loss)
-    return {"loss": total, "reconstruction": reconstruction, "length": length,
+    total = (config.reconstruction_weight * reconstruction + config.presence_weight * presence
+             + config.length_weight * length + config.smoothness_weight * smoothness
+             + config.first_pose_weight * first_pose_loss)
+    return {"loss": total, "reconstruction": reconstruction, "presence": presence, "length": length,
             "smoothness": smoothness, "first_pose": first_pose_loss}
+
+
+def _draw(size: int, probability: float, generator: torch.Generator | None, device) -> torch.Tensor:
+    """`size` coin flips with this probability of True, drawn on the (CPU) generator."""
+    return (torch.rand(size, generator=generator) < probability).to(device)
+
+
+def _length_loss(model: T2PModel, text, start: torch.Tensor, start_confidence: torch.Tensor,
+                 lengths: torch.Tensor) -> torch.Tensor:
+    """Absolute error of the log-length (its minimiser is the median, which minimises the length
+    MAE), plus the Laplace NLL of the spread around the detached location. Both have bounded
+    gradients: the Gaussian NLL used before shrank its variance until its gradients were 50x the
+    reconstruction's, and global gradient clipping then starved every other term."""
+    location, log_variance = model.predict_length(text, start, start_confidence)
+    target = lengths.float().clamp(min=1).log()
+    log_variance = log_variance.clamp(min=math.log(0.01 ** 2))  # a spread of at least 1%
+    spread = (target - location.detach()).abs() / torch.exp(0.5 * log_variance)
+    return ((target - location).abs() + 0.5 * log_variance + spread).mean()
 
 
 def _first_pose_loss(model: T2PModel, pose: torch.Tensor, confidence: torch.Tensor,
@@ -111,7 +145,7 @@ def _first_pose_loss(model: T2PModel, pose: torch.Tensor, confidence: torch.Tens
     """Hide random keypoints (and sometimes a whole hand) of real first poses; predict them back."""
     # pose: (batch, joints, dims); confidence: (batch, joints)
     device = pose.device
-    hide = torch.rand(confidence.shape, generator=generator).to(device) < 0.3
+    hide = (torch.rand(confidence.shape, generator=generator) < 0.3).to(device)
     hidden_confidence = torch.where(hide, torch.zeros_like(confidence), confidence)
     predicted = model.first_pose_corrector(model.standardize(pose), hidden_confidence)
     weights = (hide & (confidence > 0)).float()
@@ -170,14 +204,37 @@ def _batches(examples: Sequence[Example], config: TrainConfig, generator: torch.
              iterations: int | None) -> Iterable[PoseBatch]:
     produced = 0
     epoch = 0
+    lengths = [len(example.poses) for example in examples]
     while (iterations is None and epoch < config.epochs) or (iterations is not None and produced < iterations):
         order = torch.randperm(len(examples), generator=generator).tolist()
-        for begin in range(0, len(order), config.batch_size):
-            if iterations is not None and produced >= iterations:
-                return
-            yield collate([examples[i] for i in order[begin:begin + config.batch_size]])
-            produced += 1
+        for begin in range(0, len(order), BUCKET_BATCHES * config.batch_size):
+            window = order[begin:begin + BUCKET_BATCHES * config.batch_size]
+            for batch in length_batches([lengths[i] for i in window], config.batch_size, generator):
+                if iterations is not None and produced >= iterations:
+                    return
+                yield collate([examples[window[i]] for i in batch])
+                produced += 1
         epoch += 1
+
+
+BUCKET_BATCHES = 8  # batches drawn together and grouped by length
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """Positions of a shuffled window of examples, grouped into batches of similar length, in random
+    order: a batch is padded to its longest sequence, and one 258-frame recording in a batch of
+    25-frame ones made that step ten times slower."""
+    by_length = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches = [by_length[begin:begin + batch_size] for begin in range(0, len(by_length), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def spread(items: Sequence, count: int) -> list:
+    """`count` items evenly spaced over `items` (all when there are fewer): a validation subset that
+    is not just the first language of a sorted corpus."""
+    if count >= len(items):
+        return list(items)
+    return [items[int(i * len(items) / count)] for i in range(count)]
 
 
 def model_config_from_manifest(manifest: dict, **overrides) -> ModelConfig:
@@ -196,7 +253,7 @@ def model_config_from_manifest(manifest: dict, **overrides) -> ModelConfig:
 
 # --- Validation: the real generation code, scored with the evaluation metric ------------------
 
-def validation_metrics(model: T2PModel, items: Sequence["PreparedItem"], steps: int,
+def validation_metrics(model: T2PModel, items: Sequence["PreparedItem"], steps: int, guidance: float | None = None,
                        batch_size: int = 64) -> dict[str, float]:
     """Mean DTW-MJE of generated vs reference sequences (reference first pose, predicted length),
     the same for the static baseline, and the mean absolute length error in frames."""
@@ -208,15 +265,38 @@ def validation_metrics(model: T2PModel, items: Sequence["PreparedItem"], steps: 
     errors, static_errors, length_errors = [], [], []
     for begin in range(0, len(items), batch_size):
         chunk = items[begin:begin + batch_size]
-        generated = generate(model, [item.sign for item in chunk], [item.sequence for item in chunk], steps=steps)
+        generated = generate(model, [item.sign for item in chunk], [item.sequence for item in chunk], steps=steps,
+                             guidance=guidance)
         for item, sequence in zip(chunk, generated):
             reference = item.sequence
-            errors.append(dtw_mje(sequence, reference.data, reference.confidence))
+            errors.append(dtw_mje(sequence.data, reference.data, reference.confidence))
             static, _ = static_baseline(reference.data[0], reference.num_frames)
             static_errors.append(dtw_mje(static, reference.data, reference.confidence))
-            length_errors.append(length_error(sequence, reference.data))
+            length_errors.append(length_error(sequence.data, reference.data))
     return {"val_dtw_mje": float(np.nanmean(errors)), "val_static_dtw_mje": float(np.nanmean(static_errors)),
             "val_length_error": float(np.mean(length_errors))}
+
+
+CALIBRATION_STEPS = (1, 3, 10)
+CALIBRATION_GUIDANCE = (1.0, 2.0)
+
+
+def choose_generation_defaults(model: T2PModel, items: Sequence["PreparedItem"],
+                               steps: Sequence[int] = CALIBRATION_STEPS,
+                               guidance: Sequence[float] = CALIBRATION_GUIDANCE) -> list[dict]:
+    """Score every (steps, guidance) on validation items and make the best one (lowest DTW-MJE;
+    the fewest steps and least guidance among equals) the model's default. Returns the table."""
+    from dataclasses import replace
+    table = []
+    for step_count in steps:
+        for scale in guidance:
+            metrics = validation_metrics(model, items, step_count, scale)
+            table.append({"steps": step_count, "guidance": scale, **metrics})
+    best = min(table, key=lambda row: (round(row["val_dtw_mje"], 4), row["steps"], row["guidance"]))
+    model.schedule_config = replace(model.schedule_config, steps=best["steps"], guidance=best["guidance"])
+    for row in table:
+        row["chosen"] = row is best
+    return table
 
 
 # --- Ray Train: shards streamed by Ray Data into TorchTrainer workers --------------------------
@@ -232,7 +312,9 @@ class TrainingJob:
     model: dict = field(default_factory=dict)     # ModelConfig overrides (d_model, heads, ...)
     train: dict = field(default_factory=dict)     # TrainConfig fields
     schedule: dict = field(default_factory=dict)  # ScheduleConfig fields
-    validation_items: int = 64                    # validation items scored each epoch
+    validation_items: int = 64                    # validation items scored (evenly spaced over the split)
+    validate_every: int = 0                       # epochs between validations; 0: about 20 in a run
+    calibrate: bool = True                        # after training, save the best-measured steps and guidance
     wandb: bool = False
     name: str = "ray"                             # Ray's run name inside `out`
 
@@ -282,12 +364,13 @@ def _parse_value(key: str, raw, annotation) -> object:
 
 def train_loop_per_worker(config: dict) -> None:
     """The Ray Train worker: a plain PyTorch loop over this worker's shard of the training data."""
+    import os
     import tempfile
 
     import ray.train
     import ray.train.torch
 
-    from t2p.data import ShardCollate, read_items
+    from t2p.data import ShardExamples, read_items
 
     job = TrainingJob.from_dict(config["job"])
     model_config = ModelConfig.from_dict(config["model_config"])
@@ -296,7 +379,9 @@ def train_loop_per_worker(config: dict) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     torch.manual_seed(train_config.seed + rank)
-    torch.set_num_threads(max(1, int(job.cpus_per_worker)))
+    # the cores of this machine shared by its workers (Ray's CPU reservation is only bookkeeping,
+    # and one thread per worker left half of a 2-core laptop idle)
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // context.get_local_world_size()))
     generator = torch.Generator().manual_seed(train_config.seed + rank)
 
     model = T2PModel(model_config, schedule_config)
@@ -316,25 +401,34 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer.load_state_dict(saved_state["optimizer"])
         scheduler.load_state_dict(saved_state["scheduler"])
 
-    validation = read_items(job.data, "validation", limit=job.validation_items)
-    collate_batch = ShardCollate(model_config.vocabulary, (model_config.num_joints, model_config.dims),
-                                 model_config.max_frames)
+    validation = spread(read_items(job.data, "validation"), job.validation_items)
+    decode = ShardExamples(model_config.vocabulary, (model_config.num_joints, model_config.dims))
     shard = ray.train.get_dataset_shard("train")
     logger = _wandb_logger(job, config) if rank == 0 and job.wandb else None
+    every = job.validate_every or max(1, train_config.epochs // 20)
 
     for epoch in range(start_epoch, train_config.epochs):
         sums: dict[str, float] = {}
         batches = 0
-        for batch in shard.iter_torch_batches(batch_size=train_config.batch_size, collate_fn=collate_batch,
-                                              local_shuffle_buffer_size=4 * train_config.batch_size,
-                                              local_shuffle_seed=train_config.seed + 1000 * rank + epoch):
-            losses = train_step(wrapped, batch.to(device), optimizer, scheduler, train_config, generator)
-            for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + value
-            batches += 1
+        window = BUCKET_BATCHES * train_config.batch_size
+        for rows in shard.iter_batches(batch_size=window, batch_format="numpy",
+                                       local_shuffle_buffer_size=2 * window,
+                                       local_shuffle_seed=train_config.seed + 1000 * rank + epoch):
+            examples = decode(rows)
+            for members in length_batches([len(example.poses) for example in examples], train_config.batch_size,
+                                          generator):
+                batch = collate([examples[i] for i in members], model_config.max_frames).to(device)
+                losses = train_step(wrapped, batch, optimizer, scheduler, train_config, generator)
+                for name, value in losses.items():
+                    sums[name] = sums.get(name, 0.0) + value
+                batches += 1
         metrics = {f"train_{name}": value / max(batches, 1) for name, value in sums.items()}
         metrics.update(epoch=epoch, learning_rate=scheduler.get_last_lr()[0])
         core = wrapped.module if hasattr(wrapped, "module") else wrapped
+        last = epoch == train_config.epochs - 1
+        if not (last or (epoch + 1) % every == 0):
+            history.append(metrics)
+            continue  # validation and checkpoints only every few epochs: each costs as much as an epoch here
         # validated with the model's own default step count, the one saved with it
         metrics.update(validation_metrics(core.eval(), validation, schedule_config.steps))
         history.append(metrics)
@@ -395,7 +489,7 @@ def run_training(job: TrainingJob, callbacks: Sequence = ()) -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from t2p.data import load_manifest, shard_paths
+    from t2p.data import load_manifest, read_items, shard_paths
 
     out = Path(job.out).resolve()
     data = Path(job.data).resolve()
@@ -430,7 +524,17 @@ def run_training(job: TrainingJob, callbacks: Sequence = ()) -> dict:
     result = trainer.fit()
     if result.error:
         raise result.error
-    return export_run(out, result)
+    best = export_run(out, result)
+    if not job.calibrate:  # e.g. a sweep over steps: the trial's own setting is what is measured
+        return {**best, "steps": schedule_config.steps, "guidance": schedule_config.guidance,
+                "val_dtw_mje_chosen": best["val_dtw_mje"]}
+    # the default steps and guidance saved with the model are the ones measured best on validation
+    model = T2PModel.load(out / "best")
+    table = choose_generation_defaults(model, spread(read_items(data, "validation"), job.validation_items))
+    model.save(out / "best")
+    (out / "generation.json").write_text(json.dumps(table, indent=1))
+    chosen = next(row for row in table if row["chosen"])
+    return {**best, "steps": chosen["steps"], "guidance": chosen["guidance"], "val_dtw_mje_chosen": chosen["val_dtw_mje"]}
 
 
 def export_run(out: Path, result) -> dict:
@@ -444,7 +548,7 @@ def export_run(out: Path, result) -> dict:
     staging.replace(out / "best")
     with result.checkpoint.as_directory() as directory:  # the latest checkpoint holds every epoch
         history = json.loads((Path(directory) / "metrics.json").read_text())
-    columns = list(history[0])
+    columns = list(dict.fromkeys(name for row in history for name in row))  # validation columns come later
     partial = out / "metrics.csv.partial"
     with open(partial, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)

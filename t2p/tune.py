@@ -59,8 +59,10 @@ def tune_trial(config: dict) -> None:
     job = TrainingJob.from_dict(config["job"])
     model, train, schedule = route_settings({key: str(value) for key, value in config["search"].items()})
     trial = tune.get_context().get_trial_id()
+    # a swept step count or guidance is kept as the trial's model default, not re-chosen after training
     job = replace(job, out=str(Path(job.out) / "trials" / trial), model={**job.model, **model},
-                  train={**job.train, **train}, schedule={**job.schedule, **schedule})
+                  train={**job.train, **train}, schedule={**job.schedule, **schedule},
+                  calibrate=job.calibrate and not {"steps", "guidance"} & set(schedule))
     run_training(job, callbacks=[TuneReportCallback()])
 
 

@@ -41,3 +41,22 @@ def tiny_model_config(vocabulary, skeleton, **overrides):
                     text_layers=1, refiner_layers=2, dropout=0.0, max_frames=128)
     settings.update(overrides)
     return ModelConfig(**settings)
+
+
+def six_real_signs():
+    """The six real labelled recordings of tests/data: four Swiss-German glosses (text) and two
+    SignWriting samples (ASL, Czech SL), each on the upper-body skeleton, with its text."""
+    import csv
+
+    from t2p.notation import SignText
+    from t2p.pose import Skeleton, load_sequence, read_pose
+
+    skeleton = Skeleton.from_pose(read_pose(POSES / "lexicon_sgg" / "essen.pose"))
+    signs, sequences = [], []
+    for row in csv.DictReader(open(POSES / "lexicon_sgg" / "index.csv", encoding="utf-8")):
+        signs.append(SignText(row["words"], "text", row["signed_language"]))
+        sequences.append(load_sequence(POSES / "lexicon_sgg" / row["path"], skeleton))
+    for row in csv.DictReader(open(POSES / "signwriting_samples" / "index.csv", encoding="utf-8")):
+        signs.append(SignText(row["text"], "signwriting", row["videoLanguage"]))
+        sequences.append(load_sequence(POSES / "signwriting_samples" / row["pose"], skeleton))
+    return skeleton, signs, sequences

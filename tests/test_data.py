@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import POSES
-from t2p.data import (PreparationError, ShardCollate, fingerspelling_items, index_items, lexicon_items, load_manifest,
+from t2p.data import (PreparationError, ShardExamples, collate, fingerspelling_items, index_items, lexicon_items, load_manifest,
                       prepare, read_items, shard_paths)
 from t2p.notation import tokenize
 
@@ -117,11 +117,11 @@ def test_index_rejects_unknown_splits_and_missing_columns(tmp_path):
         index_items(no_text)
 
 
-def test_shard_collate_decodes_rows_into_a_padded_masked_batch(fingerspelling):
+def test_shard_rows_decode_into_examples_that_collate_into_a_padded_masked_batch(fingerspelling):
     out, manifest = fingerspelling
     table = pq.read_table(shard_paths(out, "validation")[0]).slice(0, 5)
     columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
-    batch = ShardCollate(manifest["vocabulary"], (50, 3), max_frames=256)(columns)
+    batch = collate(ShardExamples(manifest["vocabulary"], (50, 3))(columns), max_frames=256)
     items = read_items(out, "validation", limit=5)
     assert batch.lengths.tolist() == [item.sequence.num_frames for item in items]
     for i, item in enumerate(items):

@@ -6,7 +6,7 @@ import pytest
 from conftest import POSES
 from t2p.cli import main
 from t2p.data import PreparedItem, lexicon_items, prepare
-from t2p.evaluate import (SYSTEMS, EvaluationConfig, MeanBaseline, RetrievalBaseline, edit_distance, evaluate,
+from t2p.evaluate import (SET_METRICS, SYSTEMS, EvaluationConfig, MeanBaseline, RetrievalBaseline, edit_distance, evaluate,
                           start_from, static_baseline)
 from t2p.metrics import METRICS
 from t2p.model import T2PModel
@@ -38,14 +38,14 @@ def _item(identifier, text, language, gloss, frames=6, value=0.0, notation="text
 
 def test_evaluation_writes_both_reports_with_every_baseline(tiny_set, tmp_path):
     root, model = tiny_set
-    report = evaluate(model, root / "data", tmp_path, EvaluationConfig(steps=2, examples=1, progress=False),
+    report = evaluate(model, root / "data", tmp_path, EvaluationConfig(steps=(2,), examples=1, progress=False),
                       model_name="tiny")
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["systems"] == list(SYSTEMS) and saved["items"] == 1
     for system in SYSTEMS:
-        assert set(saved["summary"][system]) == set(METRICS)
+        assert set(saved["summary"][system]) == set(METRICS) | set(SET_METRICS)
         assert set(saved["summary"][system]["dtw_mje"]) == {"mean", "median"}
-        assert set(saved["by_language"]["sgg"][system]) == set(METRICS)
+        assert set(saved["by_language"]["sgg"][system]) == set(METRICS) | set(SET_METRICS)
     assert saved["generation_time"]["seconds"] > 0
     assert "predicted" in saved["lengths"]["retrieval"]
     markdown = (tmp_path / "report.md").read_text()
@@ -56,12 +56,12 @@ def test_evaluation_writes_both_reports_with_every_baseline(tiny_set, tmp_path):
     assert len(saved["examples"]) == 1 and (tmp_path / saved["examples"][0]).is_file()
     item = report.items[0]
     assert item.frames["static"] == item.reference_frames
-    assert item.frames["retrieval"] == item.frames["mean"] == item.frames["model"]
+    assert item.frames["retrieval"] == item.frames["mean"] == item.frames["mean_motion"] == item.frames["model"]
 
 
 def test_an_untrained_model_is_frozen_like_the_static_baseline(tiny_set):
     root, model = tiny_set
-    report = evaluate(model, root / "data", config=EvaluationConfig(steps=3, baseline_length="reference",
+    report = evaluate(model, root / "data", config=EvaluationConfig(steps=(3,), baseline_length="reference",
                                                                     metrics=("mje", "displacement_ratio"),
                                                                     progress=False))
     scores = report.items[0].scores
@@ -77,7 +77,8 @@ def test_evaluate_command_writes_the_report(tiny_set, tmp_path, capsys):
     assert main(["evaluate", "--model", str(root / "model"), "--data", str(root / "data"), "--split", "validation",
                  "--out", str(out), "--steps", "1", "--examples", "0", "--metric", "mje", "--metric", "dtw_mje"]) == 0
     assert (out / "report.md").is_file() and (out / "report.json").is_file()
-    assert list(json.loads((out / "report.json").read_text())["metrics"]) == ["mje", "dtw_mje"]
+    assert list(json.loads((out / "report.json").read_text())["metrics"]) == ["mje", "dtw_mje", "back_retrieval_top1",
+                                                                             "back_retrieval_top5"]
     assert "dtw_mje mean" in capsys.readouterr().out
 
 

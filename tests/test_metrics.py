@@ -1,4 +1,7 @@
+import csv
 import json
+from importlib.resources import files
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,8 +65,23 @@ def test_a_copy_shifted_by_d_has_mje_and_dtw_mje_of_d():
 
 def test_ham2pose_focus_makes_its_ndtw_mje_blind_to_a_global_shift():
     reference = _toy_trajectory()
-    assert ndtw_mje(reference + 5.0, reference, joints=[0, 1, 2]) == pytest.approx(0.0, abs=1e-9)
-    assert ndtw_mje(reference + 5.0, reference, joints=[0, 1, 2], focus=False) > 1.0
+    assert ndtw_mje(reference + 5.0, reference, joints=[0, 1, 2], focus=True) == pytest.approx(0.0, abs=1e-9)
+    assert ndtw_mje(reference + 5.0, reference, joints=[0, 1, 2]) > 1.0  # t2p's default: no focus
+
+
+def test_ham2pose_focus_takes_its_origin_before_hiding_low_confidence_points():
+    """Ham2Pose's `get_pose` calls `pose.focus()` before `pose_hide_low_conf`: a point seen with
+    confidence 0.1 still sets the origin, a point never seen (confidence 0) does not."""
+    reference = np.array([[[1.0, 1.0]], [[2.0, 3.0]]])
+    confidence = np.array([[0.1], [1.0]])  # the first point is hidden (<= 0.2) but seen
+    prediction = np.zeros((1, 1, 2))
+    value = ndtw_mje(prediction, reference, [0], predicted_confidence=np.zeros((1, 1)),
+                     reference_confidence=confidence, focus=True)
+    assert value == pytest.approx(np.hypot(1.0, 2.0) / 2)  # origin (1, 1), not (2, 3)
+    confidence[0, 0] = 0.0  # never seen: the origin is the second point
+    value = ndtw_mje(prediction, reference, [0], predicted_confidence=np.zeros((1, 1)),
+                     reference_confidence=confidence, focus=True)
+    assert value == pytest.approx(0.0)
 
 
 def test_time_warped_copy_has_zero_dtw_but_positive_mje():
@@ -98,20 +116,26 @@ def test_masked_reference_points_are_ignored():
 
 
 def test_a_missing_prediction_costs_half_the_reference_norm_in_ham2pose():
-    reference = np.array([[[0.0, 0.0]], [[3.0, 4.0]]])  # already focused: the smallest coordinates are 0
+    reference = np.array([[[0.0, 0.0]], [[3.0, 4.0]]])  # the norm is taken from the origin as given (no focus)
     prediction = np.zeros((1, 1, 2))
     value = ndtw_mje(prediction, reference, [0], predicted_confidence=np.zeros((1, 1)))
     assert value == pytest.approx((0 + 5) / 2)
 
 
-def test_ham2pose_ndtw_mje_equals_the_masked_array_computation_of_its_paper(real):
+@pytest.mark.parametrize("focus", [False, True], ids=["t2p", "with_ham2pose_focus"])
+def test_ham2pose_ndtw_mje_equals_the_masked_array_computation_of_its_paper(real, focus):
     """Ham2Pose computes on numpy masked arrays; t2p's NaN encoding must give the same numbers."""
     _, groups, essen, pizza = real
 
     def masked(sequence):
+        # pose-format masks points of confidence 0 on reading; Ham2Pose's get_pose focuses, then
+        # hides the points of confidence <= 0.2 (pose_hide_low_conf)
+        unseen = np.repeat((sequence.confidence <= 0)[..., None], 2, -1)
+        points = np.ma.masked_array(sequence.data[..., :2].astype(float), mask=unseen)
+        if focus:
+            points = points - points.min(axis=(0, 1))  # pose-format's Pose.focus
         hidden = np.repeat((sequence.confidence <= 0.2)[..., None], 2, -1)
-        points = np.ma.masked_array(sequence.data[..., :2].astype(float), mask=hidden)
-        return points - points.min(axis=(0, 1))  # pose-format's Pose.focus
+        return np.ma.masked_array(points.data, mask=hidden)
 
     def cost(point, reference_point):
         if np.ma.is_masked(reference_point):
@@ -123,7 +147,7 @@ def test_ham2pose_ndtw_mje_equals_the_masked_array_computation_of_its_paper(real
     prediction, reference = masked(pizza), masked(essen)
     joints = groups.upper_body_and_hands[::4]  # a sample keeps the masked-array version quick
     expected = np.mean([fastdtw(prediction[:, j], reference[:, j], radius=1, dist=cost)[0] for j in joints])
-    value = ndtw_mje(pizza.data, essen.data, joints, pizza.confidence, essen.confidence)
+    value = ndtw_mje(pizza.data, essen.data, joints, pizza.confidence, essen.confidence, focus=focus)
     assert value == pytest.approx(expected, rel=1e-9)
 
 
@@ -190,6 +214,50 @@ def test_a_recording_scores_zero_against_itself_and_higher_against_another_sign(
         assert other[name] > 0.05, name
     assert itself["displacement_ratio"] == pytest.approx(1.0)
     assert other["length_error"] == abs(pizza.num_frames - essen.num_frames)
+
+
+# --- Validity on real recordings: a second recording of a sign is closer than another sign -----
+
+# The fingerspelling lexicon of spoken-to-signed (a t2p dependency): DGS (gsg), DSGS (sgg) and ÖGS
+# (asq) share the German manual alphabet, so one letter in two of them is the same sign recorded
+# again, by another signer. The letters chosen point sideways or down (G, H, P, T) and are set
+# against letters held upright (A, I, L, O, W): across signers the hand's place differs more than
+# a handshape does, so only a difference of orientation stands out for every metric.
+FINGERSPELLING = Path(str(files("spoken_to_signed").joinpath("assets", "fingerspelling_lexicon")))
+SAME_LETTER = [("P", "gsg", "sgg"), ("T", "gsg", "sgg"), ("H", "sgg", "gsg"), ("G", "asq", "gsg"), ("P", "asq", "sgg")]
+OTHER_LETTERS = "AILOW"
+DTW_METRICS = ["dtw_mje", "ndtw_mje", "dtwp", "ndtwp"]
+
+
+@pytest.fixture(scope="module")
+def fingerspelling():
+    rows = list(csv.DictReader(open(FINGERSPELLING / "index.csv", encoding="utf-8")))
+    paths = {(row["words"], row["signed_language"]): FINGERSPELLING / row["path"] for row in rows}
+    skeleton = Skeleton.from_pose(read_pose(paths[("P", "gsg")]))
+    cache = {}
+
+    def load(letter, language):
+        if (letter, language) not in cache:
+            cache[letter, language] = load_sequence(paths[letter, language], skeleton)
+        return cache[letter, language]
+    return paths, JointGroups.of(skeleton), load
+
+
+@pytest.mark.parametrize("letter, reference_language, other_language", SAME_LETTER,
+                         ids=[f"{letter}-{a}-vs-{b}" for letter, a, b in SAME_LETTER])
+def test_every_dtw_metric_puts_a_second_recording_of_a_sign_closer_than_another_sign(
+        fingerspelling, letter, reference_language, other_language):
+    paths, groups, load = fingerspelling
+    first, second = paths[letter, reference_language], paths[letter, other_language]
+    assert first.read_bytes() != second.read_bytes()  # two recordings, not one file listed twice (as fsl/ase)
+    reference = load(letter, reference_language)
+    same = score(load(letter, other_language), reference, groups, DTW_METRICS)
+    failures = []
+    for other in OTHER_LETTERS:
+        different = score(load(other, other_language), reference, groups, DTW_METRICS)
+        failures += [f"{name}: {letter} {same[name]:.3f} >= {other} {different[name]:.3f}"
+                     for name in DTW_METRICS if not same[name] < different[name]]
+    assert not failures, failures
 
 
 @pytest.mark.parametrize("path", ALL_POSE_FILES, ids=lambda p: p.name)

@@ -38,15 +38,16 @@ def toy_model():
 def test_toy_sequence_is_learned_exactly(toy_model, steps):
     model, sign, target = toy_model
     (sequence,) = generate(model, [sign], first_poses=[target[0]], steps=steps)
-    assert sequence.shape == (3, 1, 2)
-    np.testing.assert_array_equal(np.round(sequence), target)
+    assert sequence.data.shape == (3, 1, 2)
+    np.testing.assert_array_equal(np.round(sequence.data), target)
+    assert (sequence.confidence == 1).all()
 
 
 def test_toy_length_is_predicted(toy_model):
-    model, sign, _ = toy_model
+    model, sign, target = toy_model
     with torch.no_grad():
-        mean, _ = model.predict_length(model.encode_signs([sign]))
-    assert round(float(mean.exp())) == 3
+        location, _ = model.predict_length(model.encode_signs([sign]), torch.tensor(target[:1]), torch.ones(1, 1))
+    assert round(float(location.exp())) == 3
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_real_sequences_are_reproduced_well_under_the_static_baseline(real_data,
     _, signs, sequences = real_data
     generated = generate(real_model, signs, first_poses=sequences, steps=10,
                          lengths=[s.num_frames for s in sequences])
-    model_error = np.mean([_mean_joint_error(g, s.data, s.confidence) for g, s in zip(generated, sequences)])
+    model_error = np.mean([_mean_joint_error(g.data, s.data, s.confidence) for g, s in zip(generated, sequences)])
     static_error = np.mean([_mean_joint_error(np.repeat(s.data[:1], s.num_frames, 0), s.data, s.confidence)
                             for s in sequences])
     print(f"overfit mean per-joint error: model {model_error:.3f}, static {static_error:.3f}")
@@ -86,9 +87,10 @@ def test_real_sequences_are_reproduced_well_under_the_static_baseline(real_data,
 def test_every_keypoint_is_predicted_in_every_frame(real_data, real_model):
     _, signs, sequences = real_data
     (generated,) = generate(real_model, signs[:1], steps=3)
-    assert np.isfinite(generated).all()
-    assert generated.shape[1:] == (50, 3)
-    assert (np.abs(generated).sum(-1) > 0).all()  # hands included, no zeroed joints
+    assert np.isfinite(generated.data).all()
+    assert generated.data.shape[1:] == (50, 3)
+    assert generated.confidence.shape == generated.data.shape[:2]
+    assert (np.abs(generated.data).sum(-1) > 0).all()  # hands included, no zeroed joints
 
 
 class CountingRefiner(torch.nn.Module):
@@ -140,8 +142,9 @@ def test_batching_changes_nothing(real_model, real_data):
     for i in range(len(texts)):
         (alone,) = generate(real_model, [texts[i]], first_poses=[first[i]], steps=steps[i], lengths=[lengths[i]],
                             guidance=[guidance[i]], seed=3)
-        assert alone.shape == batched[i].shape
-        np.testing.assert_allclose(batched[i], alone, atol=1e-4)
+        assert alone.data.shape == batched[i].data.shape
+        np.testing.assert_allclose(batched[i].data, alone.data, atol=1e-4)
+        np.testing.assert_array_equal(batched[i].confidence, alone.confidence)
 
 
 def test_first_pose_decides_the_start_and_missing_keypoints_are_completed(real_model, real_data):
@@ -164,15 +167,16 @@ def test_observed_values_stay_fixed_when_completing_a_sequence(real_model, real_
     (completed,) = generate(real_model, signs[:1], first_poses=[reference], steps=5,
                             observed=[Observed(reference.data, confidence)])
     kept = confidence > 0
-    np.testing.assert_allclose(completed[kept], reference.data[kept], atol=1e-6)
+    np.testing.assert_allclose(completed.data[kept], reference.data[kept], atol=1e-6)
     assert len(completed) == reference.num_frames
 
 
 def test_chained_signs_start_from_the_previous_last_frame(real_model):
     chained = generate_chain(real_model, ["essen", "pizza"], steps=2, lengths=10)
-    assert chained.shape == (20, 50, 3)
-    (second,) = generate(real_model, ["pizza"], first_poses=[chained[9]], steps=2, lengths=10)
-    np.testing.assert_allclose(chained[10:], second, atol=1e-5)
+    assert chained.data.shape == (20, 50, 3)
+    (second,) = generate(real_model, ["pizza"], first_poses=[(chained.data[9], chained.confidence[9])], steps=2,
+                         lengths=10)
+    np.testing.assert_allclose(chained.data[10:], second.data, atol=1e-5)
 
 
 def test_save_and_load_give_the_same_outputs(real_model, tmp_path):
@@ -182,7 +186,8 @@ def test_save_and_load_give_the_same_outputs(real_model, tmp_path):
     before = generate(real_model, ["essen", "kinder"], steps=4, guidance=2.0)
     after = generate(loaded, ["essen", "kinder"], steps=4, guidance=2.0)
     for a, b in zip(before, after):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a.data, b.data)
+        np.testing.assert_array_equal(a.confidence, b.confidence)
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["model"]["skeleton"]["components"][0]["name"] == "POSE_LANDMARKS"
 
@@ -202,7 +207,11 @@ def test_generated_pose_is_written_in_the_first_pose_space(real_model, real_data
     (generated,) = generate(real_model, signs[:1], first_poses=[sequences[0]], steps=2)
     write_pose(as_pose(real_model, generated, sequences[0]), tmp_path / "out.pose")
     back = to_sequence(read_pose(tmp_path / "out.pose"), real_model.skeleton, normalize=False)
-    np.testing.assert_allclose(back.data, sequences[0].normalization.invert(generated), rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(back.confidence, generated.confidence)
+    present = generated.confidence > 0
+    assert present.any()
+    np.testing.assert_allclose(back.data[present], sequences[0].normalization.invert(generated.data)[present],
+                               rtol=1e-4, atol=1e-3)
 
 
 def test_losses_are_finite_and_ignore_padding(real_model, real_data):

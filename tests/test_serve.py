@@ -72,12 +72,15 @@ def _pose_b64(pose) -> str:
     return base64.b64encode(write_pose(pose)).decode()
 
 
-def _served_sequence(content: bytes, model: T2PModel, first_pose_b64: str | None) -> np.ndarray:
-    """A served .pose back in the shoulder-normalised space `generate` returns."""
-    written = to_sequence(read_pose(content), model.skeleton, normalize=False)
+def _served_sequence(content: bytes, model: T2PModel, first_pose_b64: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """A served .pose back in the shoulder-normalised space `generate` returns: (data, confidence)."""
+    pose = read_pose(content)
+    data = np.asarray(pose.body.data.data[:, 0], dtype=np.float32)  # written values, absent joints included
+    confidence = np.asarray(pose.body.confidence[:, 0], dtype=np.float32)
     if first_pose_b64 is None:
-        return model.output_normalization.apply(written.data)
-    return to_sequence(read_pose(base64.b64decode(first_pose_b64)), model.skeleton).normalization.apply(written.data)
+        return model.output_normalization.apply(data), confidence
+    normalization = to_sequence(read_pose(base64.b64decode(first_pose_b64)), model.skeleton).normalization
+    return normalization.apply(data), confidence
 
 
 def test_health_and_model_description(client, model):
@@ -122,9 +125,10 @@ def test_concurrent_requests_share_batches_and_equal_generating_alone(server, mo
         (alone,) = generate(model, [sign], first_poses=[first_sequence], steps=body.get("steps"),
                             lengths=[body.get("length", LIMITS["max_frames"])], guidance=[body.get("guidance")],
                             seed=body.get("seed"))
-        served = _served_sequence(response.content, model, first)
-        assert served.shape == alone.shape
-        np.testing.assert_allclose(served, alone, atol=1e-4)
+        served, served_confidence = _served_sequence(response.content, model, first)
+        assert served.shape == alone.data.shape
+        np.testing.assert_allclose(served, alone.data, atol=1e-4)
+        np.testing.assert_array_equal(served_confidence, alone.confidence)
     assert after["requests"] - before["requests"] == len(requests)
     assert after["batches"] - before["batches"] < len(requests)
     assert max(after["recent_batch_sizes"]) > 1
@@ -141,6 +145,7 @@ def test_json_and_pose_outputs_describe_the_same_sequence(client, model):
     assert described["components"] == [c.name for c in model.skeleton.components]
     assert described["points"] == [list(c.points) for c in model.skeleton.components]
     np.testing.assert_array_equal(np.asarray(described["frames"], np.float32), written.data)
+    np.testing.assert_array_equal(np.asarray(described["confidence"], np.float32), written.confidence)
 
 
 def test_a_json_body_is_read_whatever_its_content_type(client):

@@ -21,13 +21,16 @@ def _register_evaluate(subparsers) -> None:
     parser = add_verb(subparsers, "evaluate",
                       "Score a model against the static, retrieval and mean baselines on every metric; write "
                       "report.json, report.md, a plot per metric and rendered examples.",
-                      "t2p evaluate --model runs/default/model --data data/fingerspelling --split test --out reports/test")
+                      "t2p evaluate --model runs/default/best --data data/fingerspelling --split test --out reports/test "
+                      "--steps 1,3,10,30 --guidance 1,2,4")
     parser.add_argument("--model", type=Path, required=True, help="model folder (config.json + model.safetensors)")
     parser.add_argument("--data", type=Path, required=True, help="prepared shards (t2p prepare)")
     parser.add_argument("--split", choices=["train", "validation", "test"], default="test")
     parser.add_argument("--out", type=Path, required=True, help="report folder")
-    parser.add_argument("--steps", type=int, help="refinement steps (default: the model's schedule)")
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    parser.add_argument("--steps", type=_numbers(int), metavar="N[,N...]",
+                        help="refinement steps; several (1,3,10,30) sweep them (default: the model's)")
+    parser.add_argument("--guidance", type=_numbers(float), metavar="S[,S...]",
+                        help="classifier-free guidance scales; several (1,2,4) sweep them (default: the model's)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N items")
     parser.add_argument("--examples", type=int, default=3, help="rendered side-by-side examples")
     parser.add_argument("--batch-size", type=int, default=32, help="items per generation call")
@@ -37,6 +40,16 @@ def _register_evaluate(subparsers) -> None:
     parser.add_argument("--metric", action="append", choices=list(METRICS), dest="metrics",
                         help="metric to compute (repeatable; default: all)")
     parser.set_defaults(handler=evaluate_command)
+
+
+def _numbers(kind):
+    """An argparse type: one number or a comma-separated list of them, as a tuple."""
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(part) for part in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}s separated by commas, got {text!r}") from None
+    return parse
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -51,8 +64,18 @@ def evaluate_command(args: argparse.Namespace) -> int:
     report = evaluate(model, args.data, args.out, config, model_name=str(args.model))
     summary = report.summary()
     headline = next(m for m in ("dtw_mje", *config.metrics) if m in config.metrics)
-    print(f"evaluated {len(report.items)} {args.split} items; {headline} mean: "
-          + ", ".join(f"{system} {summary[system][headline]['mean']:.3f}" for system in summary))
+    print(f"evaluated {len(report.items)} {args.split} items at {report.steps} steps, guidance {report.guidance:g}; "
+          f"{headline} mean: " + ", ".join(f"{system} {summary[system][headline]['mean']:.3f}" for system in summary))
+    print(f"back-retrieval top-5: " + ", ".join(f"{system} {summary[system]['back_retrieval_top5']['mean']:.2f}"
+                                               for system in summary)
+          + f" (chance {min(1.0, 5 / len(report.items)):.2f}); length MAE: model {report.length['model']:.2f}, "
+          f"constant {report.length['constant']:.2f} frames")
+    if report.sweep:
+        names = [name for name in ("dtw_mje", "dtwp", "back_retrieval_top5") if name in report.sweep[0].scores]
+        print("steps guidance " + " ".join(f"{name:>19}" for name in names))
+        for setting in report.sweep:
+            print(f"{setting.steps:5d} {setting.guidance:8g} " + " ".join(f"{setting.scores[name]:19.4f}" for name in names)
+                  + ("   <- best" if setting is report.best_setting else ""))
     print(f"report: {args.out / 'report.md'} and {args.out / 'report.json'}")
     return 0
 

@@ -78,7 +78,10 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="batch size per worker")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any model, training or schedule setting, e.g. --set d_model=256 --set steps=20")
-    parser.add_argument("--validation-items", type=int, default=64, help="validation items scored each epoch")
+    parser.add_argument("--validation-items", type=int, default=64,
+                        help="validation items scored at each validation (evenly spaced over the split)")
+    parser.add_argument("--validate-every", type=int, default=0, metavar="EPOCHS",
+                        help="epochs between validations and checkpoints (0: about 20 in a run)")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline without a key)")
 
 
@@ -106,9 +109,11 @@ def training_job_from_args(args: argparse.Namespace):
         train["batch_size"] = args.batch_size
     if args.workers < 1:
         raise CommandError("--workers must be >= 1")
+    if args.validate_every < 0 or args.validation_items < 1:
+        raise CommandError("--validate-every must be >= 0 and --validation-items >= 1")
     return TrainingJob(data=str(args.data), out=str(args.out), workers=args.workers, gpu=args.gpu,
                        cpus_per_worker=args.cpus_per_worker, model=model, train=train, schedule=schedule,
-                       validation_items=args.validation_items, wandb=args.wandb)
+                       validation_items=args.validation_items, validate_every=args.validate_every, wandb=args.wandb)
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -128,8 +133,10 @@ def train_command(args: argparse.Namespace) -> int:
     best = run_training(job)
     out = Path(job.out)
     print(f"best epoch {best.get('epoch')}: validation DTW-MJE {best['val_dtw_mje']:.4f} "
-          f"(static baseline {best['val_static_dtw_mje']:.4f})")
-    print(f"model: {out / 'best'}\nmetrics: {out / 'metrics.csv'}\nconfig: {out / 'job.json'}")
+          f"(static baseline {best['val_static_dtw_mje']:.4f}); default generation: {best['steps']} steps, "
+          f"guidance {best['guidance']:g} (validation DTW-MJE {best['val_dtw_mje_chosen']:.4f})")
+    print(f"model: {out / 'best'}\nmetrics: {out / 'metrics.csv'}\nconfig: {out / 'job.json'}\n"
+          f"steps and guidance measured: {out / 'generation.json'}")
     return 0
 
 
@@ -254,8 +261,8 @@ def quickstart_command(args: argparse.Namespace) -> int:
     print(f"{example} ({len(sequence)} frames)")
     print(f"\ndone in {time.time() - started:.0f} s")
     print(f"  data:     {args.data}  (manifest.json, Parquet shards)")
-    print(f"  model:    {args.out / 'best'}  (validation DTW-MJE {best['val_dtw_mje']:.4f}, "
-          f"static baseline {best['val_static_dtw_mje']:.4f})")
+    print(f"  model:    {args.out / 'best'}  (validation DTW-MJE {best['val_dtw_mje_chosen']:.4f} at "
+          f"{best['steps']} steps, guidance {best['guidance']:g}; static baseline {best['val_static_dtw_mje']:.4f})")
     print(f"  metrics:  {args.out / 'metrics.csv'}")
     print(f"  example:  {example}")
     print(f"next: t2p generate --model {args.out / 'best'} --text B --language ase -o b.pose")
