@@ -112,7 +112,8 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
     velocity_error = ((((predicted[:, 1:] - predicted[:, :-1]) - (clean[:, 1:] - clean[:, :-1])) / scale) ** 2).sum(-1)
     smoothness = (velocity_error * velocity_weights).sum() / velocity_weights.sum().clamp(min=1)
 
-    length = _length_loss(model, text, start, start_confidence, batch.lengths)
+    # the length is learned from the text it will be predicted from: not from the dropped ones
+    length = _length_loss(model, text, start, start_confidence, batch.lengths, ~dropped)
     first_pose_loss = _first_pose_loss(model, first_pose, first_confidence, generator)
 
     total = (config.reconstruction_weight * reconstruction + config.presence_weight * presence
@@ -128,7 +129,7 @@ def _draw(size: int, probability: float, generator: torch.Generator | None, devi
 
 
 def _length_loss(model: T2PModel, text, start: torch.Tensor, start_confidence: torch.Tensor,
-                 lengths: torch.Tensor) -> torch.Tensor:
+                 lengths: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     """Absolute error of the log-length (its minimiser is the median, which minimises the length
     MAE), plus the Laplace NLL of the spread around the detached location. Both have bounded
     gradients: the Gaussian NLL used before shrank its variance until its gradients were 50x the
@@ -137,7 +138,9 @@ def _length_loss(model: T2PModel, text, start: torch.Tensor, start_confidence: t
     target = lengths.float().clamp(min=1).log()
     log_variance = log_variance.clamp(min=math.log(0.01 ** 2))  # a spread of at least 1%
     spread = (target - location.detach()).abs() / torch.exp(0.5 * log_variance)
-    return ((target - location).abs() + 0.5 * log_variance + spread).mean()
+    per_example = (target - location).abs() + 0.5 * log_variance + spread  # (batch,)
+    weights = kept.float()
+    return (per_example * weights).sum() / weights.sum().clamp(min=1)
 
 
 def _first_pose_loss(model: T2PModel, pose: torch.Tensor, confidence: torch.Tensor,

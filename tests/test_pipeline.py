@@ -3,6 +3,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from t2p.cli import main
 from t2p.data import fingerspelling_items
@@ -38,6 +39,13 @@ def test_cli_prepares_trains_resumes_and_generates(ray_session, real_index, tmp_
     assert all(float(row["val_dtw_mje"]) > 0 for row in rows)
     model = T2PModel.load(run / "best")
     assert model.config.d_model == 32
+
+    # same data, same seed, one worker: the same model (Ray Data's order and every draw are seeded)
+    again = tmp_path / "again"
+    assert main(["train", "--data", str(data), "--out", str(again), "--epochs", "2", "--batch-size", "4", *TINY]) == 0
+    retrained = T2PModel.load(again / "best").state_dict()
+    for name, weights in model.state_dict().items():
+        torch.testing.assert_close(retrained[name], weights, rtol=1e-5, atol=1e-6, msg=name)
     assert json.loads((run / "job.json").read_text())["train_config"]["epochs"] == 2
 
     assert main(["train", "--resume", str(run), "--epochs", "3"]) == 0
