@@ -6,8 +6,8 @@ import pytest
 from conftest import POSES
 from t2p.cli import main
 from t2p.data import PreparedItem, lexicon_items, prepare
-from t2p.evaluate import (SET_METRICS, SYSTEMS, EvaluationConfig, MeanBaseline, RetrievalBaseline, edit_distance, evaluate,
-                          start_from, static_baseline)
+from t2p.evaluate import (SET_METRICS, SYSTEMS, EvaluationConfig, MeanBaseline, RetrievalBaseline, constant_length,
+                          edit_distance, evaluate, other_texts, start_from, static_baseline)
 from t2p.metrics import METRICS
 from t2p.model import T2PModel
 from t2p.notation import SignText
@@ -127,3 +127,41 @@ def test_retrieval_and_mean_have_the_requested_length_and_start_pose():
     mean, observed = MeanBaseline(training).mean(8)
     np.testing.assert_allclose(mean[:, 0], 2.0)  # the average of the two still joints
     assert (observed == 1).all()
+
+
+def test_mean_motion_adds_the_training_mean_displacement_to_the_first_pose():
+    training = [_item("1", "a", "ase", "a", frames=6, value=1.0), _item("2", "b", "ase", "b", frames=6, value=5.0)]
+    first = np.full((2, 2), 7.0, np.float32)
+    data, confidence = MeanBaseline(training, motion=True)(6, first)
+    np.testing.assert_allclose(data[:, 0], 7.0)  # the still joint stays where this signer has it
+    np.testing.assert_allclose(data[:, 1, 0], 7.0 + np.arange(6))  # the moving joint moves as in training
+    assert (confidence == 1).all()
+
+
+def test_the_other_text_control_takes_another_text_of_the_same_language():
+    items = [_item("1", "a", "ase", "a"), _item("2", "b", "gsg", "b"), _item("3", "c", "ase", "c"),
+             _item("4", "a", "ase", "a")]
+    # b has no other gsg item: the next item with another text stands in
+    assert [sign.text for sign in other_texts(items)] == ["c", "c", "a", "c"]
+
+
+def test_constant_length_is_the_training_mean():
+    assert constant_length([_item("1", "a", "ase", "a", frames=6), _item("2", "b", "ase", "b", frames=11)]) == 8
+
+
+def test_evaluation_sweeps_steps_and_guidance_and_names_the_best(tiny_set):
+    root, model = tiny_set
+    report = evaluate(model, root / "data", config=EvaluationConfig(steps=(1, 2), guidance=(1.0, 3.0),
+                                                                    metrics=("dtw_mje",), progress=False))
+    assert [(s.steps, s.guidance) for s in report.sweep] == [(1, 1.0), (1, 3.0), (2, 1.0), (2, 3.0)]
+    assert report.best_setting.scores["dtw_mje"] == min(s.scores["dtw_mje"] for s in report.sweep)
+    markdown = report.to_markdown()
+    assert "## Steps and guidance" in markdown and "**best**" in markdown
+
+
+def test_evaluate_command_refuses_a_malformed_sweep(tiny_set, tmp_path, capsys):
+    root, _ = tiny_set
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--model", str(root / "model"), "--data", str(root / "data"), "--out", str(tmp_path),
+              "--steps", "1,x"])
+    assert "expected ints separated by commas, got '1,x'" in capsys.readouterr().err

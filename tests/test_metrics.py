@@ -10,8 +10,8 @@ from fastdtw import fastdtw
 from conftest import ALL_POSE_FILES, POSES
 from t2p.cli import main
 from t2p.evaluate import compare_files
-from t2p.metrics import (METRICS, JointGroups, active_signing_span, displacement_ratio, dtw_mje, dtwp, length_error,
-                         mje, ndtw_mje, ndtwp, resample, score)
+from t2p.metrics import (METRICS, JointGroups, active_signing_span, back_retrieval_ranks, displacement_ratio, dtw_mje,
+                         dtw_mje_matrix, dtwp, length_error, mje, ndtw_mje, ndtwp, presence_error, resample, score)
 from t2p.pose import Normalization, PoseSequence, Skeleton, load_sequence, read_pose
 
 ESSEN = POSES / "lexicon_sgg" / "essen.pose"
@@ -310,3 +310,31 @@ def test_compare_with_a_missing_file_fails_with_one_line(capsys, tmp_path):
     assert main(["compare", str(tmp_path / "missing.pose"), str(ESSEN)]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "missing.pose" in error
+
+
+def test_presence_error_counts_joints_drawn_where_the_reference_has_none_and_the_reverse():
+    reference = np.array([[1, 0], [1, 0], [1, 1], [1, 1]], np.float32)  # (frames, joints)
+    assert presence_error(reference, reference) == 0.0
+    drawn_everywhere = np.ones_like(reference)
+    assert presence_error(drawn_everywhere, reference) == pytest.approx(2 / 8)
+    # a prediction of another length is compared frame by nearest frame
+    assert presence_error(np.array([[1, 0], [1, 1]], np.float32), reference) == 0.0
+
+
+def test_the_dtw_mje_matrix_holds_dtw_mje_of_every_pair():
+    sequences = [(_toy_trajectory(frames=n, seed=n), np.ones((n, 3), np.float32)) for n in (8, 10, 13)]
+    sequences[1][1][2:4, 2] = 0  # a gap in one joint
+    matrix = dtw_mje_matrix(sequences[:2], sequences)
+    for i, (data, confidence) in enumerate(sequences[:2]):
+        for j, (reference, reference_confidence) in enumerate(sequences):
+            assert matrix[i, j] == pytest.approx(dtw_mje(data, reference, reference_confidence,
+                                                         predicted_confidence=confidence))
+
+
+def test_back_retrieval_counts_ties_against_an_output():
+    distances = np.array([[0.1, 0.5, 0.3],
+                          [0.2, 0.2, 0.9],   # tied with another reference: not retrieved first
+                          [0.1, 0.2, 0.6]])  # two references closer than its own
+    assert back_retrieval_ranks(distances).tolist() == [0, 1, 2]
+    identical = np.full((4, 4), 0.3)  # a text-blind system: the same output for every text
+    assert (back_retrieval_ranks(identical) == 3).all()

@@ -237,3 +237,32 @@ def test_invalid_arguments_are_clear_errors(real_model):
         generate(real_model, ["essen"], lengths=1000)
     with pytest.raises(ValueError, match="got 2 values for 1 texts"):
         generate(real_model, ["essen"], steps=[1, 2])
+
+
+def test_the_best_measured_steps_and_guidance_become_the_model_default(real_model, real_data):
+    from dataclasses import replace
+
+    from t2p.data import PreparedItem
+    from t2p.train import choose_generation_defaults
+    _, signs, sequences = real_data
+    items = [PreparedItem(str(i), str(i), "validation", sign, sign.text, sequence, "")
+             for i, (sign, sequence) in enumerate(zip(signs, sequences))]
+    saved = real_model.schedule_config
+    try:
+        table = choose_generation_defaults(real_model, items, steps=(1, 4), guidance=(1.0, 3.0))
+        assert [(row["steps"], row["guidance"]) for row in table] == [(1, 1.0), (1, 3.0), (4, 1.0), (4, 3.0)]
+        (chosen,) = [row for row in table if row["chosen"]]
+        assert round(chosen["val_dtw_mje"], 4) == min(round(row["val_dtw_mje"], 4) for row in table)
+        assert (real_model.schedule_config.steps, real_model.schedule_config.guidance) == (chosen["steps"],
+                                                                                           chosen["guidance"])
+    finally:
+        real_model.schedule_config = replace(saved)
+
+
+def test_training_batches_group_similar_lengths_and_use_every_example_once():
+    from t2p.train import length_batches
+    lengths = [25, 258, 24, 26, 105, 27, 25, 30]
+    batches = length_batches(lengths, 3, torch.Generator().manual_seed(0))
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    longest_first = sorted(batches, key=lambda batch: max(lengths[i] for i in batch), reverse=True)
+    assert [sorted(lengths[i] for i in batch) for batch in longest_first] == [[105, 258], [26, 27, 30], [24, 25, 25]]
