@@ -36,8 +36,8 @@ def model_dir(tmp_path_factory) -> Path:
     model = T2PModel(config, ScheduleConfig(steps=3))
     with torch.no_grad():  # the refiner and length head start at zero (identity, prior length): perturb them
         torch.nn.init.normal_(model.refiner.frames_out.weight, std=0.05)
-        torch.nn.init.normal_(model.length_predictor.mlp[-1].weight, std=0.01)
-        model.length_predictor.mlp[-1].bias[0] = math.log(PREDICTED_FRAMES) - config.log_length_prior
+        torch.nn.init.normal_(model.length_predictor.location_out.weight, std=0.01)
+        model.length_predictor.location_out.bias[0] = math.log(PREDICTED_FRAMES) - config.log_length_prior
     return model.save(tmp_path_factory.mktemp("serve") / "model")
 
 
