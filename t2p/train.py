@@ -137,8 +137,8 @@ def _length_loss(model: T2PModel, text, start: torch.Tensor, start_confidence: t
     location, log_variance = model.predict_length(text, start, start_confidence)
     target = lengths.float().clamp(min=1).log()
     log_variance = log_variance.clamp(min=math.log(0.01 ** 2))  # a spread of at least 1%
-    spread = (target - location.detach()).abs() / torch.exp(0.5 * log_variance)
-    per_example = (target - location).abs() + 0.5 * log_variance + spread  # (batch,)
+    scaled_error = (target - location.detach()).abs() / torch.exp(0.5 * log_variance)
+    per_example = (target - location).abs() + 0.5 * log_variance + scaled_error  # (batch,)
     weights = kept.float()
     return (per_example * weights).sum() / weights.sum().clamp(min=1)
 
