@@ -40,7 +40,6 @@ from t2p.pose import PoseSequence
 
 if TYPE_CHECKING:
     from t2p.data import PreparedItem
-    from t2p.generation import Generated
     from t2p.model import T2PModel
     from t2p.notation import SignText
 
@@ -370,19 +369,12 @@ def evaluate(model: "T2PModel", data_dir: Union[str, Path], out_dir: Union[str, 
     main = (defaults.steps, float(defaults.guidance))
     main = main if main in settings else settings[0]
 
-    sweep, outputs = [], {}
-    for steps, guidance in tqdm(settings, desc="generate", unit="setting", disable=not config.progress or len(settings) == 1):
+    generated, seconds = {}, {}
+    for setting in tqdm(settings, desc="generate", unit="setting", disable=not config.progress or len(settings) == 1):
         started = time.perf_counter()
-        outputs[(steps, guidance)] = _generate(model, items, [item.sign for item in items], steps, guidance,
-                                               config.batch_size)
-        seconds = time.perf_counter() - started
-        if len(settings) > 1:
-            scores = _score_system(items, outputs[(steps, guidance)], groups,
-                                   [m for m in SWEEP_METRICS if m in config.metrics])
-            sweep.append(Setting(steps, guidance, _means(scores), seconds))
-        if (steps, guidance) == main:
-            generation_seconds = seconds
-    predictions = outputs[main]
+        generated[setting] = _generate(model, items, [item.sign for item in items], *setting, config.batch_size)
+        seconds[setting] = time.perf_counter() - started
+    predictions = generated[main]
 
     outputs = {"model": predictions,
                "other_text": _generate(model, items, other_texts(items), *main, config.batch_size)}
@@ -407,11 +399,21 @@ def evaluate(model: "T2PModel", data_dir: Union[str, Path], out_dir: Union[str, 
                           {system: scores[system][i] for system in SYSTEMS})
                for i, item in enumerate(items)]
 
+    sweep = []
+    if len(settings) > 1:
+        sweep_metrics = [m for m in SWEEP_METRICS if m in config.metrics]
+        for setting in settings:  # the main setting is scored already
+            setting_scores = (scores["model"] if setting == main
+                              else _score_system(items, generated[setting], groups, sweep_metrics))
+            means = _means(setting_scores)
+            sweep.append(Setting(*setting, {name: means[name] for name in (*sweep_metrics, *SET_METRICS)},
+                                 seconds[setting]))
+
     constant = constant_length(training)
     baseline_length = "the model's predicted length" if config.baseline_length == "predicted" else "the reference length"
     report = EvaluationReport(
         model=model_name, data=str(data_dir), split=config.split, items=results, metrics=list(config.metrics),
-        steps=main[0], guidance=main[1], generation_seconds=generation_seconds,
+        steps=main[0], guidance=main[1], generation_seconds=seconds[main],
         lengths={"model": "predicted by the model", "other_text": "predicted by the model from the other text",
                  "static": "the reference length", "retrieval": f"resampled to {baseline_length}",
                  "mean": f"resampled to {baseline_length}", "mean_motion": f"resampled to {baseline_length}"},

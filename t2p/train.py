@@ -272,7 +272,9 @@ def validation_metrics(model: T2PModel, items: Sequence["PreparedItem"], steps: 
                              guidance=guidance)
         for item, sequence in zip(chunk, generated):
             reference = item.sequence
-            errors.append(dtw_mje(sequence.data, reference.data, reference.confidence))
+            # as `t2p evaluate` scores it: joints the model predicts absent are not trajectories
+            errors.append(dtw_mje(sequence.data, reference.data, reference.confidence,
+                                  predicted_confidence=sequence.confidence))
             static, _ = static_baseline(reference.data[0], reference.num_frames)
             static_errors.append(dtw_mje(static, reference.data, reference.confidence))
             length_errors.append(length_error(sequence.data, reference.data))
