@@ -1,0 +1,68 @@
+"""Typed configs from plain dicts (JSON files, Ray configs, `key=value` strings): one way, one error style.
+
+Every value is checked against its dataclass field's type by pydantic, strictly unless
+`coerce_strings` (for values that arrive as strings: `serve run … key=value`, `--set key=value`,
+where "16" becomes 16 and "yes" True); unknown keys are refused. The dataclass itself is then built
+with `cls(**values)`, so its defaults and its own `__post_init__` checks apply as always.
+
+pydantic validates stdlib dataclasses directly, but in strict mode it then accepts only instances,
+not dicts, and a TypeAdapter takes no `config` for a dataclass: so the fields are validated as a
+TypedDict mirroring the dataclass (same names and types, `extra="forbid"`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+from typing import Any, Iterable, Mapping, TypeVar
+
+import pydantic
+from typing_extensions import Required, TypedDict
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], *, coerce_strings: bool = False, what: str | None = None,
+              also_known: Iterable[str] = ()) -> T:
+    """An instance of the dataclass `cls` from `data`; a `ValueError` in one line names the unknown
+    keys (and the known ones, plus `also_known`) or the field with a wrong value."""
+    return cls(**typed_fields(cls, data, coerce_strings=coerce_strings, what=what, also_known=also_known,
+                              partial=False))
+
+
+def typed_fields(cls: type, data: Mapping[str, Any], *, coerce_strings: bool = False, what: str | None = None,
+                 also_known: Iterable[str] = (), partial: bool = True) -> dict[str, Any]:
+    """`data` checked (and typed, with `coerce_strings`) against the fields of `cls`, as a dict,
+    without building `cls`: e.g. overrides applied later. `partial`: required fields may be absent."""
+    what = what or cls.__name__
+    try:
+        return dict(_adapter(cls, partial).validate_python(dict(data), strict=not coerce_strings))
+    except pydantic.ValidationError as error:
+        errors = error.errors()
+    extras = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+    if extras:
+        known = [*also_known, *(f.name for f in dataclasses.fields(cls) if f.init)]
+        raise ValueError(f"unknown {what} keys: {extras}; known: {', '.join(known)}") from None
+    first = errors[0]
+    key = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "missing":
+        raise ValueError(f"{what} {key}: {first['msg'].lower()}") from None
+    value = data.get(first["loc"][0]) if first["loc"] else data
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    raise ValueError(f"{what} {key}={shown}: {first['msg'].lower()}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter(cls: type, partial: bool) -> pydantic.TypeAdapter:
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    shape = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        required = not partial and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        shape[f.name] = Required[hints[f.name]] if required else hints[f.name]
+    mirror = TypedDict(f"{cls.__name__}Fields", shape, total=False)
+    mirror.__pydantic_config__ = pydantic.ConfigDict(extra="forbid")
+    return pydantic.TypeAdapter(mirror)
