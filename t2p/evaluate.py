@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
 
 from t2p.metrics import (METRICS, JointGroups, MetricInfo, back_retrieval_ranks, dtw_mje_matrix, resample,
                          score)
@@ -78,13 +79,7 @@ def start_from(data: np.ndarray, confidence: np.ndarray, first_pose: np.ndarray)
 
 def edit_distance(a: str, b: str) -> int:
     """Levenshtein distance (insertions, deletions, substitutions of characters)."""
-    previous = list(range(len(b) + 1))
-    for i, char_a in enumerate(a, start=1):
-        current = [i]
-        for j, char_b in enumerate(b, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
-        previous = current
-    return previous[-1]
+    return Levenshtein.distance(a, b)
 
 
 class RetrievalBaseline:
@@ -352,6 +347,7 @@ def evaluate(model: "T2PModel", data_dir: Union[str, Path], out_dir: Union[str, 
     from tqdm import tqdm
 
     from t2p.data import load_manifest, read_items
+    from t2p.generation import starting_poses
 
     config = config or EvaluationConfig()
     manifest = load_manifest(data_dir)
@@ -378,7 +374,7 @@ def evaluate(model: "T2PModel", data_dir: Union[str, Path], out_dir: Union[str, 
 
     outputs = {"model": predictions,
                "other_text": _generate(model, items, other_texts(items), *main, config.batch_size)}
-    starts = _completed_first_poses(model, items)
+    starts = list(starting_poses(model, [item.sequence for item in items]))
     retrieval, mean, mean_motion = (RetrievalBaseline(training), MeanBaseline(training),
                                     MeanBaseline(training, motion=True))
     baselines = {"static": [], "retrieval": [], "mean": [], "mean_motion": []}
@@ -461,17 +457,6 @@ def _score_system(items: Sequence["PreparedItem"], outputs: Sequence[tuple[np.nd
 def _means(scores: Sequence[dict[str, float]]) -> dict[str, float]:
     names = scores[0].keys() if scores else ()
     return {name: float(np.nanmean([item[name] for item in scores])) for name in names}
-
-
-def _completed_first_poses(model: "T2PModel", items: Sequence["PreparedItem"]) -> list[np.ndarray]:
-    """The refinement's starting pose per item: the reference's first frame, gaps filled by the model."""
-    import torch
-    device = model.pose_mean.device
-    pose = torch.as_tensor(np.stack([item.sequence.data[0] for item in items]), dtype=torch.float32, device=device)
-    confidence = torch.as_tensor(np.stack([item.sequence.confidence[0] for item in items]), dtype=torch.float32,
-                                 device=device)
-    with torch.no_grad():
-        return list(model.complete_first_pose(pose, confidence).cpu().numpy())
 
 
 def write_report(report: EvaluationReport, out_dir: Union[str, Path], model: "T2PModel | None" = None,

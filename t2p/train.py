@@ -20,8 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from t2p.config import from_dict, typed_fields
 from t2p.data import Example, PoseBatch, collate
-from t2p.model import ModelConfig, T2PModel
+from t2p.model import Known, ModelConfig, T2PModel
 from t2p.schedule import RefinementSchedule, ScheduleConfig
 
 if TYPE_CHECKING:
@@ -39,30 +40,32 @@ class TrainConfig:
     text_dropout: float = 0.1      # share of examples trained without text, for guidance
     first_pose_dropout: float = 0.0  # share of examples started from the neutral pose instead of their own
     unknown_symbols: float = 0.0   # share of text symbols replaced by <unk>: unseen characters still mean "a sign"
+    inpainting: float = 0.3        # share of examples given some of their values (ends, dropped frames, a lost hand)
     reconstruction_weight: float = 1.0
     presence_weight: float = 0.1
     length_weight: float = 0.1
     smoothness_weight: float = 0.5
     first_pose_weight: float = 0.1
+    ema_decay: float = 0.95        # weight average validated and exported by `t2p train` (0: the raw weights)
     seed: int = 0
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
-        if not all(0 <= value <= 1 for value in (self.text_dropout, self.first_pose_dropout, self.unknown_symbols)):
-            raise ValueError("text_dropout, first_pose_dropout and unknown_symbols must be in [0, 1]")
+        if not all(0 <= value <= 1 for value in (self.text_dropout, self.first_pose_dropout, self.unknown_symbols,
+                                                 self.inpainting)):
+            raise ValueError("text_dropout, first_pose_dropout, unknown_symbols and inpainting must be in [0, 1]")
         if self.learning_rate <= 0:
             raise ValueError("learning_rate must be > 0")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError("ema_decay must be in [0, 1)")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown training config keys: {sorted(unknown)}")
-        return cls(**data)
+        return from_dict(cls, data, what="training config")
 
 
 def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
@@ -96,7 +99,11 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
     clean = torch.where(observed.unsqueeze(-1), batch.poses, x_start)
     beta = schedule.sample_training_betas(size, generator, device)
     x_t = schedule.noisy(x_start, clean, beta, generator)
-    refined = model.refine(x_t, start, beta, text, batch.frame_mask)
+    # some examples have values given, as composition (the ends of a transition) and correction
+    # (dropped frames, a hand lost for a while) give them
+    given = known_values(batch.lengths, observed, config.inpainting, _hand_joints(model), generator).to(device)
+    known = Known(clean, given) if config.inpainting > 0 else None
+    refined = model.refine(x_t, start, beta, text, batch.frame_mask, known)
     predicted = refined.poses
 
     scale = model.pose_std
@@ -121,6 +128,44 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
              + config.first_pose_weight * first_pose_loss)
     return {"loss": total, "reconstruction": reconstruction, "presence": presence, "length": length,
             "smoothness": smoothness, "first_pose": first_pose_loss}
+
+
+def known_values(lengths: torch.Tensor, observed: torch.Tensor, probability: float, hands: Sequence[list[int]],
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Which values of each example are given to the refiner: none for most; for `probability` of
+    them, either the first and last 1-4 frames (a transition between two signs), or all but runs
+    of 1-6 dropped frames (10-60% of the frames), with one hand also lost for 5-15 frames half the
+    time (a recording to correct). Only observed values can be given."""
+    # lengths: (batch,); observed: (batch, frames, joints) -> (batch, frames, joints) bool
+    size, frames, joints = observed.shape
+    given = torch.zeros(size, frames, joints, dtype=torch.bool)
+    draw = lambda high: int(torch.randint(high, (1,), generator=generator))  # noqa: E731
+    for i in (torch.rand(size, generator=generator) < probability).nonzero().flatten().tolist():
+        length = int(lengths[i])
+        frame_given = torch.ones(length, dtype=torch.bool)
+        if draw(2) == 0:
+            frame_given[1 + draw(4):max(length - 1 - draw(4), 1)] = False
+        else:
+            dropped = 0.1 + 0.5 * float(torch.rand(1, generator=generator))
+            while frame_given.float().mean() > 1 - dropped:
+                begin = draw(length)
+                frame_given[begin:begin + 1 + draw(6)] = False
+        example = frame_given.unsqueeze(1).expand(length, joints).clone()
+        if hands and draw(2) == 0:
+            run = 5 + draw(11)
+            begin = draw(max(1, length - run))
+            example[begin:begin + run, hands[draw(len(hands))]] = False
+        given[i, :length] = example
+    return given & observed.cpu()
+
+
+def _hand_joints(model: T2PModel) -> list[list[int]]:
+    joints, offset = [], 0
+    for component in model.skeleton.components:
+        if "hand" in component.name.lower():
+            joints.append(list(range(offset, offset + len(component.points))))
+        offset += len(component.points)
+    return joints
 
 
 def _draw(size: int, probability: float, generator: torch.Generator | None, device) -> torch.Tensor:
@@ -160,30 +205,74 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig,
                    total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW with linear warm-up, then a cosine decay to 5% of the rate at `total_steps`."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, SequentialLR
     warmup = max(min(config.warmup_steps, total_steps // 4), 1)
+    decay = max(total_steps - warmup, 1)
+    # step s < warmup: (s + 1) / warmup of the rate; then the cosine; past total_steps (a worker's
+    # shard may give a few more batches than planned) it stays at 5% instead of rising again
+    return optimizer, SequentialLR(optimizer, [
+        LinearLR(optimizer, start_factor=1 / warmup, end_factor=1.0, total_iters=max(warmup - 1, 1)),
+        CosineAnnealingLR(optimizer, T_max=decay, eta_min=0.05 * config.learning_rate),
+        ConstantLR(optimizer, factor=0.05, total_iters=2 ** 62),
+    ], milestones=[warmup, warmup + decay])
 
-    def rate(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(total_steps - warmup, 1))
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+def load_scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict) -> None:
+    """Resume `make_optimizer`'s scheduler, also from checkpoints of the LambdaLR used before
+    SequentialLR (those hold only their step count: the new scheduler is stepped to it)."""
+    if "_schedulers" in state or "last_epoch" not in state:
+        scheduler.load_state_dict(state)
+        return
+    import warnings
+    for group, rate in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):
+        group["lr"] = rate  # the warm-up steps from the fresh scheduler's rate, not the loaded optimizer's
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+        for _ in range(int(state["last_epoch"]) - scheduler.last_epoch):
+            scheduler.step()
 
 
-def train_step(model: torch.nn.Module, batch: PoseBatch, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LRScheduler, config: TrainConfig,
+class TrainingObjective(torch.nn.Module):
+    """The model with its losses as `forward`: what DistributedDataParallel wraps.
+
+    DDP arms its gradient all-reduce in its own `forward`; calling the losses on the unwrapped
+    model (as an earlier version did) trained one diverging copy per worker."""
+
+    def __init__(self, model: T2PModel, config: TrainConfig):
+        super().__init__()
+        self.model = model
+        self.config = config
+
+    def forward(self, batch: PoseBatch, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        return compute_losses(self.model, batch, self.config, generator)
+
+
+def unwrap(objective: torch.nn.Module) -> T2PModel:
+    """The T2PModel inside a (possibly DDP-wrapped) TrainingObjective."""
+    return (objective.module if hasattr(objective, "module") else objective).model
+
+
+def train_step(objective: torch.nn.Module, batch: PoseBatch, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, grad_clip: float,
                generator: torch.Generator | None = None) -> dict[str, float]:
-    """One optimisation step; `model` may be wrapped by DistributedDataParallel."""
-    core = model.module if hasattr(model, "module") else model
-    model.train()
-    losses = compute_losses(core, batch, config, generator)
+    """One optimisation step of a `TrainingObjective`, which may be wrapped by DistributedDataParallel."""
+    objective.train()
+    losses = objective(batch, generator)
     optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    torch.nn.utils.clip_grad_norm_(objective.parameters(), grad_clip)
     optimizer.step()
     scheduler.step()
     return {name: float(value.detach()) for name, value in losses.items()}
+
+
+def weight_average(model: T2PModel, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of the weights: what is validated, checkpointed and exported.
+
+    The weights of one epoch differ from the next by the last few batches' noise, and choosing the
+    best epoch on 60 validation items then picked that noise (3 seeds varied by 4.9%; docs/quality.md)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def fit(model: T2PModel, examples: Sequence[Example], config: TrainConfig,
@@ -195,10 +284,11 @@ def fit(model: T2PModel, examples: Sequence[Example], config: TrainConfig,
     """
     generator = torch.Generator().manual_seed(config.seed)
     total = iterations or config.epochs * math.ceil(len(examples) / config.batch_size)
-    optimizer, scheduler = make_optimizer(model, config, total)
+    objective = TrainingObjective(model, config)
+    optimizer, scheduler = make_optimizer(objective, config, total)
     history = []
     for batch in _batches(examples, config, generator, iterations):
-        history.append(train_step(model, batch, optimizer, scheduler, config, generator))
+        history.append(train_step(objective, batch, optimizer, scheduler, config.grad_clip, generator))
     model.eval()
     return history
 
@@ -240,6 +330,19 @@ def spread(items: Sequence, count: int) -> list:
     return [items[int(i * len(items) / count)] for i in range(count)]
 
 
+def training_texts(data_dir: str | Path) -> dict[str, list[str]]:
+    """language ("" for none) -> the texts of the training split, read from its shards."""
+    import pyarrow.parquet as pq
+
+    from t2p.data import shard_paths
+    texts: dict[str, set[str]] = {}
+    for path in shard_paths(data_dir, "train"):
+        table = pq.read_table(path, columns=["text", "language"]).to_pydict()
+        for text, language in zip(table["text"], table["language"]):
+            texts.setdefault(language or "", set()).add(text)
+    return {language: sorted(values) for language, values in sorted(texts.items())}
+
+
 def model_config_from_manifest(manifest: dict, **overrides) -> ModelConfig:
     """A model config for prepared data: vocabulary, skeleton, statistics and output space come
     from the manifest; hyperparameters from `overrides` (any `ModelConfig` field)."""
@@ -247,11 +350,8 @@ def model_config_from_manifest(manifest: dict, **overrides) -> ModelConfig:
                     default_notation=manifest["notation"][0],
                     output_normalization=manifest["output_normalization"],
                     output_canvas=manifest["output_canvas"], **manifest["statistics"])
-    unknown = set(overrides) - {f.name for f in fields(ModelConfig)}
-    if unknown:
-        raise ValueError(f"unknown model setting(s): {', '.join(sorted(unknown))}")
     settings.update(overrides)
-    return ModelConfig(**settings)
+    return from_dict(ModelConfig, settings, what="model config")
 
 
 # --- Validation: the real generation code, scored with the evaluation metric ------------------
@@ -320,6 +420,7 @@ class TrainingJob:
     validation_items: int = 64                    # validation items scored (evenly spaced over the split)
     validate_every: int = 0                       # epochs between validations; 0: about 20 in a run
     calibrate: bool = True                        # after training, save the best-measured steps and guidance
+    max_failures: int = 1                         # worker failures survived by restarting from the last checkpoint
     wandb: bool = False
     name: str = "ray"                             # Ray's run name inside `out`
 
@@ -328,10 +429,7 @@ class TrainingJob:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainingJob":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown training job keys: {sorted(unknown)}")
-        return cls(**data)
+        return from_dict(cls, data, what="training job")
 
 
 def route_settings(settings: dict[str, str]) -> tuple[dict, dict, dict]:
@@ -341,30 +439,14 @@ def route_settings(settings: dict[str, str]) -> tuple[dict, dict, dict]:
         for config_class, chosen in targets:
             known = {f.name: f for f in fields(config_class)}
             if key in known and key not in ("vocabulary", "skeleton"):
-                chosen[key] = _parse_value(key, raw, known[key].type)
+                chosen[key] = raw
                 break
         else:
             names = sorted({f.name for c, _ in targets for f in fields(c)} - {"vocabulary", "skeleton"})
             raise ValueError(f"unknown setting {key!r}; known settings: {', '.join(names)}")
-    return targets[0][1], targets[1][1], targets[2][1]
-
-
-def _parse_value(key: str, raw, annotation) -> object:
-    if not isinstance(raw, str):
-        return raw
-    text = str(annotation)
-    try:
-        if "bool" in text:
-            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return raw.lower() in ("true", "1", "yes")
-        if text.startswith("int"):
-            return int(raw)
-        if text.startswith("float"):
-            return float(raw)
-    except ValueError:
-        raise ValueError(f"setting {key}={raw!r}: expected {text}") from None
-    return raw
+    model, train, schedule = (typed_fields(config_class, chosen, coerce_strings=True, what="setting")
+                              for config_class, chosen in targets)
+    return model, train, schedule
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -380,7 +462,7 @@ def train_loop_per_worker(config: dict) -> None:
     job = TrainingJob.from_dict(config["job"])
     model_config = ModelConfig.from_dict(config["model_config"])
     train_config = TrainConfig.from_dict(config["train_config"])
-    schedule_config = ScheduleConfig(**config["schedule_config"])
+    schedule_config = from_dict(ScheduleConfig, config["schedule_config"], what="schedule config")
     context = ray.train.get_context()
     rank = context.get_world_rank()
     torch.manual_seed(train_config.seed + rank)
@@ -392,58 +474,74 @@ def train_loop_per_worker(config: dict) -> None:
     model = T2PModel(model_config, schedule_config)
     start_epoch, saved_state, history = 0, None, []
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint:  # resuming: weights, optimiser, schedule position and the metrics so far
+    if checkpoint:  # resuming: weights, their average, optimiser, schedule position and the metrics so far
         with checkpoint.as_directory() as directory:
-            model = T2PModel.load(Path(directory) / "model")
             saved_state = torch.load(Path(directory) / "train_state.pt", weights_only=True)
             history = json.loads((Path(directory) / "metrics.json").read_text())
-            start_epoch = int(saved_state["epoch"]) + 1
+        model.load_state_dict(saved_state["weights"])
+        start_epoch = int(saved_state["epoch"]) + 1
     device = ray.train.torch.get_device()
-    wrapped = ray.train.torch.prepare_model(model)
+    # DDP (more than one worker) wraps the objective, whose forward is the loss: gradients are averaged
+    wrapped = ray.train.torch.prepare_model(TrainingObjective(model, train_config))
+    core = unwrap(wrapped)
+    average = weight_average(core, train_config.ema_decay) if train_config.ema_decay > 0 else None
     steps_per_epoch = max(1, math.ceil(config["train_rows"] / context.get_world_size() / train_config.batch_size))
     optimizer, scheduler = make_optimizer(wrapped, train_config, train_config.epochs * steps_per_epoch)
     if saved_state is not None:
         optimizer.load_state_dict(saved_state["optimizer"])
-        scheduler.load_state_dict(saved_state["scheduler"])
+        load_scheduler_state(scheduler, saved_state["scheduler"])
+        if average is not None:
+            average.load_state_dict(saved_state["average"])
+    exported = average.module if average is not None else core
 
-    validation = spread(read_items(job.data, "validation"), job.validation_items)
+    validation = spread(read_items(job.data, "validation"), job.validation_items) if rank == 0 else []
     decode = ShardExamples(model_config.vocabulary, (model_config.num_joints, model_config.dims))
     shard = ray.train.get_dataset_shard("train")
     logger = _wandb_logger(job, config) if rank == 0 and job.wandb else None
     every = job.validate_every or max(1, train_config.epochs // 20)
+    failure = config.get("inject_failure")
 
     for epoch in range(start_epoch, train_config.epochs):
+        if failure and rank == 0 and epoch == failure["epoch"] and not Path(failure["marker"]).exists():
+            Path(failure["marker"]).write_text(f"failed at epoch {epoch}")  # once: the restarted run goes on
+            raise RuntimeError(f"injected failure at epoch {epoch} (test hook)")
         sums: dict[str, float] = {}
-        batches = 0
+        batches, examples_seen = 0, 0
         window = BUCKET_BATCHES * train_config.batch_size
         for rows in shard.iter_batches(batch_size=window, batch_format="numpy",
                                        local_shuffle_buffer_size=2 * window,
                                        local_shuffle_seed=train_config.seed + 1000 * rank + epoch):
             examples = decode(rows)
+            examples_seen += len(examples)
             for members in length_batches([len(example.poses) for example in examples], train_config.batch_size,
                                           generator):
                 batch = collate([examples[i] for i in members], model_config.max_frames).to(device)
-                losses = train_step(wrapped, batch, optimizer, scheduler, train_config, generator)
+                losses = train_step(wrapped, batch, optimizer, scheduler, train_config.grad_clip, generator)
+                if average is not None:
+                    average.update_parameters(core)
                 for name, value in losses.items():
                     sums[name] = sums.get(name, 0.0) + value
                 batches += 1
         metrics = {f"train_{name}": value / max(batches, 1) for name, value in sums.items()}
-        metrics.update(epoch=epoch, learning_rate=scheduler.get_last_lr()[0])
-        core = wrapped.module if hasattr(wrapped, "module") else wrapped
+        # examples trained on by all workers together: the whole split once per epoch when shards are disjoint
+        metrics.update(epoch=epoch, learning_rate=scheduler.get_last_lr()[0],
+                       train_examples=_sum_over_workers(examples_seen, device))
         last = epoch == train_config.epochs - 1
         if not (last or (epoch + 1) % every == 0):
             history.append(metrics)
             continue  # validation and checkpoints only every few epochs: each costs as much as an epoch here
-        # validated with the model's own default step count, the one saved with it
-        metrics.update(validation_metrics(core.eval(), validation, schedule_config.steps))
-        history.append(metrics)
-        if logger is not None:
-            logger.log(metrics, step=epoch)
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
-            if rank == 0:  # every worker reports; rank 0 attaches the checkpoint
-                core.save(Path(directory) / "model")
-                torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+            if rank == 0:  # validation and the checkpoint once, on rank 0; every worker reports
+                # validated with the model's own default step count, the one saved with it
+                metrics.update(validation_metrics(exported.eval(), validation, schedule_config.steps))
+                history.append(metrics)
+                if logger is not None:
+                    logger.log(metrics, step=epoch)
+                exported.save(Path(directory) / "model")
+                torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "weights": core.state_dict(),
+                            "average": average.state_dict() if average is not None else {}},
                            Path(directory) / "train_state.pt")
                 # the whole history travels with each checkpoint: Ray keeps only the best few
                 (Path(directory) / "metrics.json").write_text(json.dumps(history))
@@ -453,18 +551,37 @@ def train_loop_per_worker(config: dict) -> None:
         logger.finish()
 
 
+def _sum_over_workers(value: int, device) -> int:
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    total = torch.tensor([value], dtype=torch.long, device=device)
+    dist.all_reduce(total)
+    return int(total.item())
+
+
 def _wandb_logger(job: TrainingJob, config: dict):
-    """W&B run, offline unless an API key is configured; only when --wandb was asked for."""
+    """W&B run of a training job (rank 0 of the Ray Train loop); only when --wandb was asked for."""
+    return wandb_run(job.out, {"train": config["train_config"], "schedule": config["schedule_config"],
+                               "model": {k: v for k, v in config["model_config"].items() if k not in
+                                         ("vocabulary", "pose_mean", "pose_std", "neutral_pose", "known_texts")}})
+
+
+def wandb_run(out: str | Path, config: dict):
+    """A W&B run (project t2p) writing under `out`/wandb, offline unless an API key is configured.
+
+    Made by Ray's `setup_wandb`: inside a Train/Tune run it names and groups the W&B run after the
+    trial. It asks for an API key unless WANDB_MODE is offline in the environment, so without
+    WANDB_API_KEY that is set (in this worker process; an explicit WANDB_MODE is kept)."""
     import os
     try:
-        import wandb
+        import wandb  # noqa: F401  (Ray's integration imports it; this says how to install it)
     except ImportError:
         raise RuntimeError("--wandb needs the wandb package: pip install 't2p[wandb]'") from None
-    mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    return wandb.init(project="t2p", dir=job.out, mode=mode,
-                      config={"train": config["train_config"], "schedule": config["schedule_config"],
-                              "model": {k: v for k, v in config["model_config"].items()
-                                        if k not in ("vocabulary", "pose_mean", "pose_std", "neutral_pose")}})
+    from ray.air.integrations.wandb import setup_wandb
+    if not os.environ.get("WANDB_API_KEY"):
+        os.environ.setdefault("WANDB_MODE", "offline")
+    return setup_wandb(config, project="t2p", dir=str(out))
 
 
 def ensure_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
@@ -484,11 +601,13 @@ def ensure_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_TRAIN_V2_ENABLED": "1"}})
 
 
-def run_training(job: TrainingJob, callbacks: Sequence = ()) -> dict:
+def run_training(job: TrainingJob, callbacks: Sequence = (), inject_failure: dict | None = None) -> dict:
     """Train with Ray Train on prepared shards; write best/, metrics.csv and job.json into job.out.
 
     Re-running with the same `out` continues from the last checkpoint (Ray Train restores a run
-    with the same name and storage path). Returns the best epoch's metrics.
+    with the same name and storage path); a failed worker restarts the run from it, up to
+    `job.max_failures` times. Returns the best epoch's metrics. `inject_failure` ({"epoch": N,
+    "marker": path}) is a test hook: rank 0 raises once at the start of that epoch.
     """
     import ray.data
     import ray.train
@@ -500,9 +619,9 @@ def run_training(job: TrainingJob, callbacks: Sequence = ()) -> dict:
     data = Path(job.data).resolve()
     manifest = load_manifest(data)
     job = TrainingJob.from_dict({**job.to_dict(), "out": str(out), "data": str(data)})
-    model_config = model_config_from_manifest(manifest, **job.model)
+    model_config = model_config_from_manifest(manifest, known_texts=training_texts(data), **job.model)
     train_config = TrainConfig.from_dict({**TrainConfig().to_dict(), **job.train})
-    schedule_config = ScheduleConfig(**{**ScheduleConfig().to_dict(), **job.schedule})
+    schedule_config = from_dict(ScheduleConfig, {**ScheduleConfig().to_dict(), **job.schedule}, what="schedule config")
     if not manifest["counts"]["validation"]:
         raise ValueError(f"{data} has no validation rows: prepare it with a validation fraction > 0")
     out.mkdir(parents=True, exist_ok=True)
@@ -510,19 +629,21 @@ def run_training(job: TrainingJob, callbacks: Sequence = ()) -> dict:
                                               "schedule_config": schedule_config.to_dict()}, indent=1))
 
     ensure_ray()
+    job = fit_workers_to_cluster(job)
     # reading a shard is light work: a fraction of a CPU, so reads still fit beside the workers
     # (and beside a Tune trial's own reservation) on a small machine
-    train_data = ray.data.read_parquet(shard_paths(data, "train"), num_cpus=0.25)
+    train_data = ray.data.read_parquet(shard_paths(data, "train"), num_cpus=DATA_CPUS)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.to_dict(), "model_config": asdict(model_config),
                            "train_config": train_config.to_dict(), "schedule_config": schedule_config.to_dict(),
-                           "train_rows": manifest["counts"]["train"]},
+                           "train_rows": manifest["counts"]["train"], "inject_failure": inject_failure},
         scaling_config=ray.train.ScalingConfig(num_workers=job.workers, use_gpu=job.gpu,
                                                resources_per_worker={"CPU": job.cpus_per_worker}),
         datasets={"train": train_data},
         run_config=ray.train.RunConfig(
             name=job.name, storage_path=str(out), callbacks=list(callbacks),
+            failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_dtw_mje",
                                                          checkpoint_score_order="min")),
     )
@@ -540,6 +661,38 @@ def run_training(job: TrainingJob, callbacks: Sequence = ()) -> dict:
     (out / "generation.json").write_text(json.dumps(table, indent=1))
     chosen = next(row for row in table if row["chosen"])
     return {**best, "steps": chosen["steps"], "guidance": chosen["guidance"], "val_dtw_mje_chosen": chosen["val_dtw_mje"]}
+
+
+DATA_CPUS = 0.25  # what the shard reads need beside the workers
+
+
+def fit_workers_to_cluster(job: TrainingJob) -> TrainingJob:
+    """Check the workers fit the cluster before Ray waits for them forever.
+
+    On a local single-node Ray, workers that would take every CPU get a fraction each, leaving
+    DATA_CPUS for reading shards (two 1-CPU workers on a 2-core laptop hung with no read able to
+    start). On a cluster (RAY_ADDRESS) the request stands: an autoscaler may add nodes. Asking
+    for GPUs where none exist fails at once, with the reason."""
+    import os
+
+    import ray
+    from dataclasses import replace
+    resources = ray.cluster_resources()
+    if job.gpu and resources.get("GPU", 0) < (job.workers if not os.environ.get("RAY_ADDRESS") else 1):
+        raise RuntimeError(f"--gpu asks for {job.workers} GPU worker(s); this Ray cluster has "
+                           f"{int(resources.get('GPU', 0))} GPU(s)")
+    if os.environ.get("RAY_ADDRESS"):
+        return job
+    cpus = resources.get("CPU", 1)
+    if job.workers * job.cpus_per_worker + DATA_CPUS <= cpus:
+        return job
+    share = round((cpus - DATA_CPUS) / job.workers, 3)
+    if share < 0.05:
+        raise RuntimeError(f"{job.workers} workers do not fit this machine's {cpus:g} CPUs; use --workers "
+                           f"{max(1, int(cpus))} or fewer")
+    print(f"t2p: {job.workers} workers x {job.cpus_per_worker:g} CPU do not fit this machine's {cpus:g} CPUs "
+          f"beside data loading; each worker gets {share:g} CPU", flush=True)
+    return replace(job, cpus_per_worker=share)
 
 
 def export_run(out: Path, result) -> dict:

@@ -1,8 +1,9 @@
 """Ray Tune sweeps over refinement-step and loss settings.
 
 Each trial is a Tune function that builds its own `TorchTrainer` (through `run_training`), the
-pattern that replaces the deprecated `Tuner(trainer)`; `TuneReportCallback` forwards every epoch's
-metrics from the Train workers to Tune. The best trial's model is copied to `out/best`.
+pattern that replaces the deprecated `Tuner(trainer)`; `TuneReportCallback` forwards every
+validation's metrics from the Train workers to Tune, and ASHA stops trailing trials early. The
+best finished trial's model is copied to `out/best`.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from t2p.train import TrainingJob, ensure_ray, route_settings, run_training
+from t2p.train import TrainConfig, TrainingJob, ensure_ray, route_settings, run_training
 
 METRIC = "val_dtw_mje"
 
@@ -66,12 +67,21 @@ def tune_trial(config: dict) -> None:
     run_training(job, callbacks=[TuneReportCallback()])
 
 
-def run_sweep(job: TrainingJob, samples: int = 4, space: dict | None = None, max_concurrent: int = 1) -> dict:
-    """Sweep `space` (default: steps and two loss weights) with `samples` trials; returns the best."""
+def run_sweep(job: TrainingJob, samples: int = 4, space: dict | None = None, max_concurrent: int = 1,
+              grace_period: int = 1, reduction_factor: int = 2) -> dict:
+    """Sweep `space` (default: steps and two loss weights) with `samples` trials under ASHA, which stops
+    trials whose validation DTW-MJE trails the others' at the same validation count.
+
+    Writes into job.out: trials.csv (one row per trial: its settings, best metric, status),
+    progress.csv (the metric of every trial at every validation), progress.png (the same, plotted),
+    sweep.json, and best/ (the model of the best trial that ran to the end). Returns sweep.json."""
     from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
     out = Path(job.out).resolve()
     job = replace(job, out=str(out), data=str(Path(job.data).resolve()))
     ensure_ray()
+    epochs = job.train.get("epochs", TrainConfig().epochs)
+    validations = epochs // (job.validate_every or max(1, epochs // 20))  # what ASHA counts: validation reports
     tuner = tune.Tuner(
         # The trial function only drives; its TorchTrainer asks for the workers' CPUs itself. Any CPU
         # held here leaves less than the one CPU an actor needs to be scheduled (Ray Data's split
@@ -79,19 +89,77 @@ def run_sweep(job: TrainingJob, samples: int = 4, space: dict | None = None, max
         tune.with_resources(tune_trial, {"CPU": 0, "memory": 256 * 1024 ** 2}),
         param_space={"job": job.to_dict(), "search": space or default_search_space()},
         tune_config=tune.TuneConfig(metric=METRIC, mode="min", num_samples=samples,
-                                    max_concurrent_trials=max_concurrent),
+                                    max_concurrent_trials=max_concurrent,
+                                    scheduler=ASHAScheduler(max_t=max(validations, 1), grace_period=grace_period,
+                                                            reduction_factor=reduction_factor)),
         run_config=tune.RunConfig(name="tune", storage_path=str(out)),
     )
     results = tuner.fit()
-    best = results.get_best_result(metric=METRIC, mode="min", scope="all")
-    if best.error:
-        raise best.error
-    trial_dir = out / "trials" / best.metrics["trial_id"]
+    trials = [_trial_row(result, out, validations) for result in results]
+    finished = [trial for trial in trials if trial["status"] == "completed"]
+    if not finished:
+        errors = "; ".join(f"{t['trial_id']}: {t['error']}" for t in trials if t["error"])
+        raise RuntimeError(f"no trial of the sweep finished{': ' + errors if errors else ''}")
+    best = min(finished, key=lambda trial: trial[METRIC])
+    staging = out / "best.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(out / "trials" / best["trial_id"] / "best", staging)
     shutil.rmtree(out / "best", ignore_errors=True)
-    shutil.copytree(trial_dir / "best", out / "best")
-    summary = {"best_config": best.config["search"], "best_metrics": {k: v for k, v in best.metrics.items()
-                                                                     if k.startswith(("val_", "train_", "epoch"))},
-               "trials": [{"config": r.config["search"], METRIC: (r.metrics or {}).get(METRIC),
-                           "error": str(r.error) if r.error else None} for r in results]}
+    staging.replace(out / "best")
+    progress = [{"trial_id": trial["trial_id"], **row} for result, trial in zip(results, trials)
+                for row in _progress(result)]
+    _write_csv(out / "trials.csv", [{k: v for k, v in trial.items() if k != "config"} | trial["config"]
+                                    for trial in trials])
+    _write_csv(out / "progress.csv", progress)
+    plot_progress(progress, out / "progress.png", best["trial_id"])
+    summary = {"best_trial": best["trial_id"], "best_config": best["config"], "best_metrics": best["metrics"],
+               "trials": [{k: v for k, v in trial.items() if k != "metrics"} for trial in trials]}
     (out / "sweep.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+def _trial_row(result, out: Path, validations: int) -> dict:
+    history = _progress(result)
+    scores = [row[METRIC] for row in history if row.get(METRIC) is not None]
+    trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+    exported = (out / "trials" / trial_id / "best").is_dir()
+    status = "error" if result.error else ("completed" if exported and len(scores) >= validations else "stopped early")
+    return {"trial_id": trial_id, "status": status, METRIC: min(scores) if scores else None,
+            "validations": len(scores), "error": str(result.error) if result.error else None,
+            "config": dict(result.config["search"]),
+            "metrics": {k: v for k, v in (result.metrics or {}).items() if k.startswith(("val_", "train_", "epoch"))}}
+
+
+def _progress(result) -> list[dict]:
+    frame = result.metrics_dataframe
+    if frame is None or METRIC not in frame:
+        return []
+    return [{"epoch": int(epoch), METRIC: float(value)} for epoch, value in zip(frame["epoch"], frame[METRIC])]
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    import csv
+    columns = list(dict.fromkeys(name for row in rows for name in row))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_progress(progress: list[dict], path: Path, best_trial: str) -> None:
+    """Validation DTW-MJE of every trial over epochs; the best trial drawn thick."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for trial in dict.fromkeys(row["trial_id"] for row in progress):
+        rows = [row for row in progress if row["trial_id"] == trial]
+        axes.plot([row["epoch"] for row in rows], [row[METRIC] for row in rows], marker="o",
+                  linewidth=3 if trial == best_trial else 1, label=trial + (" (best)" if trial == best_trial else ""))
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(f"validation {METRIC}")
+    axes.set_title("t2p tune: trials (ASHA stops the trailing ones)")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

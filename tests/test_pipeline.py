@@ -48,6 +48,8 @@ def test_cli_prepares_trains_resumes_and_generates(ray_session, real_index, tmp_
         torch.testing.assert_close(retrained[name], weights, rtol=1e-5, atol=1e-6, msg=name)
     assert json.loads((run / "job.json").read_text())["train_config"]["epochs"] == 2
 
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--set", "d_model=64"]) == 2
+    assert "--set differ(s) from its job.json" in capsys.readouterr().err  # refused, not ignored
     assert main(["train", "--resume", str(run), "--epochs", "3"]) == 0
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(row["epoch"]) for row in rows] == [0, 1, 2]  # continued, not restarted
@@ -62,6 +64,28 @@ def test_cli_prepares_trains_resumes_and_generates(ray_session, real_index, tmp_
     assert pose.body.fps == 25
 
 
+def test_two_workers_survive_a_failure_and_read_disjoint_shards(ray_session, real_index, tmp_path, capsys):
+    from t2p.train import TrainingJob, route_settings, run_training
+    data, run = tmp_path / "data", tmp_path / "run"
+    assert main(["prepare", "--source", "index", "--index", str(real_index), "--out", str(data),
+                 "--split", "0.75,0.25,0"]) == 0
+    model, train, schedule = route_settings({key: value for key, value in
+                                             (pair.split("=") for pair in TINY[1::2])})
+    # two 1-CPU workers on this 2-CPU Ray: they get a fraction each, so the shard reads can run
+    job = TrainingJob(data=str(data), out=str(run), workers=2, model=model, schedule=schedule,
+                      train={**train, "epochs": 3, "batch_size": 4}, validate_every=1, calibrate=False)
+    marker = tmp_path / "failed-once"
+    best = run_training(job, inject_failure={"epoch": 2, "marker": str(marker)})
+    assert marker.read_text() == "failed at epoch 2"  # the failure did happen ...
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2]  # ... and the run went on from epoch 1's checkpoint
+    # the two workers together saw each of the 24 training rows once per epoch: disjoint, complete shards
+    assert [int(row["train_examples"]) for row in rows] == [24, 24, 24]
+    assert all(float(row["val_dtw_mje"]) > 0 for row in rows)  # validated once per epoch, on rank 0
+    assert best["val_dtw_mje"] == min(float(row["val_dtw_mje"]) for row in rows)
+    assert "each worker gets 0.875 CPU" in capsys.readouterr().out
+
+
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err.strip() == f"t2p train: error: {tmp_path / 'nowhere'} has no manifest.json: run `t2p prepare` first"
@@ -72,16 +96,27 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
 
 
 
-def test_tune_sweeps_steps_with_one_trainer_per_trial(ray_session, real_index, tmp_path, capsys):
+def test_tune_stops_a_trailing_trial_and_exports_the_best(ray_session, real_index, tmp_path):
+    from ray import tune
+
+    from t2p.train import TrainingJob, route_settings
+    from t2p.tune import run_sweep
     data, sweep = tmp_path / "data", tmp_path / "sweep"
     assert main(["prepare", "--source", "index", "--index", str(real_index), "--out", str(data),
                  "--split", "0.75,0.25,0"]) == 0
-    tiny = [arg for arg in TINY if arg != "steps=2"][:-1]
-    assert main(["tune", "--data", str(data), "--out", str(sweep), "--samples", "2", "--epochs", "1",
-                 "--batch-size", "8", *tiny, "--search", "steps=1,2"]) == 0
-    summary = json.loads((sweep / "sweep.json").read_text())
-    assert len(summary["trials"]) == 2
-    assert all(trial["error"] is None and trial["val_dtw_mje"] > 0 for trial in summary["trials"])
-    assert summary["best_config"]["steps"] in (1, 2)
-    best = T2PModel.load(sweep / "best")
-    assert best.schedule_config.steps == summary["best_config"]["steps"]  # the swept setting is saved with the model
+    model, train, schedule = route_settings(dict(pair.split("=") for pair in TINY[1::2]))
+    job = TrainingJob(data=str(data), out=str(sweep), model=model, schedule=schedule, validate_every=1,
+                      train={**train, "epochs": 3, "batch_size": 8})
+    # the second trial barely learns: ASHA compares it with the first at the first validation and stops it
+    summary = run_sweep(job, samples=1, space={"learning_rate": tune.grid_search([3e-3, 1e-7])})
+    by_rate = {trial["config"]["learning_rate"]: trial for trial in summary["trials"]}
+    assert by_rate[3e-3]["status"] == "completed" and by_rate[3e-3]["validations"] == 3
+    assert by_rate[1e-7]["status"] == "stopped early" and by_rate[1e-7]["validations"] < 3
+    assert summary["best_trial"] == by_rate[3e-3]["trial_id"]
+    exported = T2PModel.load(sweep / "best").state_dict()
+    trial_model = T2PModel.load(sweep / "trials" / summary["best_trial"] / "best").state_dict()
+    for name, weights in trial_model.items():
+        torch.testing.assert_close(exported[name], weights, msg=name)
+    rows = list(csv.DictReader(open(sweep / "progress.csv")))
+    assert {row["trial_id"] for row in rows} == {by_rate[3e-3]["trial_id"], by_rate[1e-7]["trial_id"]}
+    assert (sweep / "progress.png").stat().st_size > 0 and (sweep / "trials.csv").is_file()

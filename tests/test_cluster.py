@@ -1,0 +1,112 @@
+"""The cluster path as a team uses it: cluster.yaml checked by Ray's own schema, and a separate local
+Ray cluster (`ray start --head`) running the job entrypoints through `ray job submit --working-dir .`
+and the Serve config through `serve run`."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from t2p.data import fingerspelling_items
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def test_cluster_yaml_passes_rays_own_schema():
+    from ray.autoscaler._private.commands import prepare_config
+    from ray.autoscaler._private.util import validate_config
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))  # raises on any field Ray does not know
+    assert config["available_node_types"]["gpu_worker"]["resources"]["GPU"] >= 1
+    assert "." in config["file_mounts"].values()  # the project reaches every node
+    assert not any("|| true" in command for command in config["setup_commands"])  # failures are loud
+    broken = dict(config, setup_comands=config["setup_commands"])  # a typo must not pass
+    with pytest.raises(Exception, match="setup_comands"):
+        validate_config(prepare_config(broken))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run(command: list[str], env: dict, timeout: int = 300) -> str:
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+@pytest.fixture
+def local_cluster(tmp_path):
+    """A Ray head started by `ray start --head` in its own temp dir; its processes are stopped by that
+    dir, so the test session's own Ray instance is left alone."""
+    temp_dir = Path("/tmp") / f"t2p-cluster-{os.getpid()}"  # short: Ray's socket paths have a length limit
+    gcs_port, dashboard_port = _free_port(), _free_port()
+    env = {**os.environ, "RAY_ADDRESS": "", "OMP_NUM_THREADS": "1", "RAY_TRAIN_V2_ENABLED": "1"}
+    env.pop("RAY_ADDRESS")
+    _run([str(BIN / "ray"), "start", "--head", f"--port={gcs_port}", "--num-cpus=2", "--include-dashboard=true",
+          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
+          "--disable-usage-stats"], env)
+    try:
+        yield {"jobs": f"http://127.0.0.1:{dashboard_port}", "gcs": f"127.0.0.1:{gcs_port}", "env": env}
+    finally:
+        subprocess.run(["pkill", "-TERM", "-f", str(temp_dir)], check=False)
+        time.sleep(2)
+        subprocess.run(["pkill", "-KILL", "-f", str(temp_dir)], check=False)
+
+
+def test_jobs_submitted_to_a_cluster_prepare_train_and_serve(local_cluster, tmp_path):
+    items = [item for item in fingerspelling_items() if item.language == "ase"][:16]
+    index = tmp_path / "index.jsonl"
+    index.write_text("\n".join(json.dumps({"path": str(item.path), "text": item.text, "notation": "text",
+                                           "language": item.language}) for item in items))
+    data, run = tmp_path / "data", tmp_path / "run"
+    env, jobs = local_cluster["env"], local_cluster["jobs"]
+    submit = [str(BIN / "ray"), "job", "submit", "--address", jobs, "--working-dir", ".", "--"]
+    _run(submit + ["python", "jobs/prepare.py", "--source", "index", "--index", str(index), "--out", str(data),
+                   "--split", "0.75,0.25,0"], env)
+    assert json.loads((data / "manifest.json").read_text())["counts"]["train"] == 12
+    output = _run(submit + ["python", "jobs/train.py", "--data", str(data), "--out", str(run), "--epochs", "1",
+                            "--batch-size", "4", "--set", "d_model=32", "--set", "heads=2", "--set", "text_layers=1",
+                            "--set", "refiner_layers=1", "--set", "steps=2"], env)
+    assert "succeeded" in output.lower()
+    assert (run / "best" / "model.safetensors").is_file()
+
+    # serve run with the repository's own config, pointed at this model and a free port
+    port = _free_port()
+    config = yaml.safe_load((REPO / "serve_configs" / "local.yaml").read_text())
+    config["http_options"]["port"] = port
+    config["applications"][0]["args"]["model"] = str(run / "best")
+    serve_config = tmp_path / "serve.yaml"
+    serve_config.write_text(yaml.safe_dump(config))
+    server = subprocess.Popen([str(BIN / "serve"), "run", "--address", local_cluster["gcs"], str(serve_config)],
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", trust_env=False, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/generate", json={"text": "A", "language": "ase",
+                                                                             "format": "json"},
+                              trust_env=False, timeout=60)
+        assert response.status_code == 200, response.text
+        assert len(response.json()["frames"]) >= 1
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        server.wait(timeout=60)
