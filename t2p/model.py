@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -18,13 +18,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from t2p.config import from_dict
 from t2p.notation import SignText, Vocabulary
 from t2p.pose import Normalization, Skeleton
 from t2p.schedule import RefinementSchedule, ScheduleConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 2  # 2: presence head, length from text tokens and starting pose
+FORMAT_VERSION = 3  # 2: presence head, length from text tokens and starting pose; 3: known frames (inpainting)
 
 
 @dataclass
@@ -51,6 +52,8 @@ class ModelConfig:
     # where outputs without a first pose are written (the training data's mean normalisation)
     output_normalization: dict = field(default_factory=lambda: {"center": [250.0, 250.0, 0.0], "scale": 0.005})
     output_canvas: list[int] = field(default_factory=lambda: [500, 500, 0])
+    # language ("" for none) -> the texts trained on: a gloss outside them is fingerspelled when composing
+    known_texts: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.d_model % self.heads:
@@ -79,11 +82,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**data)
+        return from_dict(cls, data, what="model config")
 
 
 def sinusoidal(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -198,15 +197,23 @@ class Refined:
     presence_logits: torch.Tensor  # (batch, frames, joints); > 0: the joint is there (e.g. a hand in view)
 
 
+@dataclass
+class Known:
+    """Values of the sequence that are given (transition contexts, a recording's observed values)."""
+    values: torch.Tensor  # (batch, frames, joints, dims); anything where not known
+    mask: torch.Tensor    # (batch, frames, joints) bool, True = known
+
+
 class Refiner(nn.Module):
     """Predicts the clean sequence (and which joints are present) from x_t, the starting pose, the
-    step's beta and the text."""
+    step's beta, the text and, where some values are already known, those values."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         size = config.num_joints * config.dims
         self.d_model = config.d_model
-        self.frames_in = nn.Linear(2 * size, config.d_model)
+        # per frame: x_t, the starting pose, the known values (0 where unknown) and the known mask
+        self.frames_in = nn.Linear(3 * size + config.num_joints, config.d_model)
         self.step = nn.Sequential(nn.Linear(config.d_model, config.d_model), nn.GELU(),
                                   nn.Linear(config.d_model, config.d_model))
         self.text_in = nn.Linear(config.d_model, config.d_model)
@@ -223,11 +230,17 @@ class Refiner(nn.Module):
         nn.init.constant_(self.presence_out.bias, 3.0)
 
     def forward(self, x_t: torch.Tensor, start: torch.Tensor, beta: torch.Tensor,
-                text: TextEncoding, frame_mask: torch.Tensor) -> Refined:
+                text: TextEncoding, frame_mask: torch.Tensor, known: Known | None = None) -> Refined:
         # x_t: (batch, frames, joints, dims) standardised; start: (batch, joints, dims); beta: (batch,)
         batch, frames, joints, dims = x_t.shape
         start_frames = start.unsqueeze(1).expand(-1, frames, -1, -1)
-        frame_states = self.frames_in(torch.cat([x_t, start_frames], dim=-1).flatten(2))  # (batch, frames, d)
+        if known is None:
+            known_values, known_mask = torch.zeros_like(x_t), x_t.new_zeros(batch, frames, joints)
+        else:
+            known_mask = known.mask.to(x_t.dtype)
+            known_values = known.values * known_mask.unsqueeze(-1)
+        features = torch.cat([torch.cat([x_t, start_frames, known_values], dim=-1).flatten(2), known_mask], dim=-1)
+        frame_states = self.frames_in(features)  # (batch, frames, d)
         step = self.step(sinusoidal(beta * 1000, self.d_model)).unsqueeze(1)              # (batch, 1, d)
         positions = torch.arange(frames, device=x_t.device)
         frame_states = frame_states + sinusoidal(positions, self.d_model) + step + self.type_embedding.weight[2]
@@ -297,10 +310,12 @@ class T2PModel(nn.Module):
         return torch.where((confidence > 0).unsqueeze(-1), pose, predicted)
 
     def refine(self, x_t: torch.Tensor, start: torch.Tensor, beta: torch.Tensor, text: TextEncoding,
-               frame_mask: torch.Tensor) -> Refined:
+               frame_mask: torch.Tensor, known: Known | None = None) -> Refined:
         """One refinement: the predicted clean sequence, in shoulder-normalised space, and presence."""
         # x_t: (batch, frames, joints, dims); start: (batch, joints, dims); beta: (batch,)
-        refined = self.refiner(self.standardize(x_t), self.standardize(start), beta, text, frame_mask)
+        if known is not None:
+            known = Known(self.standardize(known.values), known.mask)
+        refined = self.refiner(self.standardize(x_t), self.standardize(start), beta, text, frame_mask, known)
         return Refined(self.destandardize(refined.poses), refined.presence_logits)
 
     # --- disk ----------------------------------------------------------------------------------
@@ -328,10 +343,8 @@ class T2PModel(nn.Module):
         if saved.get("t2p_format") != FORMAT_VERSION:
             raise ValueError(f"{directory}: model folder format {saved.get('t2p_format')!r}, this t2p reads format "
                              f"{FORMAT_VERSION}; retrain the model with this version (t2p train)")
-        schedule_keys = {f.name for f in fields(ScheduleConfig)}
-        if set(saved["schedule"]) - schedule_keys:
-            raise ValueError(f"unknown schedule config keys: {sorted(set(saved['schedule']) - schedule_keys)}")
-        model = cls(ModelConfig.from_dict(saved["model"]), ScheduleConfig(**saved["schedule"]))
+        model = cls(ModelConfig.from_dict(saved["model"]),
+                    from_dict(ScheduleConfig, saved["schedule"], what="schedule config"))
         model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=True)
         return model.to(device).eval()
 

@@ -109,6 +109,26 @@ class Skeleton:
                 return index
         raise KeyError(f"skeleton {self.name!r} has no point {component}/{point}")
 
+    def bone_tree(self) -> list[tuple[int, int]]:
+        """(parent, child) joint indices of a spanning tree of each component's limbs, parents first:
+        from the first point of each component (a shoulder, a wrist) outwards."""
+        edges, offset = [], 0
+        for component in self.components:
+            neighbours: dict[int, list[int]] = {}
+            for a, b in component.limbs:
+                neighbours.setdefault(a, []).append(b)
+                neighbours.setdefault(b, []).append(a)
+            seen, queue = {0}, [0]
+            while queue:
+                parent = queue.pop(0)
+                for child in sorted(neighbours.get(parent, [])):
+                    if child not in seen:
+                        seen.add(child)
+                        queue.append(child)
+                        edges.append((offset + parent, offset + child))
+            offset += len(component.points)
+        return edges
+
     def header(self, width: int = 500, height: int = 500, depth: int = 0) -> PoseHeader:
         components = [PoseHeaderComponent(c.name, list(c.points), [tuple(limb) for limb in c.limbs],
                                           [tuple(color) for color in c.colors], c.point_format)

@@ -39,6 +39,10 @@ class RenderError(ValueError):
 class Panel:
     pose: "Pose"
     title: str = ""
+    highlight: "Pose | None" = None  # drawn over `pose` in HIGHLIGHT_COLOR (e.g. the values a correction filled)
+
+
+HIGHLIGHT_COLOR = (230, 30, 30)  # RGB
 
 
 @dataclass
@@ -52,19 +56,29 @@ class RenderResult:
 
 
 def render(panels: Sequence[Panel], out: Union[str, Path], caption: str = "", panel_height: int = 320,
-           fps: float | None = None, columns: int = 4) -> RenderResult:
-    """Draw panels side by side (rows of `columns`) with a caption and write `out` (.gif or .mp4)."""
+           fps: float | None = None, columns: int = 4, frame_captions: Sequence[str] | None = None) -> RenderResult:
+    """Draw panels side by side (rows of `columns`) with a caption and write `out` (.gif or .mp4).
+    `frame_captions` (one per frame) are drawn above the caption, e.g. which sign a frame belongs to."""
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
         raise RenderError(f"{out}: write a {' or '.join(FORMATS)} file")
     if not panels:
         raise RenderError("nothing to render: no poses given")
-    poses = _on_shared_skeleton([panel.pose for panel in panels])
+    poses = _on_shared_skeleton([panel.pose for panel in panels] + [p.highlight for p in panels if p.highlight])
+    highlights = iter(poses[len(panels):])
+    poses = poses[:len(panels)]
     fps = float(fps or poses[0].body.fps or 25.0)
-    drawn = [_draw(pose, panel_height) for pose in poses]  # per panel: (frames, h, w, 3) RGB
+    drawn = []  # per panel: (frames, h, w, 3) RGB
+    for pose, panel in zip(poses, panels):
+        picture = _draw(pose, panel_height)
+        if panel.highlight is not None:
+            picture = _overlay(picture, _draw(_recoloured(next(highlights), HIGHLIGHT_COLOR), panel_height,
+                                              background=(0, 0, 0)))
+        drawn.append(picture)
     frames = max(len(d) for d in drawn)
     titles = [panel.title for panel in panels]
-    images = [_compose([d[min(i, len(d) - 1)] for d in drawn], titles, caption, i, frames, columns)
+    images = [_compose([d[min(i, len(d) - 1)] for d in drawn], titles, caption, i, frames, columns,
+                       frame_captions[min(i, len(frame_captions) - 1)] if frame_captions else "")
               for i in range(frames)]
     _write(images, out, fps)
     height, width = images[0].shape[:2]
@@ -80,15 +94,46 @@ def render_file(pose: Union[str, Path], out: Union[str, Path], reference: Union[
     return render(panels, out, caption=text, **options)
 
 
+def render_composition(pose: Union[str, Path], segments: Union[str, Path], out: Union[str, Path], text: str = "",
+                       **options) -> RenderResult:
+    """A composed sentence with its sign boundaries: each frame captioned with its sign, or with the
+    transition it is part of (`segments`: the .segments.json `t2p generate --compose` writes)."""
+    import json
+    parts = json.loads(Path(segments).read_text())
+    sentence = read_pose(pose)
+    captions = ["" for _ in range(len(sentence.body.data))]
+    for part in parts:
+        label = f"[{part['text']}]" if part["kind"] == "sign" else f"transition {part['text']}"
+        for frame in range(part["begin"], min(part["end"], len(captions))):
+            captions[frame] = label
+    return render([Panel(sentence, "composed")], out, caption=text, frame_captions=captions, **options)
+
+
+def render_correction(corrected: Union[str, Path], original: Union[str, Path], out: Union[str, Path],
+                      text: str = "", **options) -> RenderResult:
+    """A corrected recording next to the original, the filled values (missing in the original,
+    present in the correction) drawn in red."""
+    import copy
+    fixed, source = read_pose(corrected), read_pose(original)
+    if len(fixed.body.data) != len(source.body.data):
+        raise RenderError(f"{corrected} has {len(fixed.body.data)} frames, {original} {len(source.body.data)}")
+    skeleton = Skeleton.from_pose(fixed)
+    fixed_sequence = to_sequence(fixed, skeleton, normalize=False)
+    source_sequence = to_sequence(source, skeleton, normalize=False)
+    filled = (source_sequence.confidence == 0) & (fixed_sequence.confidence > 0)
+    highlight = to_pose(fixed_sequence.data, skeleton, fixed_sequence.fps, None, filled.astype(np.float32),
+                        fixed_sequence.canvas)
+    panels = [Panel(source, "original"), Panel(copy.deepcopy(fixed), "corrected (filled in red)", highlight)]
+    return render(panels, out, caption=text, **options)
+
+
 def render_refinement(model: "T2PModel", text: "Union[SignText, str]", out: Union[str, Path], steps: int,
                       first_pose: "PoseSequence | None" = None, reference: "Pose | None" = None,
                       max_panels: int = 6, length: int | None = None, **options) -> RenderResult:
     """The refinement itself: the starting sequence x_T, then the sequence after chosen steps (the
     last one always), and the reference if given; one panel each. At most `max_panels` step panels,
     evenly spaced, so that 1000 steps still make a readable picture."""
-    import torch
-
-    from t2p.generation import Generated, as_pose, iter_generate
+    from t2p.generation import Generated, as_pose, iter_generate, starting_poses
 
     if steps < 1:
         raise ValueError("steps must be >= 1")
@@ -97,26 +142,13 @@ def render_refinement(model: "T2PModel", text: "Union[SignText, str]", out: Unio
     results = [sequences[0] for sequences in
                iter_generate(model, [text], [first_pose], steps=steps, lengths=None if length is None else [length])]
     shown = sorted({round(k) for k in np.linspace(0, steps - 1, min(steps, max_panels - 1))})
-    start = _starting_sequence(model, first_pose, len(results[-1]), torch)
+    start = np.repeat(starting_poses(model, [first_pose]), len(results[-1]), axis=0)  # x_T: (frames, joints, dims)
     panels = [Panel(as_pose(model, Generated(start, np.ones(start.shape[:2], np.float32)), first_pose), "start (x_T)")]
     panels += [Panel(as_pose(model, results[k], first_pose), f"step {k + 1}/{steps}") for k in shown]
     if reference is not None:
         panels.append(Panel(reference, "reference"))
     caption = text if isinstance(text, str) else text.text
     return render(panels, out, caption=caption, **options)
-
-
-def _starting_sequence(model: "T2PModel", first_pose: "PoseSequence | None", frames: int, torch) -> np.ndarray:
-    """x_T: the (completed) first pose repeated, as the generation loop builds it."""
-    if first_pose is None:
-        pose = model.neutral_pose.cpu()[None]
-        confidence = torch.ones(pose.shape[:2])
-    else:
-        pose = torch.as_tensor(first_pose.data[:1], dtype=torch.float32)
-        confidence = torch.as_tensor(first_pose.confidence[:1], dtype=torch.float32)
-    with torch.no_grad():
-        start = model.complete_first_pose(pose.to(model.pose_mean.device), confidence.to(model.pose_mean.device))
-    return np.repeat(start.cpu().numpy(), frames, axis=0)  # (frames, joints, dims)
 
 
 # --- drawing ----------------------------------------------------------------------------------
@@ -132,27 +164,43 @@ def _on_shared_skeleton(poses: Sequence["Pose"]) -> list["Pose"]:
     return shared
 
 
-def _draw(pose: "Pose", height: int) -> np.ndarray:
+def _draw(pose: "Pose", height: int, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
     """Every frame of a pose drawn by pose-format's visualiser, scaled to `height` pixels, RGB."""
     import cv2
     from pose_format.pose_visualizer import PoseVisualizer
 
-    frames = list(PoseVisualizer(pose).draw())  # BGR, header-sized
+    frames = list(PoseVisualizer(pose).draw(background_color=background))  # BGR, header-sized
     source_height, source_width = frames[0].shape[:2]
     width = max(2, round(source_width * height / source_height))
     return np.stack([cv2.cvtColor(cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
                      for f in frames])
 
 
+def _recoloured(pose: "Pose", color: tuple[int, int, int]) -> "Pose":
+    """The pose with every point and limb in one colour (pose-format draws colours as BGR)."""
+    for component in pose.header.components:
+        component.colors = [tuple(reversed(color))] * max(1, len(component.colors))
+    return pose
+
+
+def _overlay(base: np.ndarray, layer: np.ndarray) -> np.ndarray:
+    """`layer`'s drawn pixels (not its black background) over `base`; both (frames, h, w, 3)."""
+    frames = min(len(base), len(layer))
+    out = base.copy()
+    drawn = layer[:frames].max(axis=-1, keepdims=True) > 40
+    out[:frames] = np.where(drawn, layer[:frames], base[:frames])
+    return out
+
+
 def _compose(panels: Sequence[np.ndarray], titles: Sequence[str], caption: str, index: int, frames: int,
-             columns: int) -> np.ndarray:
+             columns: int, frame_caption: str = "") -> np.ndarray:
     """One output frame: titled panels in rows of `columns`, the caption and a frame counter below."""
     from PIL import Image, ImageDraw
 
     font_size = max(12, panels[0].shape[0] // 18)
     font = _font(font_size)
     title_height = font_size + 10 if any(titles) else 0
-    caption_height = font_size + 14
+    caption_height = font_size + 14 + (font_size + 8 if frame_caption else 0)
     gap = 6
     columns = min(columns, len(panels))
     rows = -(-len(panels) // columns)
@@ -172,7 +220,12 @@ def _compose(panels: Sequence[np.ndarray], titles: Sequence[str], caption: str, 
             draw.text((x + panel.shape[1] // 2, y + 4), title, fill=(40, 40, 40), font=font, anchor="mt")
     counter = f"{index + 1}/{frames}"
     line = f"{caption}   {counter}" if caption else counter
-    draw.text((width // 2, height - caption_height + 6), line, fill=(0, 0, 0), font=font, anchor="mt")
+    top = height - caption_height + 6
+    if frame_caption:  # e.g. the sign this frame belongs to; transitions in grey
+        colour = (120, 120, 120) if frame_caption.startswith("transition") else (20, 60, 200)
+        draw.text((width // 2, top), frame_caption, fill=colour, font=font, anchor="mt")
+        top += font_size + 8
+    draw.text((width // 2, top), line, fill=(0, 0, 0), font=font, anchor="mt")
     return np.asarray(canvas)
 
 

@@ -1,16 +1,20 @@
 """Ray Serve: `generate` over HTTP, with concurrent requests sharing one refinement pass per step.
 
 ```
-POST /v1/generate  {text, notation?, language?, steps?, length?, guidance?, seed?, first_pose?, format?}
+POST /v1/generate  {text | texts, notation?, language?, steps?, length?, guidance?, seed?, first_pose?,
+                    speed?, keep_proportions?, spoken_language?, format?}
                    -> .pose bytes (application/octet-stream) or JSON {fps, components, points, frames, confidence}
+                   ("texts": the signs composed in order with generated transitions, unknown glosses fingerspelled)
+POST /v1/correct   {pose (base64 .pose), text?, notation?, language?, steps?, format?}
+                   -> the recording with missing frames and keypoints filled, observed values unchanged
 GET  /healthz      -> {"status": "ok"}
 GET  /v1/model     -> skeleton, notations, languages, limits
 GET  /v1/stats     -> batch sizes this replica has seen (read by the tests and bench/serve_load.py)
 ```
 Every request is validated where it arrives (tokenised, its first pose decoded and mapped onto the
 skeleton) before it joins a batch, so a bad request is a 4xx for its sender alone. `@serve.batch`
-then hands the waiting requests to one `generate` call (one per seed): texts, lengths and step
-counts may all differ, and each item equals generating it alone.
+then hands the waiting requests to one `generate` call: texts, lengths, step counts, guidance and
+seeds may all differ, and each item equals generating it alone.
 
 Run it with `serve run serve_configs/local.yaml`, `serve run t2p.serve:build_app model=DIR`, or
 `t2p serve --model DIR`. The model folder is the `model` argument, else `$T2P_MODEL`, else
@@ -24,7 +28,7 @@ import json
 import math
 import os
 from collections import deque
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
@@ -36,6 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve import Application
 
+from t2p.config import from_dict
+from t2p.compose import change_speed
 from t2p.generation import Generated, as_pose, generate
 from t2p.model import CONFIG_FILE, WEIGHTS_FILE, T2PModel
 from t2p.notation import NOTATIONS, SignText
@@ -72,17 +78,7 @@ class ServeConfig:
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> "ServeConfig":
         """Typed config from plain args (`serve run … key=value` passes every value as a string)."""
-        types = {f.name: type(f.default) for f in fields(cls)}
-        unknown = set(args) - set(types)
-        if unknown:
-            raise ValueError(f"unknown serve config keys: {sorted(unknown)}; known: model, {', '.join(types)}")
-        values = {}
-        for name, value in args.items():
-            try:
-                values[name] = types[name](value)
-            except (TypeError, ValueError):
-                raise ValueError(f"serve config: {name} must be {types[name].__name__}, got {value!r}") from None
-        return cls(**values)
+        return from_dict(cls, args, coerce_strings=True, what="serve config", also_known=["model"])
 
     def for_model(self, model: T2PModel) -> "ServeConfig":
         """These limits, capped by what the model itself accepts."""
@@ -113,7 +109,8 @@ class GenerateRequest(BaseModel):
     """The JSON body of POST /v1/generate; ranges that depend on the model and config are checked later."""
     model_config = ConfigDict(extra="forbid")
 
-    text: str
+    text: str | None = None               # one sign; or `texts`
+    texts: list[str] | None = None        # several signs composed into one sequence, with transitions
     notation: str | None = None           # default: the model's default notation
     language: str | None = None           # ISO 639-3, one of the model's languages
     steps: int | None = None              # default: the model's schedule
@@ -121,6 +118,21 @@ class GenerateRequest(BaseModel):
     guidance: float | None = Field(None, allow_inf_nan=False)
     seed: int | None = Field(None, ge=0, lt=2 ** 63)
     first_pose: str | None = None         # base64 of a .pose file: who signs
+    speed: float = Field(1.0, ge=0.5, le=2.0)  # signing speed; the frame rate stays
+    keep_proportions: bool = False        # hold bones within 4% of the first pose's lengths
+    spoken_language: str = "en"           # of `texts` glosses: the fingerspelling alphabet for unknown ones
+    format: Literal["pose", "json"] = "pose"
+
+
+class CorrectRequest(BaseModel):
+    """The JSON body of POST /v1/correct."""
+    model_config = ConfigDict(extra="forbid")
+
+    pose: str                             # base64 of the .pose recording to complete
+    text: str | None = None               # what it signs (optional)
+    notation: str | None = None
+    language: str | None = None
+    steps: int | None = None
     format: Literal["pose", "json"] = "pose"
 
 
@@ -133,12 +145,18 @@ class Job:
     length: int | None
     guidance: float | None
     seed: int | None
+    speed: float = 1.0
+    keep_proportions: bool = False
 
 
 def validate_request(request: GenerateRequest, model: T2PModel, limits: ServeConfig) -> Job:
     """Everything that can be wrong with a request, found before it can share a batch with others.
 
     Raises ValueError (NotationError and PoseFormatError included) with a message for the sender."""
+    if (request.text is None) == (request.texts is None):
+        raise ValueError('give either "text" (one sign) or "texts" (signs composed in order)')
+    if request.texts is not None:
+        raise ValueError('"texts" is composed by validate_composition, not batched')
     if len(request.text) > limits.max_text_length:
         raise ValueError(f"text has {len(request.text)} characters; the limit is {limits.max_text_length}")
     sign = SignText(request.text, request.notation or model.config.default_notation, request.language)
@@ -158,29 +176,50 @@ def validate_request(request: GenerateRequest, model: T2PModel, limits: ServeCon
     first_pose = None
     if request.first_pose is not None:
         first_pose = decode_first_pose(request.first_pose, model.skeleton, limits.max_first_pose_bytes)
-    return Job(sign, first_pose, steps, request.length, request.guidance, request.seed)
+    return Job(sign, first_pose, steps, request.length, request.guidance, request.seed, request.speed,
+               request.keep_proportions)
 
 
-def decode_first_pose(encoded: str, skeleton: Skeleton, max_bytes: int) -> PoseSequence:
+MAX_COMPOSED_SIGNS = 32
+
+
+def validate_composition(request: GenerateRequest, model: T2PModel, limits: ServeConfig) -> list[Job]:
+    """A "texts" request as one job per sign (glosses the model does not know fingerspelled)."""
+    from t2p.compose import plan_signs
+    if not request.texts:
+        raise ValueError('"texts" is empty: give at least one sign')
+    if request.length is not None:
+        raise ValueError('"length" does not apply to "texts": each sign has its predicted length')
+    notation = request.notation or model.config.default_notation
+    texts = request.texts
+    if notation == "text":
+        texts = [planned.text for planned in plan_signs(model, texts, request.language, request.spoken_language)]
+    if len(texts) > MAX_COMPOSED_SIGNS:
+        raise ValueError(f"{len(texts)} signs (after fingerspelling); the limit is {MAX_COMPOSED_SIGNS}")
+    return [validate_request(request.model_copy(update={"texts": None, "text": text}), model, limits)
+            for text in texts]
+
+
+def decode_first_pose(encoded: str, skeleton: Skeleton, max_bytes: int, field: str = "first_pose") -> PoseSequence:
     """base64 `.pose` -> its sequence on `skeleton`; refuses files that give the skeleton nothing."""
     if len(encoded) > 4 * math.ceil(max_bytes / 3) + 4:
-        raise ValueError(f"first_pose is larger than {max_bytes} bytes")
+        raise ValueError(f"{field} is larger than {max_bytes} bytes")
     try:
         payload = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError("first_pose is not valid base64 (standard alphabet, with padding)") from None
+        raise ValueError(f"{field} is not valid base64 (standard alphabet, with padding)") from None
     try:
         sequence = to_sequence(read_pose(payload), skeleton)
     except PoseFormatError as error:
-        raise ValueError(f"first_pose: {error}") from None
+        raise ValueError(f"{field}: {error}") from None
     except Exception as error:  # pose-format fails in assorted ways on foreign or damaged files
-        raise ValueError(f"first_pose cannot be read onto the model's skeleton ({type(error).__name__}: {error})") \
+        raise ValueError(f"{field} cannot be read onto the model's skeleton ({type(error).__name__}: {error})") \
             from None
     if not (sequence.confidence > 0).any():
         components = ", ".join(c.name for c in skeleton.components)
-        raise ValueError(f"first_pose has none of the model's keypoints ({components}); "
+        raise ValueError(f"{field} has none of the model's keypoints ({components}); "
                          "send a MediaPipe Holistic or OpenPose pose")
-    if not (sequence.confidence[0] > 0).any():
+    if field == "first_pose" and not (sequence.confidence[0] > 0).any():
         raise ValueError("first_pose: its first frame has no observed keypoints")
     return sequence
 
@@ -222,7 +261,7 @@ class BatchStats:
 api = FastAPI(title="t2p", description="Sign language notation to pose sequences.")
 
 
-def parse_request(body: bytes) -> GenerateRequest:
+def parse_request(body: bytes, request_type: type[BaseModel] = GenerateRequest) -> BaseModel:
     """The body as a request, whatever its content type (`curl -d` sends form-encoded): 400 when it is
     not a JSON object, 422 naming each field that is wrong."""
     try:
@@ -232,7 +271,7 @@ def parse_request(body: bytes) -> GenerateRequest:
     if not isinstance(data, dict):
         raise HTTPException(status_code=400, detail='body must be a JSON object like {"text": "..."}')
     try:
-        return GenerateRequest.model_validate(data)
+        return request_type.model_validate(data)
     except ValidationError as error:
         problems = [f"{'.'.join(str(part) for part in problem['loc']) or 'body'}: {problem['msg']}"
                     for problem in error.errors()]
@@ -276,16 +315,50 @@ class T2PServer:
     @api.post("/v1/generate", response_model=None, openapi_extra={"requestBody": {
         "required": True, "content": {"application/json": {"schema": GenerateRequest.model_json_schema()}}}})
     async def generate_route(self, http_request: Request) -> Response:
-        request = parse_request(await http_request.body())
+        request = parse_request(await http_request.body(), GenerateRequest)
         try:
-            job = validate_request(request, self.model, self.limits)
+            if request.texts is not None:
+                jobs = validate_composition(request, self.model, self.limits)
+            else:
+                job = validate_request(request, self.model, self.limits)
         except ValueError as error:
             raise HTTPException(status_code=422, detail=str(error)) from None
+        if request.texts is not None:  # two refinement calls of its own (signs, then transitions)
+            composition = await asyncio.to_thread(self._compose, jobs)
+            return await asyncio.to_thread(self._response, composition.generated, jobs[0], request.format)
         sequence = await self._generate_batch(job)
         if isinstance(sequence, ValueError):
             raise HTTPException(status_code=422, detail=str(sequence))
-        pose = as_pose(self.model, sequence, job.first_pose)
-        if request.format == "json":
+        # serialised in a thread: the event loop stays free to gather the next batch
+        return await asyncio.to_thread(self._response, change_speed(sequence, job.speed), job, request.format)
+
+    @api.post("/v1/correct", response_model=None, openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": CorrectRequest.model_json_schema()}}}})
+    async def correct_route(self, http_request: Request) -> Response:
+        """A recording with missing frames or keypoints, completed; observed values kept exactly."""
+        from t2p.correction import correct
+        request = parse_request(await http_request.body(), CorrectRequest)
+        try:
+            recording = decode_first_pose(request.pose, self.model.skeleton, self.limits.max_first_pose_bytes,
+                                          field="pose")
+            job = validate_request(GenerateRequest(text=request.text or "", notation=request.notation,
+                                                   language=request.language, steps=request.steps),
+                                   self.model, self.limits)
+            corrected = await asyncio.to_thread(correct, self.model, recording, job.sign, job.steps)
+        except ValueError as error:
+            raise HTTPException(status_code=422, detail=str(error)) from None
+        # a recording keeps its own confidence: no resting hand is hidden from it
+        return await asyncio.to_thread(self._response, Generated(corrected.data, corrected.confidence),
+                                       replace(job, first_pose=recording), request.format, False)
+
+    def _compose(self, jobs: list[Job]):
+        from t2p.compose import compose
+        return compose(self.model, [job.sign for job in jobs], jobs[0].first_pose, steps=jobs[0].steps,
+                       guidance=jobs[0].guidance, speed=jobs[0].speed, keep_proportions=jobs[0].keep_proportions)
+
+    def _response(self, sequence: Generated, job: Job, format: str, hide_resting_hands: bool = True) -> Response:
+        pose = as_pose(self.model, sequence, job.first_pose, hide_resting_hands)
+        if format == "json":
             written = to_sequence(pose, self.model.skeleton, normalize=False)
             return JSONResponse(sequence_json(written, self.model.skeleton))
         return Response(write_pose(pose), media_type="application/octet-stream",
@@ -293,27 +366,23 @@ class T2PServer:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)  # both replaced from the config in __init__
     async def _generate_batch(self, jobs: list[Job]) -> list[Generated | ValueError]:
-        """All waiting requests in one `generate` call per seed, off the event loop so more can queue."""
-        by_seed: dict[int | None, list[int]] = {}
-        for index, job in enumerate(jobs):
-            by_seed.setdefault(job.seed, []).append(index)
-        results: dict[int, Generated | ValueError] = {}
-        for seed, members in by_seed.items():
-            outputs = await asyncio.to_thread(self._generate_group, [jobs[i] for i in members], seed)
-            results.update(zip(members, outputs))
-        self.stats.record(len(jobs), calls=len(by_seed))
-        return [results[index] for index in range(len(jobs))]
+        """All waiting requests in one `generate` call (each with its own seed), off the event loop so
+        more requests can arrive and queue for the next batch meanwhile."""
+        outputs = await asyncio.to_thread(self._generate_jobs, jobs)
+        self.stats.record(len(jobs), calls=1)
+        return outputs
 
-    def _generate_group(self, jobs: Sequence[Job], seed: int | None) -> list[Generated | ValueError]:
-        """`generate` for jobs that share a seed; should one still fail, each is retried alone."""
+    def _generate_jobs(self, jobs: Sequence[Job]) -> list[Generated | ValueError]:
+        """`generate` for a batch of jobs; should one still fail, each is retried alone."""
         try:
             return generate(self.model, [job.sign for job in jobs], first_poses=[job.first_pose for job in jobs],
                             steps=[job.steps for job in jobs], lengths=[job.length for job in jobs],
-                            guidance=[job.guidance for job in jobs], seed=seed, max_length=self.limits.max_frames)
+                            guidance=[job.guidance for job in jobs], seed=[job.seed for job in jobs],
+                            max_length=self.limits.max_frames, keep_proportions=[job.keep_proportions for job in jobs])
         except ValueError as error:
             if len(jobs) == 1:
                 return [error]
-            return [self._generate_group([job], seed)[0] for job in jobs]
+            return [self._generate_jobs([job])[0] for job in jobs]
 
 
 def build_app(args: dict[str, Any]) -> Application:

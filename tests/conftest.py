@@ -60,3 +60,30 @@ def six_real_signs():
         signs.append(SignText(row["text"], "signwriting", row["videoLanguage"]))
         sequences.append(load_sequence(POSES / "signwriting_samples" / row["pose"], skeleton))
     return skeleton, signs, sequences
+
+
+OVERFIT_ITERATIONS = 900
+
+
+def train_six_real_signs(seed: int, iterations: int = OVERFIT_ITERATIONS):
+    """A small model fitted to the six real signs (text alone decides which): (model, signs, sequences)."""
+    from t2p.data import Example, statistics
+    from t2p.model import T2PModel
+    from t2p.notation import Vocabulary
+    from t2p.train import TrainConfig, fit
+
+    skeleton, signs, sequences = six_real_signs()
+    torch.manual_seed(seed)
+    vocabulary = Vocabulary.build(signs)
+    config = tiny_model_config(vocabulary, skeleton, d_model=64, heads=4, text_layers=1, refiner_layers=2,
+                               **statistics([(s.data, s.confidence) for s in sequences]))
+    model = T2PModel(config)
+    examples = [Example(vocabulary.encode(sign), s.data, s.confidence) for sign, s in zip(signs, sequences)]
+    fit(model, examples, TrainConfig(batch_size=6, text_dropout=0.0, learning_rate=3e-3, warmup_steps=30,
+                                     seed=seed), iterations=iterations)
+    return model, signs, sequences
+
+
+@pytest.fixture(scope="session")
+def six_real_signs_model():
+    return train_six_real_signs(seed=0)

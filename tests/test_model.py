@@ -147,6 +147,19 @@ def test_batching_changes_nothing(real_model, real_data):
         np.testing.assert_array_equal(batched[i].confidence, alone.confidence)
 
 
+def test_each_item_samples_its_length_with_its_own_seed(real_model, real_data):
+    _, signs, _ = real_data
+    seeds = [1, 2, 1, None]
+    batched = generate(real_model, signs[:4], seed=seeds, steps=1, length_temperature=2.0)
+    alone = [generate(real_model, [sign], seed=seed, steps=1, length_temperature=2.0)[0]
+             for sign, seed in zip(signs[:4], seeds)]
+    assert [len(s) for s in batched] == [len(s) for s in alone]
+    # and a seed does change the sampled length (else this test could not fail)
+    lengths = {len(generate(real_model, [signs[0]], seed=seed, steps=1, length_temperature=2.0)[0])
+               for seed in range(6)}
+    assert len(lengths) > 1
+
+
 def test_first_pose_decides_the_start_and_missing_keypoints_are_completed(real_model, real_data):
     _, signs, sequences = real_data
     first = sequences[1].data[0].copy()

@@ -9,34 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import six_real_signs, tiny_model_config
-from t2p.data import Example, PreparedItem, statistics
+from conftest import train_six_real_signs
+from t2p.data import PreparedItem
 from t2p.evaluate import MeanBaseline, static_baseline
 from t2p.generation import generate
 from t2p.metrics import dtw_mje
-from t2p.model import T2PModel
-from t2p.notation import Vocabulary
-from t2p.train import TrainConfig, fit
-
-OVERFIT_ITERATIONS = 700
-
-
-def _trained(seed: int, iterations: int = OVERFIT_ITERATIONS):
-    skeleton, signs, sequences = six_real_signs()
-    torch.manual_seed(seed)
-    vocabulary = Vocabulary.build(signs)
-    config = tiny_model_config(vocabulary, skeleton, d_model=64, heads=4, text_layers=1, refiner_layers=2,
-                               **statistics([(s.data, s.confidence) for s in sequences]))
-    model = T2PModel(config)
-    examples = [Example(vocabulary.encode(sign), s.data, s.confidence) for sign, s in zip(signs, sequences)]
-    fit(model, examples, TrainConfig(batch_size=6, text_dropout=0.0, learning_rate=3e-3, warmup_steps=30,
-                                     seed=seed), iterations=iterations)
-    return model, signs, sequences
-
 
 @pytest.fixture(scope="module")
-def six_signs():
-    return _trained(seed=0)
+def six_signs(six_real_signs_model):
+    return six_real_signs_model
 
 
 def _error(output, reference) -> float:
@@ -94,7 +75,7 @@ def test_a_missing_hand_is_predicted_absent(six_signs):
 
 
 def test_training_is_reproducible_with_the_same_seed():
-    first, _, _ = _trained(seed=3, iterations=40)
-    second, _, _ = _trained(seed=3, iterations=40)
+    first, _, _ = train_six_real_signs(seed=3, iterations=40)
+    second, _, _ = train_six_real_signs(seed=3, iterations=40)
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)

@@ -28,6 +28,27 @@ def add_verb(subparsers, name: str, help: str, example: str) -> argparse.Argumen
                                  formatter_class=HelpFormatter)
 
 
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
+                        help="auto (CUDA when there is a GPU), cpu, cuda or cuda:N")
+
+
+def resolve_device(name: str) -> str:
+    """--device as a torch device name; a CUDA device that is not there is an error, not a fallback."""
+    import torch
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise CommandError(f"--device {name}: this machine has no CUDA device (use --device cpu)")
+        if name != "cuda" and int(name[5:]) >= torch.cuda.device_count():
+            raise CommandError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return name
+    raise CommandError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="t2p", formatter_class=HelpFormatter,

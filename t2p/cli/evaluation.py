@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from t2p.cli import CommandError, add_verb
+from t2p.cli import CommandError, add_device_option, add_verb, resolve_device
 
 
 def register(subparsers) -> None:
@@ -26,6 +26,9 @@ def _register_evaluate(subparsers) -> None:
     parser.add_argument("--model", type=Path, required=True, help="model folder (config.json + model.safetensors)")
     parser.add_argument("--data", type=Path, required=True, help="prepared shards (t2p prepare)")
     parser.add_argument("--split", choices=["train", "validation", "test"], default="test")
+    parser.add_argument("--task", choices=["generate", "correct"], default="generate",
+                        help="generate: from text against the baselines; correct: fill hidden frames and a hidden "
+                             "hand of real recordings, against linear interpolation and nearest-frame copy")
     parser.add_argument("--out", type=Path, required=True, help="report folder")
     parser.add_argument("--steps", type=_numbers(int), metavar="N[,N...]",
                         help="refinement steps; several (1,3,10,30) sweep them (default: the model's)")
@@ -39,6 +42,7 @@ def _register_evaluate(subparsers) -> None:
                              "reference length")
     parser.add_argument("--metric", action="append", choices=list(METRICS), dest="metrics",
                         help="metric to compute (repeatable; default: all)")
+    add_device_option(parser)
     parser.set_defaults(handler=evaluate_command)
 
 
@@ -57,10 +61,12 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from t2p.metrics import METRICS
     from t2p.model import T2PModel
 
+    if args.task == "correct":
+        return _evaluate_correction(args)
     config = EvaluationConfig(split=args.split, steps=args.steps, guidance=args.guidance, batch_size=args.batch_size,
                               limit=args.limit, examples=args.examples, baseline_length=args.baseline_length,
                               metrics=tuple(args.metrics or METRICS))
-    model = T2PModel.load(args.model)
+    model = T2PModel.load(args.model, device=resolve_device(args.device))
     report = evaluate(model, args.data, args.out, config, model_name=str(args.model))
     summary = report.summary()
     headline = next(m for m in ("dtw_mje", *config.metrics) if m in config.metrics)
@@ -77,6 +83,22 @@ def evaluate_command(args: argparse.Namespace) -> int:
             print(f"{setting.steps:5d} {setting.guidance:8g} " + " ".join(f"{setting.scores[name]:19.4f}" for name in names)
                   + ("   <- best" if setting is report.best_setting else ""))
     print(f"report: {args.out / 'report.md'} and {args.out / 'report.json'}")
+    return 0
+
+
+def _evaluate_correction(args: argparse.Namespace) -> int:
+    from t2p.correction import evaluate_correction
+    from t2p.data import read_items
+    from t2p.model import T2PModel
+
+    model = T2PModel.load(args.model, device=resolve_device(args.device))
+    items = read_items(args.data, args.split, limit=args.limit)
+    if not items:
+        raise CommandError(f"{args.data} has no {args.split} items")
+    report = evaluate_correction(model, items, steps=args.steps[0] if args.steps else None, out_dir=args.out)
+    print(f"correction of {report.items} {args.split} recordings: mean joint error on hidden values\n"
+          + report.to_markdown())
+    print(f"report: {args.out / 'correction.md'} and {args.out / 'correction.json'}")
     return 0
 
 
@@ -120,6 +142,10 @@ def _register_render(subparsers) -> None:
     parser.add_argument("pose", type=Path, nargs="?",
                         help="the .pose file to draw (with --model: the first pose, who signs; optional)")
     parser.add_argument("--reference", type=Path, help="a reference .pose drawn next to it")
+    parser.add_argument("--segments", type=Path,
+                        help="a composed sentence's .segments.json (t2p generate --compose): mark its sign boundaries")
+    parser.add_argument("--original", type=Path,
+                        help="the recording a corrected pose was made from (t2p correct): filled values in red")
     parser.add_argument("--text", default="", help="caption (with --model: the text to generate)")
     parser.add_argument("--notation", help="notation of --text for --model (default: the model's)")
     parser.add_argument("--language", help="sign language of --text for --model (ISO 639-3)")
@@ -132,7 +158,7 @@ def _register_render(subparsers) -> None:
 
 
 def render_command(args: argparse.Namespace) -> int:
-    from t2p.render import FORMATS, render_file, render_refinement
+    from t2p.render import FORMATS, render_composition, render_correction, render_file, render_refinement
 
     if args.out.suffix.lower() not in FORMATS:
         raise CommandError(f"-o must end in {' or '.join(FORMATS)}, got {args.out.name!r}")
@@ -141,7 +167,13 @@ def render_command(args: argparse.Namespace) -> int:
     if args.model is None:
         if args.pose is None:
             raise CommandError("give a .pose file to draw, or --model DIR --text ... --steps N")
-        result = render_file(args.pose, args.out, reference=args.reference, text=args.text, panel_height=args.height)
+        if args.segments is not None:
+            result = render_composition(args.pose, args.segments, args.out, text=args.text, panel_height=args.height)
+        elif args.original is not None:
+            result = render_correction(args.pose, args.original, args.out, text=args.text, panel_height=args.height)
+        else:
+            result = render_file(args.pose, args.out, reference=args.reference, text=args.text,
+                                 panel_height=args.height)
     else:
         result = _render_model(args, render_refinement)
     print(f"wrote {result.path} ({result.frames} frames, {result.width}x{result.height})")

@@ -5,7 +5,7 @@ import argparse
 import re
 from pathlib import Path
 
-from t2p.cli import CommandError, add_verb
+from t2p.cli import CommandError, add_device_option, add_verb, resolve_device
 
 DEFAULT_DATA = "data/fingerspelling"
 DEFAULT_RUN = "runs/default"
@@ -16,6 +16,7 @@ def register(subparsers) -> None:
     _register_train(subparsers)
     _register_tune(subparsers)
     _register_generate(subparsers)
+    _register_correct(subparsers)
     _register_quickstart(subparsers)
 
 
@@ -72,8 +73,13 @@ def prepare_command(args: argparse.Namespace) -> int:
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), help="prepared shards (t2p prepare)")
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers")
-    parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--gpu", action="store_true", help="one GPU per worker (the same as --device cuda)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where the workers train: cuda reserves one GPU per worker")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0,
+                        help="CPUs reserved per worker (on a local Ray, lowered to fit beside data loading)")
+    parser.add_argument("--max-failures", type=int, default=1, metavar="N",
+                        help="worker failures survived by restarting from the last checkpoint")
     parser.add_argument("--epochs", type=int, help="epochs (default: TrainConfig.epochs)")
     parser.add_argument("--batch-size", type=int, help="batch size per worker")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -109,11 +115,34 @@ def training_job_from_args(args: argparse.Namespace):
         train["batch_size"] = args.batch_size
     if args.workers < 1:
         raise CommandError("--workers must be >= 1")
+    if args.max_failures < 0:
+        raise CommandError("--max-failures must be >= 0")
     if args.validate_every < 0 or args.validation_items < 1:
         raise CommandError("--validate-every must be >= 0 and --validation-items >= 1")
-    return TrainingJob(data=str(args.data), out=str(args.out), workers=args.workers, gpu=args.gpu,
+    return TrainingJob(data=str(args.data), out=str(args.out), workers=args.workers,
+                       gpu=args.gpu or args.device == "cuda",
                        cpus_per_worker=args.cpus_per_worker, model=model, train=train, schedule=schedule,
-                       validation_items=args.validation_items, validate_every=args.validate_every, wandb=args.wandb)
+                       validation_items=args.validation_items, validate_every=args.validate_every, wandb=args.wandb,
+                       max_failures=args.max_failures)
+
+
+def _refuse_changed_settings(args: argparse.Namespace, saved) -> None:
+    """A resumed run continues the saved job: a flag asking for something else is an error, not ignored."""
+    asked = training_job_from_args(args)
+    set_changed = any(saved_part.get(key) != value
+                      for part, saved_part in ((asked.model, saved.model), (asked.train, saved.train),
+                                               (asked.schedule, saved.schedule))
+                      for key, value in part.items() if key not in ("epochs", "batch_size"))
+    changed = [flag for flag, differs in (
+        ("--workers", args.workers != 1 and asked.workers != saved.workers),
+        ("--gpu/--device", asked.gpu != saved.gpu and (args.gpu or args.device != "cpu")),
+        ("--cpus-per-worker", args.cpus_per_worker != 1.0 and asked.cpus_per_worker != saved.cpus_per_worker),
+        ("--batch-size", args.batch_size is not None and asked.train["batch_size"] != saved.train.get("batch_size")),
+        ("--set", set_changed),
+    ) if differs]
+    if changed:
+        raise CommandError(f"--resume continues {args.resume} as it was started; {', '.join(changed)} differ(s) "
+                           f"from its job.json: start a new run with --out instead")
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -125,6 +154,7 @@ def train_command(args: argparse.Namespace) -> int:
         if not saved.is_file():
             raise CommandError(f"{args.resume} is not a t2p run folder (no job.json)")
         job = TrainingJob.from_dict(json.loads(saved.read_text())["job"])
+        _refuse_changed_settings(args, job)
         if args.epochs is not None:
             job.train["epochs"] = args.epochs
         print(f"resuming {args.resume} (epochs: {job.train.get('epochs', 'default')})")
@@ -150,6 +180,8 @@ def _register_tune(subparsers) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/sweep"), help="sweep folder: trials/, best/, sweep.json")
     parser.add_argument("--samples", type=int, default=4, help="trials")
     parser.add_argument("--max-concurrent", type=int, default=1, help="trials at once")
+    parser.add_argument("--grace-period", type=int, default=1, metavar="VALIDATIONS",
+                        help="validations every trial runs before ASHA may stop it")
     parser.add_argument("--search", action="append", default=[], metavar="KEY=SPEC",
                         help="KEY=a,b,c (choice) or KEY=low:high (log-uniform); default: steps, smoothness_weight "
                              "and length_weight")
@@ -161,11 +193,16 @@ def tune_command(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise CommandError("--samples must be >= 1")
     job = training_job_from_args(args)
+    if args.grace_period < 1:
+        raise CommandError("--grace-period must be >= 1")
     summary = run_sweep(job, samples=args.samples, space=parse_search(args.search) if args.search else None,
-                        max_concurrent=args.max_concurrent)
-    print(f"best of {len(summary['trials'])} trials: {METRIC} {summary['best_metrics'][METRIC]:.4f} "
-          f"with {summary['best_config']}")
-    print(f"model: {args.out / 'best'}\nsummary: {args.out / 'sweep.json'}")
+                        max_concurrent=args.max_concurrent, grace_period=args.grace_period)
+    for trial in summary["trials"]:
+        score = "-" if trial[METRIC] is None else f"{trial[METRIC]:.4f}"
+        print(f"{trial['trial_id']}  {trial['status']:<14} {METRIC} {score}  {trial['config']}"
+              + ("   <- best" if trial["trial_id"] == summary["best_trial"] else ""))
+    print(f"model: {args.out / 'best'}\ntables: {args.out / 'trials.csv'}, {args.out / 'progress.csv'}\n"
+          f"plot: {args.out / 'progress.png'}\nsummary: {args.out / 'sweep.json'}")
     return 0
 
 
@@ -185,12 +222,25 @@ def _register_generate(subparsers) -> None:
     parser.add_argument("--length", type=int, help="frames (default: predicted)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = off)")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--speed", type=float, default=1.0, help="signing speed, 0.5..2 (the frame rate stays)")
+    parser.add_argument("--keep-proportions", action="store_true",
+                        help="hold every bone within 4%% of its length in the first pose (costs some accuracy: "
+                             "2D bones vary as hands turn)")
+    parser.add_argument("--compose", action="store_true",
+                        help="one sequence signing every --text in order, with generated transitions; a gloss "
+                             "the model (or --lexicon) does not know is fingerspelled")
+    parser.add_argument("--spoken-language", default="en",
+                        help="spoken language of the glosses, for the fingerspelling alphabet (with --compose)")
+    parser.add_argument("--lexicon", type=Path,
+                        help="a spoken-to-signed lexicon folder (index.csv): its glosses count as known (--compose)")
     parser.add_argument("-o", "--output", type=Path, required=True,
-                        help="output .pose for one text, or a folder for several")
+                        help="output .pose for one text (or --compose), or a folder for several")
+    add_device_option(parser)
     parser.set_defaults(handler=generate_command)
 
 
 def generate_command(args: argparse.Namespace) -> int:
+    from t2p.compose import change_speed, validate_speed
     from t2p.generation import as_pose, generate
     from t2p.model import T2PModel
     from t2p.notation import SignText
@@ -203,12 +253,19 @@ def generate_command(args: argparse.Namespace) -> int:
         texts += [line.rstrip("\n") for line in args.texts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not texts:
         raise CommandError("give at least one --text (or --texts-file)")
-    model = T2PModel.load(args.model)
+    model = T2PModel.load(args.model, device=resolve_device(args.device))
+    if args.language is not None and args.language not in model.vocabulary.languages:
+        known = ", ".join(model.vocabulary.languages) or "none: leave --language out"
+        raise CommandError(f"--language {args.language!r} is not one this model knows ({known})")
     notation = args.notation or model.config.default_notation
-    signs = [SignText(text, notation, args.language) for text in texts]
     first = load_sequence(args.first_pose, model.skeleton) if args.first_pose else None
+    validate_speed(args.speed)
+    if args.compose:
+        return _compose_command(args, model, texts, notation, first)
+    signs = [SignText(text, notation, args.language) for text in texts]
     sequences = generate(model, signs, first_poses=[first] * len(signs), steps=args.steps, lengths=args.length,
-                         guidance=args.guidance, seed=args.seed)
+                         guidance=args.guidance, seed=args.seed, keep_proportions=args.keep_proportions)
+    sequences = [change_speed(sequence, args.speed) for sequence in sequences]
     if len(signs) == 1 and args.output.suffix == ".pose":
         destinations = [args.output]
     else:
@@ -218,6 +275,78 @@ def generate_command(args: argparse.Namespace) -> int:
     for destination, sequence in zip(destinations, sequences):
         write_pose(as_pose(model, sequence, first), destination)
         print(f"{destination} ({len(sequence)} frames)")
+    return 0
+
+
+def _compose_command(args: argparse.Namespace, model, texts: list[str], notation: str, first) -> int:
+    import json
+
+    from t2p.compose import PlannedSign, compose, plan_signs
+    from t2p.generation import as_pose
+    from t2p.notation import SignText
+    from t2p.pose import write_pose
+
+    if args.output.suffix != ".pose":
+        raise CommandError("--compose writes one sequence: give -o a .pose file")
+    if args.length is not None:
+        raise CommandError("--length does not apply to --compose (each sign has its predicted length)")
+    if args.lexicon is not None and not (args.lexicon / "index.csv").is_file():
+        raise CommandError(f"--lexicon {args.lexicon} has no index.csv (spoken-to-signed lexicon format)")
+    if notation == "text":  # glosses: unknown ones are fingerspelled
+        planned = plan_signs(model, texts, args.language, args.spoken_language,
+                             str(args.lexicon) if args.lexicon else None)
+    else:
+        planned = [PlannedSign(text, "model") for text in texts]
+    composition = compose(model, [SignText(p.text, notation, args.language) for p in planned], first,
+                          steps=args.steps, guidance=args.guidance, speed=args.speed,
+                          keep_proportions=args.keep_proportions)
+    write_pose(as_pose(model, composition.generated, first), args.output)
+    segments = args.output.with_suffix(".segments.json")
+    segments.write_text(json.dumps([vars(segment) for segment in composition.segments], ensure_ascii=False, indent=1))
+    spelled = sorted({p.source.split(":", 1)[1] for p in planned if p.source.startswith("fingerspelling:")})
+    print(f"{args.output} ({len(composition)} frames: {len(planned)} signs"
+          + (f"; fingerspelled {', '.join(spelled)}" if spelled else "") + f"); segments: {segments}")
+    return 0
+
+
+# --- correct -------------------------------------------------------------------------------------
+
+def _register_correct(subparsers) -> None:
+    parser = add_verb(subparsers, "correct",
+                      "Fill the missing frames and keypoints of a real recording with the model; observed values "
+                      "are kept exactly.",
+                      "t2p correct recording.pose -o repaired.pose --text B --language ase")
+    parser.add_argument("input", type=Path, help="the recording (.pose): zero-confidence values are missing")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the corrected .pose")
+    parser.add_argument("--model", type=Path, default=Path(DEFAULT_RUN) / "best", help="model folder")
+    parser.add_argument("--text", help="what the recording signs (optional: it guides the filling)")
+    parser.add_argument("--notation", choices=["hamnosys", "signwriting", "text"], help="notation of --text")
+    parser.add_argument("--language", help="sign language code, ISO 639-3")
+    parser.add_argument("--steps", type=int, help="refinement steps (default: the model's)")
+    add_device_option(parser)
+    parser.set_defaults(handler=correct_command)
+
+
+def correct_command(args: argparse.Namespace) -> int:
+    from t2p.correction import correct
+    from t2p.generation import Generated, as_pose
+    from t2p.model import T2PModel
+    from t2p.notation import SignText
+    from t2p.pose import load_sequence, write_pose
+
+    if not args.input.is_file():
+        raise CommandError(f"{args.input} not found")
+    if args.output.suffix != ".pose":
+        raise CommandError("-o must name a .pose file")
+    model = T2PModel.load(args.model, device=resolve_device(args.device))
+    recording = load_sequence(args.input, model.skeleton)
+    sign = SignText(args.text or "", args.notation or model.config.default_notation, args.language)
+    corrected = correct(model, recording, sign, steps=args.steps)
+    write_pose(as_pose(model, Generated(corrected.data, corrected.confidence), recording, hide_resting_hands=False),
+               args.output)
+    frames = int(corrected.filled.any(axis=1).sum())
+    print(f"{args.output}: filled {int(corrected.filled.sum())} keypoint values in {frames} of "
+          f"{recording.num_frames} frames; observed values unchanged")
     return 0
 
 

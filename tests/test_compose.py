@@ -1,0 +1,181 @@
+"""Composition, correction and appearance, specified on the six real signs of tests/data with a
+model fitted to them (the `six_real_signs_model` session fixture)."""
+import numpy as np
+import pytest
+
+from conftest import POSES
+from t2p.compose import (Composition, change_speed, compose, fingerspell, join_velocity_ratios, plan_signs,
+                         transition_length)
+from t2p.correction import copy_nearest_frame, correct, hide, interpolate_linearly
+from t2p.generation import Generated, generate
+from t2p.pose import PoseSequence, load_sequence
+
+
+def test_composed_signs_are_the_signs_alone_joined_by_generated_transitions(six_real_signs_model):
+    model, signs, sequences = six_real_signs_model
+    texts = signs[:3]
+    composition = compose(model, texts, first_pose=sequences[0])
+    alone = generate(model, texts, first_poses=[sequences[0]] * 3)
+    kinds = [segment.kind for segment in composition.segments]
+    assert kinds == ["sign", "transition", "sign", "transition", "sign"]
+    for segment, sign in zip([s for s in composition.segments if s.kind == "sign"], alone):
+        np.testing.assert_allclose(composition.data[segment.begin:segment.end], sign.data, atol=1e-5)
+    assert composition.segments[-1].end == len(composition)
+    for transition in [s for s in composition.segments if s.kind == "transition"]:
+        before, after = composition.data[transition.begin - 1], composition.data[transition.end]
+        frames = composition.data[transition.begin:transition.end]
+        # generated, not a straight cut (it has frames) nor a linear blend of the two ends
+        steps = np.linspace(0, 1, len(frames) + 2)[1:-1].reshape(-1, 1, 1)
+        blend = (1 - steps) * before + steps * after
+        assert len(frames) >= 2 and np.abs(frames - blend).max() > 1e-3
+
+
+def test_a_straight_cut_fails_the_join_velocity_measure(six_real_signs_model):
+    """The measure can fail: two real recordings cut mid-sign and put end to start jump at the cut."""
+    _, _, sequences = six_real_signs_model
+    a, b = sequences[0], sequences[1]
+    first = slice(0, a.num_frames // 2)
+    second = slice(b.num_frames // 2, b.num_frames)
+    data = np.concatenate([a.data[first], b.data[second]])
+    confidence = np.concatenate([a.confidence[first], b.confidence[second]])
+    cut_at = a.num_frames // 2
+    cut = Composition(data, confidence, [_segment("a", 0, cut_at), _segment("b", cut_at, len(data))])
+    assert join_velocity_ratios(cut)[0] > 2.0
+
+
+def _segment(text, begin, end):
+    from t2p.compose import Segment
+    return Segment(text, begin, end, "sign")
+
+
+def test_transitions_are_long_enough_to_travel_at_the_signs_speed():
+    last, first = np.zeros((2, 3)), np.ones((2, 3))  # 1.73 apart
+    assert transition_length(last, first, velocity=0.1) == 19
+    assert transition_length(last, last, velocity=0.1) == 2
+
+
+def test_speed_changes_the_duration_not_the_path():
+    data = np.linspace(0, 1, 21, dtype=np.float32).reshape(21, 1, 1).repeat(3, axis=2)
+    sequence = Generated(data, np.ones((21, 1), np.float32))
+    fast, slow = change_speed(sequence, 2.0), change_speed(sequence, 0.5)
+    assert len(fast) == 10 and len(slow) == 42
+    for changed in (fast, slow):
+        np.testing.assert_allclose(changed.data[[0, -1]], data[[0, -1]])
+        assert np.all(np.diff(changed.data[:, 0, 0]) > 0)
+    with pytest.raises(ValueError, match="speed must be in 0.5..2"):
+        change_speed(sequence, 3.0)
+
+
+def test_an_unknown_gloss_is_fingerspelled_with_the_languages_alphabet(six_real_signs_model):
+    model, _, _ = six_real_signs_model
+    model.config.known_texts = {"ase": ["A", "B", "C", "H", "E", "L", "O", "HOUSE"]}
+    try:
+        planned = plan_signs(model, ["HOUSE", "HELLO"], "ase", "en")
+    finally:
+        model.config.known_texts = {}
+    assert [p.text for p in planned] == ["HOUSE", "H", "E", "L", "L", "O"]
+    assert [p.source for p in planned] == ["model"] + ["fingerspelling:HELLO"] * 5
+    assert fingerspell("schön", "de", "gsg", None)[-2:] == ["Ö", "N"]
+    with pytest.raises(ValueError, match="no fingerspelling alphabet for en->xyz"):
+        fingerspell("abc", "en", "xyz", None)
+
+
+@pytest.mark.parametrize("layout", ["mediapipe.pose", "openpose.pose"])
+def test_output_keeps_the_signers_bone_lengths(six_real_signs_model, layout):
+    model, signs, _ = six_real_signs_model
+    first = load_sequence(POSES / "layouts" / layout, model.skeleton)
+    observed = first.confidence[0] > 0
+    outputs = generate(model, signs, first_poses=[first] * len(signs), keep_proportions=True)
+    names = {"shoulder width": ("LEFT_SHOULDER", "RIGHT_SHOULDER"), "upper arm": ("RIGHT_SHOULDER", "RIGHT_ELBOW"),
+             "forearm": ("RIGHT_ELBOW", "RIGHT_WRIST")}
+    bones = [(model.skeleton.joint_index("POSE_LANDMARKS", a), model.skeleton.joint_index("POSE_LANDMARKS", b))
+             for a, b in names.values()]
+    hand = [model.skeleton.joint_index("RIGHT_HAND_LANDMARKS", p) for p in ("WRIST", "INDEX_FINGER_MCP")]
+    bones.append(tuple(hand))
+    checked = 0
+    for output in outputs:
+        for parent, child in bones:
+            if not (observed[parent] and observed[child]):
+                continue
+            reference = np.linalg.norm(first.data[0, child] - first.data[0, parent])
+            lengths = np.linalg.norm(output.data[:, child] - output.data[:, parent], axis=-1)
+            assert np.all(np.abs(lengths / reference - 1) <= 0.05), (layout, parent, child)
+            checked += 1
+    assert checked >= 3 * len(outputs)
+
+
+def _hidden(sequence: PoseSequence, model, seed: int):
+    hands = {c.name: [model.skeleton.joint_index(c.name, p) for p in c.points]
+             for c in model.skeleton.components if "HAND" in c.name}
+    return hide(sequence, hands, np.random.default_rng(seed))
+
+
+def test_correction_fills_hidden_values_better_than_interpolation_and_keeps_the_rest(six_real_signs_model):
+    model, signs, sequences = six_real_signs_model
+    errors = {"model": [], "linear": [], "nearest": []}
+    for index, (sign, truth) in enumerate(zip(signs, sequences)):
+        hidden = _hidden(truth, model, seed=index)
+        mask = hidden.frames | hidden.hand
+        assert mask.sum() > 0
+        corrected = correct(model, hidden.sequence, sign)
+        kept = hidden.sequence.confidence > 0
+        assert np.array_equal(corrected.data[kept], hidden.sequence.data[kept])  # observed: exactly as given
+        assert corrected.filled[mask].mean() > 0.75  # the rest: joints the model predicts absent there
+        for name, data in (("model", corrected.data), ("linear", interpolate_linearly(hidden.sequence)),
+                           ("nearest", copy_nearest_frame(hidden.sequence))):
+            errors[name].extend(np.linalg.norm(data - truth.data, axis=-1)[mask])
+    means = {name: float(np.mean(values)) for name, values in errors.items()}
+    assert means["model"] < means["linear"] and means["model"] < means["nearest"], means
+
+
+def test_correction_refuses_what_it_cannot_fill(six_real_signs_model):
+    model, _, sequences = six_real_signs_model
+    empty = PoseSequence(sequences[0].data * 0, sequences[0].confidence * 0, 25.0, sequences[0].normalization)
+    with pytest.raises(ValueError, match="no observed keypoints"):
+        correct(model, empty)
+    long = sequences[0]
+    frames = model.config.max_frames + 2
+    data = np.repeat(long.data[:1], frames, axis=0)
+    confidence = np.repeat(long.confidence[:1], frames, axis=0)
+    confidence[1:-1] = 0
+    with pytest.raises(ValueError, match="gap of 128 frames"):
+        correct(model, PoseSequence(data, confidence, 25.0, long.normalization))
+
+
+def test_composition_refuses_an_empty_sign_list(six_real_signs_model):
+    model, _, _ = six_real_signs_model
+    with pytest.raises(ValueError, match="at least one sign"):
+        compose(model, [])
+
+
+def test_cli_composes_corrects_and_renders_both(six_real_signs_model, tmp_path, capsys):
+    import json
+
+    from t2p.cli import main
+    from t2p.pose import read_pose, write_pose
+    model, signs, sequences = six_real_signs_model
+    folder = model.save(tmp_path / "model")
+    sentence = tmp_path / "sentence.pose"
+    assert main(["generate", "--model", str(folder), "--text", "essen", "--text", "kinder", "--language", "sgg",
+                 "--compose", "--speed", "1.5", "-o", str(sentence)]) == 0
+    segments = json.loads(sentence.with_suffix(".segments.json").read_text())
+    assert [s["kind"] for s in segments] == ["sign", "transition", "sign"]
+    assert segments[-1]["end"] == len(read_pose(sentence).body.data)
+    assert main(["render", str(sentence), "--segments", str(sentence.with_suffix(".segments.json")),
+                 "-o", str(tmp_path / "sentence.gif"), "--height", "96"]) == 0
+
+    recording = read_pose(POSES / "lexicon_sgg" / "essen.pose")
+    recording.body.confidence[20:26] = 0  # six frames lost
+    damaged, repaired = tmp_path / "damaged.pose", tmp_path / "repaired.pose"
+    write_pose(recording, damaged)
+    assert main(["correct", str(damaged), "--model", str(folder), "--text", "essen", "--language", "sgg",
+                 "-o", str(repaired)]) == 0
+    assert "filled" in capsys.readouterr().out
+    assert main(["render", str(repaired), "--original", str(damaged), "-o", str(tmp_path / "repaired.gif"),
+                 "--height", "96"]) == 0
+    assert (tmp_path / "repaired.gif").stat().st_size > 0
+
+    assert main(["generate", "--model", str(folder), "--compose", "--text", "essen", "-o", str(tmp_path / "x")]) == 2
+    assert "--compose writes one sequence" in capsys.readouterr().err
+    assert main(["correct", str(tmp_path / "missing.pose"), "--model", str(folder), "-o", str(repaired)]) == 2
+    assert "not found" in capsys.readouterr().err
