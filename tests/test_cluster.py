@@ -53,8 +53,13 @@ def local_cluster(tmp_path):
     dir, so the test session's own Ray instance is left alone."""
     temp_dir = Path("/tmp") / f"t2p-cluster-{os.getpid()}"  # short: Ray's socket paths have a length limit
     gcs_port, dashboard_port = _free_port(), _free_port()
-    env = {**os.environ, "RAY_ADDRESS": "", "OMP_NUM_THREADS": "1", "RAY_TRAIN_V2_ENABLED": "1"}
-    env.pop("RAY_ADDRESS")
+    # the job's `python` is this environment's, as a node's own install is on a real cluster (CI does
+    # not activate the venv)
+    # token authentication off: a cluster of this test only, on loopback (the test session's own Ray
+    # may have enabled tokens in the environment)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_TRAIN_V2_ENABLED": "1", "RAY_AUTH_MODE": "disabled",
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
     _run([str(BIN / "ray"), "start", "--head", f"--port={gcs_port}", "--num-cpus=2", "--include-dashboard=true",
           "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
           "--disable-usage-stats"], env)
