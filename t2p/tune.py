@@ -76,12 +76,17 @@ def run_sweep(job: TrainingJob, samples: int = 4, space: dict | None = None, max
     progress.csv (the metric of every trial at every validation), progress.png (the same, plotted),
     sweep.json, and best/ (the model of the best trial that ran to the end). Returns sweep.json."""
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
     out = Path(job.out).resolve()
     job = replace(job, out=str(out), data=str(Path(job.data).resolve()))
     ensure_ray()
-    epochs = job.train.get("epochs", TrainConfig().epochs)
-    validations = epochs // (job.validate_every or max(1, epochs // 20))  # what ASHA counts: validation reports
+    epochs = int(job.train.get("epochs", TrainConfig().epochs))
+    every = job.validate_every or max(1, epochs // 20)
+    # what ASHA counts: validation reports (every `every` epochs, and always the last)
+    validations = sum(1 for epoch in range(epochs) if (epoch + 1) % every == 0 or epoch == epochs - 1)
+    if grace_period > validations:
+        raise ValueError(f"--grace-period {grace_period} is more than the {validations} validations of a trial")
     tuner = tune.Tuner(
         # The trial function only drives; its TorchTrainer asks for the workers' CPUs itself. Any CPU
         # held here leaves less than the one CPU an actor needs to be scheduled (Ray Data's split
@@ -90,9 +95,14 @@ def run_sweep(job: TrainingJob, samples: int = 4, space: dict | None = None, max
         param_space={"job": job.to_dict(), "search": space or default_search_space()},
         tune_config=tune.TuneConfig(metric=METRIC, mode="min", num_samples=samples,
                                     max_concurrent_trials=max_concurrent,
-                                    scheduler=ASHAScheduler(max_t=max(validations, 1), grace_period=grace_period,
+                                    # max_t one past the last report: ASHA stops a trial that reaches
+                                    # max_t, which killed finished trials before they exported their model
+                                    # (and left their workers holding the CPUs the next trial waited for)
+                                    scheduler=ASHAScheduler(max_t=validations + 1, grace_period=grace_period,
                                                             reduction_factor=reduction_factor)),
-        run_config=tune.RunConfig(name="tune", storage_path=str(out)),
+        # the per-trial result files that progress.csv is read from, also where auto-loggers are off
+        run_config=tune.RunConfig(name="tune", storage_path=str(out),
+                                  callbacks=[JsonLoggerCallback(), CSVLoggerCallback()]),
     )
     results = tuner.fit()
     trials = [_trial_row(result, out, validations) for result in results]
