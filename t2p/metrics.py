@@ -8,7 +8,7 @@ Each metric says which published definition it reproduces, so that numbers compa
 | `mje` | mean per-joint Euclidean error | the standard MJE / MPJPE |
 | `dtw_mje`, `dtw_mje_sum` | per-keypoint exact DTW, mean over keypoints | DTW-MJE (Huang et al. 2021), exact DTW by dtaidistance's C code |
 | `ndtw_mje` | Ham2Pose's nDTW-MJE on shoulder-normalised poses, without its per-sequence `focus` (`focus=True` restores it; see `ndtw_mje`) | `metrics.py` of github.com/rotem-shalev/Ham2Pose (commit 2e269c5) |
-| `dtwp`, `ndtwp` | pose-evaluation's DTWp / nDTWp | github.com/sign-language-processing/pose-evaluation (README, `dtw_metric.py`, `create_metrics.py`, `examples/Pose_Evaluation_Example.ipynb`) |
+| `dtwp`, `ndtwp` | pose-evaluation's DTWp / nDTWp | github.com/sign-language-processing/pose-evaluation at d812923 (README, `dtw_metric.py`, `create_metrics.py`, `examples/Pose_Evaluation_Example.ipynb`); the trimming span is spoken-to-signed's `active_signing_span` |
 | `displacement_ratio` | motion of the prediction / motion of the reference | t2p's motion health check |
 | `length_error` | frames predicted minus frames in the reference, absolute | t2p's motion health check |
 | `presence_error` | share of (frame, joint) whose presence differs from the reference's | t2p |
@@ -216,6 +216,44 @@ def _ham2pose_masked_euclidean(point: np.ndarray, reference_point: np.ndarray) -
 
 
 # --- pose-evaluation's DTWp and nDTWp ---------------------------------------------------------
+#
+# Checked line by line against pose-evaluation at commit d8129232615f540b3ad332298a8ba6a309c08e0b
+# (github.com/sign-language-processing/pose-evaluation; the package is not on PyPI):
+# `DistanceMetric.score` (metrics/base_pose_metric.py, distance_metric.py) runs the preprocessors in
+# order, then `DTWDTAIImplementationDistanceMeasure.get_distance` (metrics/dtw_metric.py). DTWp and
+# nDTWp are the README's / examples/Pose_Evaluation_Example.ipynb's pipelines (what
+# `construct_metric` in evaluation/create_metrics.py builds for those names):
+#   DTWp:  TrimMeaninglessFrames -> GetHandsOnlyHolistic -> FillMaskedOrInvalid(10.0) -> ReducePosesToCommonComponents,
+#          measure default_distance 0.0
+#   nDTWp: NormalizePoses -> GetHandsOnlyHolistic -> FillMaskedOrInvalid(1.0) -> ReducePosesToCommonComponents,
+#          measure default_distance 1.0
+# Step by step (metrics/pose_processors.py, utils/pose_utils.py), and what t2p does:
+# - TrimMeaninglessFramesPoseProcessor: spoken-to-signed's `trim_pose` when pose-format's
+#   `detect_known_pose_format` says "holistic", else nothing. t2p: `active_signing_span`, which calls
+#   spoken-to-signed's function of that name (the span `trim_pose` cuts to), when the skeleton has
+#   POSE_LANDMARKS wrists and elbows (`JointGroups.signing_arms`, MediaPipe layouts only).
+# - NormalizePosesProcessor: pose-format's `Pose.normalize()` with its shoulders (POSE_LANDMARKS
+#   RIGHT/LEFT_SHOULDER, OpenPose RShoulder/LShoulder): minus the mean shoulder midpoint over frames
+#   with both shoulders, divided by the mean shoulder distance over all dims. t2p:
+#   `shoulder_normalize`, the same in float64 (pose-format stays in float32: about 1e-8 relative).
+#   Where the shoulders are never seen pose-format masks everything, and the metric then compares
+#   fill values only; t2p raises instead of reporting such a number.
+# - GetHandsOnlyHolisticPoseProcessor: components LEFT_HAND_LANDMARKS and RIGHT_HAND_LANDMARKS,
+#   all dims (x, y, z). t2p: `JointGroups.hands`, the 42 hand points found by name; on OpenPose
+#   files t2p finds the hands through its alias table, where pose-evaluation's selection is empty
+#   (its metric is not defined there): an extension, not a difference on MediaPipe files.
+# - FillMaskedOrInvalidValuesPoseProcessor: masked (confidence 0, as pose-format reads a file) and
+#   non-finite coordinates become the fill value. t2p: the same, per coordinate.
+# - ReducePosesToCommonComponentsProcessor: keeps the points both poses have (sorted by name; the
+#   mean over keypoints does not depend on order). t2p maps both onto one skeleton instead, so a
+#   hand point only one file has is filled on the other side rather than dropped; two MediaPipe
+#   files always have all 42.
+# - DTWDTAIImplementationDistanceMeasure(use_fast=True): per keypoint, `dtw_ndim.distance_fast` of the
+#   (frames, dims) float64 trajectories (squared Euclidean local cost, square root of the path sum),
+#   mean over keypoints; the default distance only when that mean is NaN or infinite. t2p: the same.
+# tests/test_metrics.py holds DTWp and nDTWp that pose-evaluation's own code computed on the
+# recordings of tests/data/poses and checks t2p reproduces them.
+
 
 def dtwp(predicted: np.ndarray, reference: np.ndarray, groups: JointGroups,
          predicted_confidence: np.ndarray | None = None, reference_confidence: np.ndarray | None = None) -> float:
@@ -227,7 +265,8 @@ def dtwp(predicted: np.ndarray, reference: np.ndarray, groups: JointGroups,
     Inputs are in the pose files' own (unnormalised) coordinates: DTWp does not normalise.
     Each sequence is trimmed to its active signing span (MediaPipe Holistic skeletons only, as
     spoken-to-signed's `trim_pose` that pose-evaluation calls: from 5 frames before a wrist first
-    rises above its elbow to 5 frames after the last time), only the hands are kept, missing points
+    rises above its elbow to 5 frames after the last time; computed by spoken-to-signed's
+    `active_signing_span`, see `active_signing_span` here), only the hands are kept, missing points
     become 10.0 in every coordinate, and per hand keypoint `dtaidistance.dtw_ndim.distance_fast`
     (squared-Euclidean local cost, square root of the path sum) aligns the trajectories; the result
     is their mean, or 0.0 when that is not finite.
@@ -277,27 +316,42 @@ def _pose_evaluation_dtw(predicted: np.ndarray, reference: np.ndarray, groups: J
     return distance if math.isfinite(distance) else default_distance
 
 
+_SPAN_ARM_POINTS = ("LEFT_WRIST", "LEFT_ELBOW", "RIGHT_WRIST", "RIGHT_ELBOW")
+
+
 def active_signing_span(data: np.ndarray, confidence: np.ndarray,
                         arms: Sequence[tuple[int, int]]) -> tuple[int, int]:
-    """The [first, last) frames in which a hand signs, as spoken-to-signed's `active_signing_span`
-    (0.4): from 5 frames before a wrist is first above its elbow (image y grows downwards) to 5
-    frames after the last time, within the frames where that wrist is seen; the whole sequence when
-    no wrist ever rises. Frames where the wrist or elbow is missing never count as raised."""
+    """The [first, last) frames in which a hand signs, computed by spoken-to-signed's own
+    `active_signing_span` (`spoken_to_signed.gloss_to_pose.concatenate`, 0.4.0; the span that
+    upstream's `trim_pose`, which pose-evaluation calls, cuts to): from 5 frames before a wrist is
+    first above its elbow (image y grows downwards) to 5 frames after the last time, within the
+    frames where that wrist is seen; the whole sequence when no wrist ever rises. Frames where the
+    wrist or elbow is missing never count as raised.
+
+    spoken-to-signed reads the four points `POSE_LANDMARKS` LEFT/RIGHT_WRIST/ELBOW of a pose-format
+    `Pose`, so the given (wrist, elbow) pairs (at most two; which side is which does not matter, the
+    sides are treated alike) are handed to it as such a `Pose`, masked where confidence is 0; a side
+    not given is never seen, hence never raised."""
     # data: (frames, joints, dims); confidence: (frames, joints)
     frames = len(data)
-    firsts, lasts = [], []
-    for wrist, elbow in arms:
-        seen = confidence[:, wrist] > 0
-        raised = seen & (confidence[:, elbow] > 0) & (data[:, wrist, 1] < data[:, elbow, 1])
-        if not raised.any():
-            continue
-        first_seen, last_seen = int(np.argmax(seen)), frames - int(np.argmax(seen[::-1]))
-        first_raised, last_raised = int(np.argmax(raised)), frames - int(np.argmax(raised[::-1]))
-        firsts.append(max(first_seen, first_raised - 5))
-        lasts.append(min(last_seen, last_raised + 5))
-    if not firsts:
+    if frames == 0 or not arms:  # spoken-to-signed's argmax needs a frame; no arm: nothing to trim by
         return 0, frames
-    return min(firsts), max(lasts)
+    if len(arms) > 2:
+        raise ValueError(f"a signer has two arms, got {len(arms)} (wrist, elbow) pairs")
+    from pose_format import Pose
+    from pose_format.numpy import NumPyPoseBody
+    from pose_format.pose_header import PoseHeader, PoseHeaderComponent, PoseHeaderDimensions
+    from spoken_to_signed.gloss_to_pose.concatenate import active_signing_span as spoken_to_signed_span
+
+    joints = [joint for arm in arms for joint in arm]  # wrist, elbow, wrist, elbow
+    points = np.zeros((frames, 1, len(_SPAN_ARM_POINTS), 2), dtype=np.float64)
+    seen = np.zeros((frames, 1, len(_SPAN_ARM_POINTS)), dtype=np.float32)
+    points[:, 0, :len(joints)] = data[:, joints, :2]
+    seen[:, 0, :len(joints)] = confidence[:, joints] > 0  # NumPyPoseBody masks confidence 0
+    header = PoseHeader(0.1, PoseHeaderDimensions(1, 1),
+                        [PoseHeaderComponent("POSE_LANDMARKS", list(_SPAN_ARM_POINTS), [], [(0, 0, 0)], "XYC")])
+    first, last = spoken_to_signed_span(Pose(header, NumPyPoseBody(fps=1.0, data=points, confidence=seen)))
+    return int(first), int(last)
 
 
 def shoulder_normalize(data: np.ndarray, confidence: np.ndarray, right: int, left: int) -> np.ndarray:

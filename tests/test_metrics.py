@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 from importlib.resources import files
 from pathlib import Path
@@ -178,6 +179,71 @@ def test_active_signing_span_starts_and_ends_five_frames_around_raised_wrists():
     assert active_signing_span(data, confidence, []) == (0, frames)
     data[:, 0, 1] = 1.0
     assert active_signing_span(data, confidence, [(0, 1)]) == (0, frames)  # never raised: keep everything
+
+
+# DTWp and nDTWp as pose-evaluation's own code computes them, on the recordings of tests/data/poses
+# (hypothesis, reference, DTWp, nDTWp). pose-evaluation is not on PyPI: computed once with its source
+# at commit d8129232615f540b3ad332298a8ba6a309c08e0b of github.com/sign-language-processing/pose-evaluation
+# imported from a checkout (pose-format 0.15.0, dtaidistance 2.5.1, numpy 2.4), `DistanceMetric.score`
+# with the pipelines of its README / examples/Pose_Evaluation_Example.ipynb ("from scratch" cells):
+#   DTWp  = DistanceMetric(distance_measure=DTWDTAIImplementationDistanceMeasure(use_fast=True, default_distance=0.0),
+#               pose_preprocessors=[TrimMeaninglessFramesPoseProcessor(), GetHandsOnlyHolisticPoseProcessor(),
+#                   FillMaskedOrInvalidValuesPoseProcessor(10.0), ReducePosesToCommonComponentsProcessor()])
+#   nDTWp = the same with default_distance=1.0, NormalizePosesProcessor() instead of the trimming,
+#           FillMaskedOrInvalidValuesPoseProcessor(1.0)
+# on `Pose.read` of each file (read afresh for every score: `Pose.normalize` works in place). Its
+# trimming calls spoken-to-signed's `trim_pose(pose, start=, end=)`, which the PyPI release 0.4.0
+# installed here spells `trim_pose(pose)`; the run used upstream's `trim_pose` verbatim
+# (github.com/sign-language-processing/spoken-to-signed-translation@6407818, the same code as at
+# 80ed57d, the commit current when pose-evaluation d812923 was made), whose span is the one 0.4.0's
+# `active_signing_span` returns. The pairs cover the lexicon signs, a long recording, and
+# whatsthatsign-524, which the trimming cuts to its frames 22-30 (of 31).
+POSE_EVALUATION_REFERENCE = [
+    ("lexicon_sgg/essen.pose", "lexicon_sgg/pizza.pose", 591.3220282500536, 2.7221992771085937),
+    ("lexicon_sgg/essen.pose", "lexicon_sgg/kleine.pose", 1181.5841726763817, 4.5909944390468995),
+    ("lexicon_sgg/kinder.pose", "lexicon_sgg/kleine.pose", 2214.2663504724255, 6.193642611051783),
+    ("lexicon_sgg/kinder.pose", "lexicon_sgg/pizza.pose", 1929.7447745062104, 5.755228818395237),
+    ("layouts/mediapipe.pose", "lexicon_sgg/essen.pose", 5808.717847392191, 8.500372503428384),
+    ("signwriting_samples/whatsthatsign-524.pose", "lexicon_sgg/kinder.pose", 1018.4644224642255, 2.84461339994267),
+    ("signwriting_samples/dictio-czj-3debf210b4a99ac12155e654c3aeb51a.pose",
+     "signwriting_samples/whatsthatsign-524.pose", 2730.8047407682616, 7.800567005273688),
+]
+
+
+@pytest.mark.parametrize("hypothesis, reference, expected_dtwp, expected_ndtwp", POSE_EVALUATION_REFERENCE,
+                         ids=[f"{Path(h).stem[:14]}-vs-{Path(r).stem[:14]}" for h, r, _, _ in POSE_EVALUATION_REFERENCE])
+def test_dtwp_and_ndtwp_equal_pose_evaluations_own_numbers(hypothesis, reference, expected_dtwp, expected_ndtwp):
+    """t2p (file -> shoulder-normalised sequence -> back to file coordinates for DTWp) gives
+    pose-evaluation's values; what is left is float32 (pose-format) against float64 (t2p), ~1e-8."""
+    values = compare_files(POSES / hypothesis, POSES / reference, ["dtwp", "ndtwp"])
+    assert values["dtwp"] == pytest.approx(expected_dtwp, rel=1e-6)
+    assert values["ndtwp"] == pytest.approx(expected_ndtwp, rel=1e-6)
+
+
+def test_pose_evaluation_reference_depends_on_the_trimming():
+    """The reference numbers pin the trimming down: without it, DTWp of whatsthatsign-524 is off."""
+    hypothesis, reference, expected, _ = POSE_EVALUATION_REFERENCE[5]
+    skeleton = Skeleton.from_pose(read_pose(POSES / hypothesis))
+    untrimmed = dataclasses.replace(JointGroups.of(skeleton), signing_arms=())
+    value = score(load_sequence(POSES / hypothesis, skeleton), load_sequence(POSES / reference, skeleton),
+                  untrimmed, ["dtwp"])["dtwp"]
+    assert abs(value - expected) > 0.01 * expected
+
+
+@pytest.mark.parametrize("path", ALL_POSE_FILES, ids=lambda p: p.name)
+def test_active_signing_span_is_spoken_to_signeds_on_real_recordings(path):
+    """t2p's span of a sequence (on its skeleton, shoulder-normalised) is the one spoken-to-signed's
+    `active_signing_span` finds on the `Pose` read from the file."""
+    from spoken_to_signed.gloss_to_pose.concatenate import active_signing_span as spoken_to_signed_span
+    pose = read_pose(path)
+    skeleton = Skeleton.from_pose(pose)
+    groups = JointGroups.of(skeleton)
+    sequence = load_sequence(path, skeleton)
+    span = active_signing_span(sequence.data, sequence.confidence, groups.signing_arms)
+    if not groups.signing_arms:  # OpenPose: pose-evaluation does not trim it, nor does t2p
+        assert span == (0, sequence.num_frames)
+        return
+    assert span == tuple(int(v) for v in spoken_to_signed_span(pose))
 
 
 def test_displacement_ratio_is_zero_for_a_frozen_output_and_one_for_a_copy():
