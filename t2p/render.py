@@ -8,9 +8,15 @@ pose-format's `PoseVisualizer`, a title over each panel and the text as a captio
   panel has one): legs and world landmarks would only add clutter, and equal skeletons compare fairly.
 - The animation has one frame per frame of the longest panel; shorter panels hold their last frame.
   The caption counts frames, which also keeps GIF writers from merging identical frames.
+- Text is drawn in DejaVu Sans, except HamNoSys (Private Use Area U+E000–U+E0F1), which is drawn in the
+  HamNoSys font vendored in t2p/fonts/ (LPPL, see t2p/fonts/README.md); a caption may mix both. Where
+  that font cannot be loaded, HamNoSys is written as its symbol names (`hamflathand,hamextfingeru,...`)
+  after one warning, so that captions stay readable instead of showing boxes.
 """
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +35,13 @@ if TYPE_CHECKING:
 
 FORMATS = (".gif", ".mp4")
 _FACE_COMPONENTS = {"FACE_LANDMARKS", "face_keypoints_2d"}
+HAMNOSYS_FONT = Path(__file__).resolve().parent / "fonts" / "HamNoSysUnicode.ttf"
+_HAMNOSYS_FIRST, _HAMNOSYS_LAST = 0xE000, 0xE0F1  # HamNoSys 4 in the Private Use Area
+# The HamNoSys font's symbols are small for its size (many are shorter than a lower-case letter of DejaVu
+# Sans at the same size): drawn 1.4 times as large, its tallest symbols reach about DejaVu's ascent.
+HAMNOSYS_SCALE = 1.4
+_HAMNOSYS_SYMBOL = f"[{chr(_HAMNOSYS_FIRST)}-{chr(_HAMNOSYS_LAST)}]"
+_HAMNOSYS_RUN = re.compile(rf"\{{*{_HAMNOSYS_SYMBOL}(?:[ ,.!?{{|}}]*{_HAMNOSYS_SYMBOL})*\}}*")
 
 
 class RenderError(ValueError):
@@ -198,7 +211,6 @@ def _compose(panels: Sequence[np.ndarray], titles: Sequence[str], caption: str, 
     from PIL import Image, ImageDraw
 
     font_size = max(12, panels[0].shape[0] // 18)
-    font = _font(font_size)
     title_height = font_size + 10 if any(titles) else 0
     caption_height = font_size + 14 + (font_size + 8 if frame_caption else 0)
     gap = 6
@@ -217,16 +229,60 @@ def _compose(panels: Sequence[np.ndarray], titles: Sequence[str], caption: str, 
         y = row * (cell_height + gap)
         canvas.paste(Image.fromarray(panel), (x, y + title_height))
         if title:
-            draw.text((x + panel.shape[1] // 2, y + 4), title, fill=(40, 40, 40), font=font, anchor="mt")
+            _text(draw, (x + panel.shape[1] // 2, y + 4), title, (40, 40, 40), font_size)
     counter = f"{index + 1}/{frames}"
     line = f"{caption}   {counter}" if caption else counter
     top = height - caption_height + 6
     if frame_caption:  # e.g. the sign this frame belongs to; transitions in grey
         colour = (120, 120, 120) if frame_caption.startswith("transition") else (20, 60, 200)
-        draw.text((width // 2, top), frame_caption, fill=colour, font=font, anchor="mt")
+        _text(draw, (width // 2, top), frame_caption, colour, font_size)
         top += font_size + 8
-    draw.text((width // 2, top), line, fill=(0, 0, 0), font=font, anchor="mt")
+    _text(draw, (width // 2, top), line, (0, 0, 0), font_size)
     return np.asarray(canvas)
+
+
+def _text(draw, xy: tuple[int, int], text: str, fill: tuple[int, int, int], size: int) -> None:
+    """`text` centred under `xy` (its top at xy[1]): HamNoSys runs in the HamNoSys font, the rest in DejaVu
+    Sans, on one baseline. Without the HamNoSys font, HamNoSys is written as symbol names."""
+    font = _font(size)
+    runs = _runs(text)
+    has_hamnosys = any(is_hamnosys for _, is_hamnosys in runs)
+    hamnosys = _hamnosys_font(round(size * HAMNOSYS_SCALE)) if has_hamnosys else None
+    if hamnosys is None or not hasattr(font, "getmetrics"):  # one font for all: no HamNoSys, or its names
+        draw.text(xy, _readable(text) if has_hamnosys else text, fill=fill, font=font, anchor="mt")
+        return
+    pieces = [(run, hamnosys if is_hamnosys else font) for run, is_hamnosys in runs]
+    x = xy[0] - sum(piece_font.getlength(run) for run, piece_font in pieces) / 2
+    baseline = xy[1] + font.getmetrics()[0]  # where anchor "mt" puts DejaVu's baseline
+    for run, piece_font in pieces:
+        draw.text((x, baseline), run, fill=fill, font=piece_font, anchor="ls")
+        x += piece_font.getlength(run)
+
+
+def _runs(text: str) -> list[tuple[str, bool]]:
+    """`text` split into runs of HamNoSys (True) and other text (False), in order. A HamNoSys run begins
+    and ends with a Private Use Area symbol; the ASCII symbols HamNoSys shares with text (space , . ! ? |
+    and the braces) belong to it only between two of those, and braces also just around them."""
+    runs: list[tuple[str, bool]] = []
+    position = 0
+    for match in _HAMNOSYS_RUN.finditer(text):
+        if match.start() > position:
+            runs.append((text[position:match.start()], False))
+        runs.append((match.group(), True))
+        position = match.end()
+    if position < len(text):
+        runs.append((text[position:], False))
+    return runs
+
+
+def _readable(text: str) -> str:
+    """`text` with every HamNoSys run written as its symbol names (`hamflathand,hamextfingeru,...`);
+    a code point the HamNoSys table does not name is written as U+XXXX."""
+    from t2p.notation import hamnosys_symbols
+
+    names = {char: name for name, char in hamnosys_symbols().items()}
+    return "".join(",".join(names.get(char, f"U+{ord(char):04X}") for char in run) if is_hamnosys else run
+                   for run, is_hamnosys in _runs(text))
 
 
 @lru_cache(maxsize=8)
@@ -238,6 +294,27 @@ def _font(size: int):
         return ImageFont.truetype(font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans")), size)
     except OSError:
         return ImageFont.load_default()
+
+
+@lru_cache(maxsize=8)
+def _hamnosys_font(size: int):
+    """The HamNoSys font at `size`, or None where it cannot be loaded (see `_hamnosys_font_file`)."""
+    from PIL import ImageFont
+    path = _hamnosys_font_file()
+    return None if path is None else ImageFont.truetype(path, size)
+
+
+@lru_cache(maxsize=1)
+def _hamnosys_font_file() -> str | None:
+    """HAMNOSYS_FONT if it loads; otherwise None, after one warning for the whole process."""
+    from PIL import ImageFont
+    try:
+        ImageFont.truetype(str(HAMNOSYS_FONT), 12)
+    except OSError as error:
+        warnings.warn(f"cannot load the HamNoSys font {HAMNOSYS_FONT} ({error}): HamNoSys in captions is "
+                      "written as symbol names (hamflathand,...) instead of its glyphs", RuntimeWarning)
+        return None
+    return str(HAMNOSYS_FONT)
 
 
 def _write(images: Sequence[np.ndarray], out: Path, fps: float) -> None:

@@ -1,17 +1,26 @@
+import json
+import warnings
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import POSES
+import t2p.render as render_module
+from conftest import DATA, POSES
 from t2p.cli import main
 from t2p.data import lexicon_items, prepare
 from t2p.model import T2PModel
+from t2p.notation import hamnosys_symbols
 from t2p.pose import Skeleton, load_sequence, read_pose, to_pose, write_pose
 from t2p.render import Panel, render, render_file, render_refinement
 from t2p.train import model_config_from_manifest
 
 ESSEN = POSES / "lexicon_sgg" / "essen.pose"    # 73 frames
 KINDER = POSES / "lexicon_sgg" / "kinder.pose"  # 45 frames
+HAMNOSYS = json.loads((DATA / "hamnosys" / "ham2pose_data.json").read_text())
+PILL = HAMNOSYS["10010"]       # real HamNoSys: hampinch12,hamextfingerul,hampalml,hamlips,...
+ALTERNATIVE = HAMNOSYS["13672"]  # real HamNoSys with the ASCII symbols { | } inside
+UNASSIGNED = "\ue0ff"          # a Private Use Area code point no font here has: drawn as a .notdef box
 
 
 def _gif_frames(path) -> int:
@@ -98,3 +107,79 @@ def test_render_command_explains_a_mistake_in_one_line(arguments, message, capsy
     assert main(["render", *arguments]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and message in error
+
+
+# --- HamNoSys in captions -----------------------------------------------------------------------
+
+def _caption_ink(caption: str, panel_height: int = 160) -> np.ndarray:
+    """Where one composed frame's caption strip (below a blank panel) is dark."""
+    panel = np.full((panel_height, 240, 3), 255, np.uint8)
+    frame = render_module._compose([panel], [""], caption, 0, 1, 4)
+    return frame[panel_height:].min(axis=-1) < 160
+
+
+@pytest.fixture
+def without_hamnosys_font(monkeypatch, tmp_path):
+    monkeypatch.setattr(render_module, "HAMNOSYS_FONT", tmp_path / "missing" / "HamNoSysUnicode.ttf")
+    render_module._hamnosys_font.cache_clear()
+    render_module._hamnosys_font_file.cache_clear()
+    yield
+    render_module._hamnosys_font.cache_clear()
+    render_module._hamnosys_font_file.cache_clear()
+
+
+def test_a_hamnosys_caption_shows_its_symbols_not_boxes():
+    first, second = PILL["hamnosys"][:2]  # hampinch12, hamextfingerul
+    box = _caption_ink(UNASSIGNED)
+    assert _caption_ink(first).any()
+    assert not np.array_equal(_caption_ink(first), box)
+    assert not np.array_equal(_caption_ink(second), box)
+    assert not np.array_equal(_caption_ink(first), _caption_ink(second))
+    assert not np.array_equal(_caption_ink("kinder " + PILL["hamnosys"]),
+                              _caption_ink("kinder " + UNASSIGNED * len(PILL["hamnosys"])))
+
+
+def test_the_hamnosys_font_has_a_glyph_for_every_symbol():
+    font = render_module._hamnosys_font(32)
+    assert font is not None, f"{render_module.HAMNOSYS_FONT} does not load"
+
+    def glyph(char):
+        mask = font.getmask(char)
+        return mask.size, bytes(mask)
+
+    notdef = glyph(UNASSIGNED)
+    symbols = [char for char in hamnosys_symbols().values() if render_module._runs(char) == [(char, True)]]
+    assert len(symbols) > 190  # the Private Use Area symbols (U+E000-U+E0F1) of HamNoSys 4
+    assert [f"U+{ord(char):04X}" for char in symbols if glyph(char) == notdef] == []
+    assert len({glyph(char) for char in symbols}) > 0.9 * len(symbols)  # distinct drawings, not one shape
+
+
+def test_a_caption_mixing_text_and_hamnosys_is_split_into_runs():
+    ham = ALTERNATIVE["hamnosys"]
+    assert "{" in ham and "|" in ham
+    assert render_module._runs(f"[{ham}], essen {ham} ") == [
+        ("[", False), (ham, True), ("], essen ", False), (ham, True), (" ", False)]
+    assert render_module._runs("essen 1/3") == [("essen 1/3", False)]
+    latin = _caption_ink("essen")
+    assert np.array_equal(latin, _caption_ink("essen"))  # text without HamNoSys is drawn as before
+    mixed = _caption_ink("essen " + PILL["hamnosys"])
+    assert mixed.sum() > latin.sum()
+
+
+def test_render_draws_a_hamnosys_caption_without_warning(tmp_path):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*HamNoSys font")
+        result = render_file(KINDER, tmp_path / "kinder.gif", text="kinder " + PILL["hamnosys"], panel_height=48)
+    assert result.frames == _gif_frames(tmp_path / "kinder.gif") == 45
+
+
+def test_without_the_font_hamnosys_is_written_as_symbol_names(without_hamnosys_font):
+    assert render_module._readable(PILL["hamnosys"]) == PILL["hamnosys_text"]
+    assert render_module._readable(ALTERNATIVE["hamnosys"]) == ALTERNATIVE["hamnosys_text"]
+    assert render_module._readable("essen \ue00f\ue000") == "essen U+E00F,hamfist"  # U+E00F: no symbol
+    with pytest.warns(RuntimeWarning, match="HamNoSys font"):
+        drawn = _caption_ink("essen " + PILL["hamnosys"])
+    assert np.array_equal(drawn, _caption_ink("essen " + PILL["hamnosys_text"]))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*HamNoSys font")  # warned once, not for every caption
+        _caption_ink(ALTERNATIVE["hamnosys"])
