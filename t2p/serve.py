@@ -63,6 +63,7 @@ class ServeConfig:
     max_guidance: float = 20.0            # |guidance| above this is refused
     max_first_pose_bytes: int = 8 << 20   # decoded size of `first_pose`
     device: str = "auto"                  # "auto": CUDA when the replica has a GPU, else CPU
+    threads: int = 0                      # CPU threads of the replica's torch; 0: every core of the machine
 
     def __post_init__(self):
         for name in ("max_text_length", "max_frames", "max_steps", "max_batch_size", "max_first_pose_bytes"):
@@ -72,6 +73,8 @@ class ServeConfig:
             raise ValueError(f"serve config: batch_wait_timeout_s must be in [0, 10], got {self.batch_wait_timeout_s}")
         if not self.max_guidance >= 0:
             raise ValueError(f"serve config: max_guidance must be >= 0, got {self.max_guidance}")
+        if self.threads < 0:
+            raise ValueError(f"serve config: threads must be >= 0, got {self.threads}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"serve config: device must be auto, cpu or cuda[:N], got {self.device!r}")
 
@@ -188,6 +191,8 @@ def validate_composition(request: GenerateRequest, model: T2PModel, limits: Serv
     from t2p.compose import plan_signs
     if not request.texts:
         raise ValueError('"texts" is empty: give at least one sign')
+    if request.text is not None:
+        raise ValueError('give either "text" (one sign) or "texts" (signs composed in order)')
     if request.length is not None:
         raise ValueError('"length" does not apply to "texts": each sign has its predicted length')
     notation = request.notation or model.config.default_notation
@@ -286,6 +291,10 @@ class T2PServer:
     def __init__(self, model_dir: str, config: dict):
         limits = ServeConfig(**config)
         device = limits.torch_device()
+        if device == "cpu":
+            # Ray sets OMP_NUM_THREADS=1 in a 1-CPU actor, which left the replica's matrix products on one
+            # core of a 2-core machine while the batch was the only work there is
+            torch.set_num_threads(limits.threads or len(os.sched_getaffinity(0)))
         self.model = T2PModel.load(model_dir, device=device)
         self.limits = replace(limits.for_model(self.model), device=device)  # what GET /v1/model reports
         if self.model.schedule_config.steps > self.limits.max_steps:
@@ -324,7 +333,10 @@ class T2PServer:
         except ValueError as error:
             raise HTTPException(status_code=422, detail=str(error)) from None
         if request.texts is not None:  # two refinement calls of its own (signs, then transitions)
-            composition = await asyncio.to_thread(self._compose, jobs)
+            try:
+                composition = await asyncio.to_thread(self._compose, jobs)
+            except ValueError as error:  # e.g. a transition that does not fit the model's frames
+                raise HTTPException(status_code=422, detail=str(error)) from None
             return await asyncio.to_thread(self._response, composition.generated, jobs[0], request.format)
         sequence = await self._generate_batch(job)
         if isinstance(sequence, ValueError):
@@ -354,7 +366,8 @@ class T2PServer:
     def _compose(self, jobs: list[Job]):
         from t2p.compose import compose
         return compose(self.model, [job.sign for job in jobs], jobs[0].first_pose, steps=jobs[0].steps,
-                       guidance=jobs[0].guidance, speed=jobs[0].speed, keep_proportions=jobs[0].keep_proportions)
+                       guidance=jobs[0].guidance, speed=jobs[0].speed, keep_proportions=jobs[0].keep_proportions,
+                       max_length=self.limits.max_frames)
 
     def _response(self, sequence: Generated, job: Job, format: str, hide_resting_hands: bool = True) -> Response:
         pose = as_pose(self.model, sequence, job.first_pose, hide_resting_hands)

@@ -24,6 +24,7 @@ LIMIT_FLAGS = {
     "max_guidance": (float, "largest |guidance|"),
     "max_first_pose_bytes": (int, "size of a first_pose .pose file"),
     "device": (str, "auto, cpu or cuda[:N]"),
+    "threads": (int, "CPU threads of the replica (0: every core)"),
 }
 
 
