@@ -3,12 +3,13 @@
 - `compose`: several signs in a row. Each sign is generated as it would be alone (same signer,
   same first pose); the frames between two signs are *inpainted* by the same model: a window of
   the first sign's last frames, empty frames, and the next sign's first frames, with the known
-  frames held fixed at every refinement step, so the model draws the movement from one to the next.
+  frames given to the refiner and held fixed at every step, so the model draws the movement from
+  one to the next. (Measured in docs/quality.md: the joins still move faster than the signs do.)
 - `plan_signs`: which signs a gloss sequence becomes; a gloss neither the model nor a lexicon knows
   is fingerspelled, letter by letter, with spoken-to-signed's fingerspelling alphabet.
-- `correct`: a real recording with missing frames or keypoints, completed by the model; observed
-  values are kept exactly.
 - `change_speed`: signing speed without changing the frame rate.
+
+Completing a recording with gaps is `t2p.correction`.
 """
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ from t2p.generation import FirstPoseLike, Generated, Observed, TextLike, generat
 from t2p.model import T2PModel
 from t2p.notation import SignText
 
-TRANSITION_CONTEXT = 32       # frames of each neighbouring sign the transition window holds fixed
+# frames of each neighbouring sign the transition window holds fixed: with 3 or 8 the window starts
+# mid-sign, unlike any training sequence, and the joins were 14-15x the signs' speed (median); with
+# whole signs around the gap, 5x
+TRANSITION_CONTEXT = 32
 MIN_TRANSITION, MAX_TRANSITION = 2, 24
 
 
@@ -75,23 +79,26 @@ def transition_length(last: np.ndarray, first: np.ndarray, velocity: float) -> i
 
 def compose(model: T2PModel, texts: Sequence[TextLike], first_pose: FirstPoseLike = None,
             steps: int | None = None, guidance: float | None = None, speed: float = 1.0,
-            transition_frames: int | None = None, keep_proportions: bool = False) -> Composition:
-    """The signs of `texts` in order, joined by generated transitions; one signer (`first_pose`)."""
+            transition_frames: int | None = None, keep_proportions: bool = False,
+            max_length: int | None = None) -> Composition:
+    """The signs of `texts` in order, joined by generated transitions; one signer (`first_pose`).
+    `max_length` caps each sign's predicted length (as in `generate`)."""
     if len(texts) == 0:
         raise ValueError("nothing to compose: give at least one sign")
     validate_speed(speed)
     signs = generate(model, texts, first_poses=[first_pose] * len(texts), steps=steps, guidance=guidance,
-                     keep_proportions=keep_proportions)
+                     keep_proportions=keep_proportions, max_length=max_length)
     signs = [change_speed(sign, speed) for sign in signs]
     names = [text.text if isinstance(text, SignText) else str(text) for text in texts]
     velocity = typical_velocity(signs)
 
     windows, gaps, contexts = [], [], []
     for before, after in zip(signs[:-1], signs[1:]):
-        lead, tail = min(TRANSITION_CONTEXT, len(before)), min(TRANSITION_CONTEXT, len(after))
         gap = transition_frames or transition_length(before.data[-1], after.data[0], velocity)
-        if lead + gap + tail > model.config.max_frames:
+        if gap + 2 > model.config.max_frames:  # at least one known frame on either side
             raise ValueError(f"a transition of {gap} frames does not fit the model's {model.config.max_frames} frames")
+        context = min(TRANSITION_CONTEXT, (model.config.max_frames - gap) // 2)
+        lead, tail = min(context, len(before)), min(context, len(after))
         joints, dims = before.data.shape[1:]
         data = np.concatenate([before.data[-lead:], np.zeros((gap, joints, dims), np.float32), after.data[:tail]])
         known = np.concatenate([before.confidence[-lead:], np.zeros((gap, joints), np.float32),
@@ -238,3 +245,76 @@ def _lexicon_words(lexicon: str, spoken_language: str, signed_language: str | No
     for index in (lookup.words_index, lookup.glosses_index):
         words |= set(index.get(spoken_language, {}).get(signed_language or "", {}))
     return words
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+@dataclass
+class CompositionReport:
+    sentences: int
+    joins: dict  # method -> {"median": ..., "max": ..., "share_within_2x": ...} of join velocity ratios
+    segment_dtw_mje: dict  # "alone" / "composed" -> mean DTW-MJE of each sign against its reference
+
+    def to_markdown(self) -> str:
+        lines = ["| transition | median join ratio | largest | joins <= 2x the signs' velocity |", "|---|---|---|---|"]
+        for method, scores in self.joins.items():
+            lines.append(f"| {method} | {scores['median']:.2f} | {scores['max']:.2f} | {scores['share_within_2x']:.0%} |")
+        lines += ["", "| each sign against its reference | DTW-MJE |", "|---|---|"]
+        lines += [f"| {name} | {value:.4f} |" for name, value in self.segment_dtw_mje.items()]
+        return "\n".join(lines)
+
+
+def evaluate_composition(model: T2PModel, items: Sequence, signs_per_sentence: int = 3,
+                         steps: int | None = None) -> CompositionReport:
+    """Sentences of `signs_per_sentence` consecutive items of one language, signed by the first
+    item's signer. Per join: peak frame-to-frame velocity over the mean within-sign velocity, for the
+    generated transitions and for two transitions without a model (a straight cut, and a linear
+    blend of the same length). Per sign: DTW-MJE against its own recording, composed and alone."""
+    from tqdm import tqdm
+
+    from t2p.metrics import dtw_mje
+    by_language: dict = {}
+    for item in items:
+        by_language.setdefault(item.sign.language, []).append(item)
+    sentences = [group[begin:begin + signs_per_sentence] for group in by_language.values()
+                 for begin in range(0, len(group) - signs_per_sentence + 1, signs_per_sentence)]
+    ratios: dict[str, list[float]] = {"generated (inpainted)": [], "linear blend": [], "straight cut": []}
+    segment_errors: dict[str, list[float]] = {"alone": [], "composed": []}
+    for sentence in tqdm(sentences, desc="compose", unit="sentence", leave=False):
+        first_pose = sentence[0].sequence
+        composition = compose(model, [item.sign for item in sentence], first_pose, steps=steps)
+        alone = generate(model, [item.sign for item in sentence], [first_pose] * len(sentence), steps=steps)
+        ratios["generated (inpainted)"] += join_velocity_ratios(composition)
+        for method in ("linear blend", "straight cut"):
+            ratios[method] += join_velocity_ratios(_joined_without_model(composition, alone, method))
+        signs = [segment for segment in composition.segments if segment.kind == "sign"]
+        for item, segment, sign in zip(sentence, signs, alone):
+            reference = item.sequence
+            composed = slice(segment.begin, segment.end)
+            segment_errors["composed"].append(dtw_mje(composition.data[composed], reference.data, reference.confidence,
+                                                      predicted_confidence=composition.confidence[composed]))
+            segment_errors["alone"].append(dtw_mje(sign.data, reference.data, reference.confidence,
+                                                   predicted_confidence=sign.confidence))
+    joins = {method: {"median": float(np.median(values)), "max": float(np.max(values)),
+                      "share_within_2x": float(np.mean(np.asarray(values) <= 2.0)), "joins": len(values)}
+             for method, values in ratios.items() if values}
+    return CompositionReport(len(sentences), joins, {name: float(np.nanmean(values))
+                                                      for name, values in segment_errors.items()})
+
+
+def _joined_without_model(composition: Composition, alone: Sequence[Generated], method: str) -> Composition:
+    """The same signs joined by a straight cut, or by a linear blend as long as the generated transition."""
+    transitions = [segment for segment in composition.segments if segment.kind == "transition"]
+    pieces, segments, position = [], [], 0
+    for index, sign in enumerate(alone):
+        pieces.append((sign.data, sign.confidence))
+        segments.append(Segment(str(index), position, position + len(sign), "sign"))
+        position += len(sign)
+        if index < len(transitions) and method == "linear blend":
+            frames = transitions[index].end - transitions[index].begin
+            weights = np.linspace(0, 1, frames + 2)[1:-1].reshape(-1, 1, 1)
+            data = (1 - weights) * sign.data[-1] + weights * alone[index + 1].data[0]
+            confidence = np.repeat(np.minimum(sign.confidence[-1], alone[index + 1].confidence[0])[None], frames, 0)
+            pieces.append((data.astype(np.float32), confidence))
+            position += frames
+    return Composition(np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces]), segments)

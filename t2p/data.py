@@ -49,20 +49,53 @@ def collate(examples: Sequence[Example], max_frames: int | None = None) -> PoseB
     if not examples:
         raise ValueError("cannot collate an empty batch")
     lengths = [len(e.poses) if max_frames is None else min(len(e.poses), max_frames) for e in examples]
-    longest, longest_text = max(lengths), max(len(e.tokens) for e in examples)
+    longest = max(lengths)
     joints, dims = examples[0].poses.shape[1:]
     poses = torch.zeros(len(examples), longest, joints, dims)
     confidence = torch.zeros(len(examples), longest, joints)
-    tokens = torch.zeros(len(examples), longest_text, dtype=torch.long)
-    token_mask = torch.zeros(len(examples), longest_text, dtype=torch.bool)
+    tokens, token_mask = _pad_token_ids([example.tokens for example in examples])
     for i, (example, length) in enumerate(zip(examples, lengths)):
         poses[i, :length] = torch.as_tensor(example.poses[:length], dtype=torch.float32)
         confidence[i, :length] = torch.as_tensor(example.confidence[:length], dtype=torch.float32)
-        tokens[i, :len(example.tokens)] = torch.as_tensor(example.tokens, dtype=torch.long)
-        token_mask[i, :len(example.tokens)] = True
     length_tensor = torch.tensor(lengths)
     frame_mask = torch.arange(longest).unsqueeze(0) < length_tensor.unsqueeze(1)
     return PoseBatch(poses, confidence, frame_mask, length_tensor, tokens, token_mask)
+
+
+@dataclass
+class LengthBatch:
+    """What the length predictor learns from: the text, the first pose and the length of examples
+    drawn at random, not the length-grouped pose batch (whose near-equal lengths pulled every
+    prediction towards the batch's length: held-out MAE 3.2 -> 3.6 frames, docs/quality.md)."""
+    tokens: torch.Tensor            # (batch, tokens)
+    token_mask: torch.Tensor        # (batch, tokens) True = real token
+    first_pose: torch.Tensor        # (batch, joints, dims)
+    first_confidence: torch.Tensor  # (batch, joints)
+    lengths: torch.Tensor           # (batch,) frames
+
+    def to(self, device: torch.device | str) -> "LengthBatch":
+        return LengthBatch(*(getattr(self, name).to(device) for name in
+                             ("tokens", "token_mask", "first_pose", "first_confidence", "lengths")))
+
+
+def collate_lengths(examples: Sequence[Example]) -> LengthBatch:
+    if not examples:
+        raise ValueError("cannot collate an empty batch")
+    tokens, token_mask = _pad_token_ids([example.tokens for example in examples])
+    return LengthBatch(tokens, token_mask,
+                       torch.as_tensor(np.stack([example.poses[0] for example in examples]), dtype=torch.float32),
+                       torch.as_tensor(np.stack([example.confidence[0] for example in examples]), dtype=torch.float32),
+                       torch.tensor([len(example.poses) for example in examples]))
+
+
+def _pad_token_ids(token_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(len(ids) for ids in token_ids)
+    tokens = torch.zeros(len(token_ids), longest, dtype=torch.long)
+    mask = torch.zeros(len(token_ids), longest, dtype=torch.bool)
+    for i, ids in enumerate(token_ids):
+        tokens[i, :len(ids)] = torch.as_tensor(list(ids), dtype=torch.long)
+        mask[i, :len(ids)] = True
+    return tokens, mask
 
 
 def statistics(sequences: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict:
@@ -106,7 +139,7 @@ def statistics(sequences: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict:
 
 SPLITS = ("train", "validation", "test")
 MANIFEST_FILE = "manifest.json"
-SHARD_FORMAT_VERSION = 1
+SHARD_FORMAT_VERSION = 2  # 2: the vocabulary holds decomposed (NFD) text characters
 
 
 @dataclass
@@ -243,11 +276,15 @@ def assign_splits(items: Sequence[SourceItem], fractions: tuple[float, float, fl
 
 def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, skeleton: str = "upper_body",
             fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0, skip_bad: bool = False,
-            shard_rows: int = 256, progress: bool = True) -> dict:
+            shard_rows: int = 256, progress: bool = True, max_length_ratio: float | None = None) -> dict:
     """Read every item's `.pose` onto one skeleton and write Parquet shards per split + manifest.json.
 
     A missing or corrupt file raises `PreparationError` naming it, unless `skip_bad`, in which case
-    it is skipped and counted. Shards are written under a temporary name and renamed when complete;
+    it is skipped and counted. With `max_length_ratio`, a recording more than that many times as
+    long as the median of its language is skipped too (badly trimmed files: two Greek letters of the
+    fingerspelling lexicon run 105 and 258 frames against a median of 8, and their error was 90x
+    the median example's, a few batches that made the training loss jump tenfold); every skip is
+    listed in the manifest. Shards are written under a temporary name and renamed when complete;
     the manifest is written last, so it never lists a half-written shard.
     """
     import json
@@ -296,11 +333,18 @@ def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, sk
         if split == "train":
             train_sequences.append((sequence.data, sequence.confidence))
             train_signs.append(sign)
+    if max_length_ratio is not None:
+        rows, train_sequences, train_signs = _drop_long_outliers(rows, train_sequences, train_signs, max_length_ratio,
+                                                                 skipped)
     if chosen_skeleton is None:
         raise PreparationError(f"no readable item among {len(items)}")
     if not train_sequences:
         raise PreparationError("the training split is empty: give more items or other split fractions")
 
+    # rows in a seeded random order: sources come sorted (e.g. by language), and training reads shards
+    # whole, so a shard of one language would be an epoch's worth of one language for a worker
+    order = np.random.default_rng(seed)
+    rows = {split: [split_rows[i] for i in order.permutation(len(split_rows))] for split, split_rows in rows.items()}
     shards = []
     for split, split_rows in rows.items():
         for begin in range(0, len(split_rows), shard_rows):
@@ -335,6 +379,25 @@ def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, sk
     return manifest
 
 
+def _drop_long_outliers(rows: dict[str, list[dict]], train_sequences: list, train_signs: list, ratio: float,
+                        skipped: list[dict]) -> tuple[dict, list, list]:
+    """Rows longer than `ratio` x their language's median length, moved to `skipped`."""
+    lengths: dict[str, list[int]] = {}
+    for split_rows in rows.values():
+        for row in split_rows:
+            lengths.setdefault(row["language"] or "", []).append(row["frames"])
+    limit = {language: ratio * float(np.median(values)) for language, values in lengths.items()}
+    too_long = lambda row: row["frames"] > limit[row["language"] or ""]  # noqa: E731
+    kept_train = [i for i, row in enumerate(rows["train"]) if not too_long(row)]
+    for split_rows in rows.values():
+        for row in split_rows:
+            if too_long(row):
+                skipped.append({"path": row["source_path"], "reason": f"{row['frames']} frames, more than "
+                                f"{ratio:g}x the median of its language ({limit[row['language'] or '']:.0f} allowed)"})
+    rows = {split: [row for row in split_rows if not too_long(row)] for split, split_rows in rows.items()}
+    return rows, [train_sequences[i] for i in kept_train], [train_signs[i] for i in kept_train]
+
+
 class PreparationError(RuntimeError):
     """An item that cannot be prepared; the message names its file."""
 
@@ -360,7 +423,8 @@ def load_manifest(data_dir: str | Path) -> dict:
         raise FileNotFoundError(f"{data_dir} has no {MANIFEST_FILE}: run `t2p prepare` first")
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("t2p_shards") != SHARD_FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported shard format {manifest.get('t2p_shards')!r}")
+        raise ValueError(f"{path}: shard format {manifest.get('t2p_shards')!r}, this t2p reads format "
+                         f"{SHARD_FORMAT_VERSION}; prepare the data again (t2p prepare)")
     return manifest
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from pose_format import Pose
 
-from t2p.model import Known, Refined, T2PModel, TextEncoding, pad_tokens
+from t2p.model import Known, Refined, T2PModel, TextEncoding, interpolate_known, pad_tokens
 from t2p.notation import BOS, SignText
 from t2p.pose import PoseSequence, to_pose
 
@@ -134,6 +134,9 @@ def _refinement(model: T2PModel, texts: Sequence[TextLike], first_poses, steps, 
     x_start = start.unsqueeze(1).expand(batch, longest, joints, dims).contiguous()
     frame_mask = torch.arange(longest, device=device).unsqueeze(0) < torch.tensor(frames, device=device).unsqueeze(1)
     known, known_mask = _observed(item_observed, batch, longest, joints, dims, device)
+    any_known = bool(known_mask.any())
+    if any_known:  # gaps start from the straight path between the known values, as in training
+        x_start = interpolate_known(known, known_mask[..., 0], start)
     refine = _refiner(model, text, item_guidance, device)
 
     x_t = x_start.clone()
@@ -141,7 +144,6 @@ def _refinement(model: T2PModel, texts: Sequence[TextLike], first_poses, steps, 
     everyone = torch.arange(batch, device=device)
     proportions = torch.tensor(_per_item(keep_proportions, batch, False, "keep_proportions"), device=device)
     bones = model.skeleton.bone_tree() if bool(proportions.any()) else []
-    any_known = bool(known_mask.any())
     for step in range(longest_schedule - 1, -1, -1):
         # only the items whose schedule has begun go through the refiner
         rows = everyone if step < min(item_steps) else everyone[step < starts_at]

@@ -122,8 +122,14 @@ def tokenize_signwriting(text: str) -> list[str]:
 # --- Text -----------------------------------------------------------------------------------
 
 def tokenize_text(text: str) -> list[str]:
-    """Plain text or gloss -> NFC characters; control and unassigned characters are errors."""
-    text = unicodedata.normalize("NFC", text)
+    """Plain text or gloss -> NFD characters (a letter and its combining diacritics are separate
+    tokens); control and unassigned characters are errors.
+
+    Decomposed, "Ŕ" is "R" + a combining acute, shared with every language that writes accents: a
+    letter never seen in training still tells what it is made of (its base letter, that it has a
+    diacritic, which fingerspelling often signs with a movement of its own). Measured on held-out
+    letters, the length predictor's error fell from 3.11 to 2.90 frames (docs/quality.md)."""
+    text = unicodedata.normalize("NFD", text)
     for position, char in enumerate(text):
         if unicodedata.category(char) in ("Cc", "Cs", "Cn") and char not in " ":
             raise NotationError("text", f"invalid character U+{ord(char):04X} at position {position}")

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from t2p.config import from_dict, typed_fields
-from t2p.data import Example, PoseBatch, collate
-from t2p.model import Known, ModelConfig, T2PModel
+from t2p.data import Example, LengthBatch, PoseBatch, collate, collate_lengths
+from t2p.model import Known, ModelConfig, T2PModel, interpolate_known
 from t2p.schedule import RefinementSchedule, ScheduleConfig
 
 if TYPE_CHECKING:
@@ -39,7 +39,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     text_dropout: float = 0.1      # share of examples trained without text, for guidance
     first_pose_dropout: float = 0.0  # share of examples started from the neutral pose instead of their own
-    unknown_symbols: float = 0.0   # share of text symbols replaced by <unk>: unseen characters still mean "a sign"
+    unknown_symbols: float = 0.1   # share of text symbols replaced by <unk>: unseen characters still mean "a sign"
+    # the same for the length predictor, which learns more from the language and the symbol count
+    # than from which letter it is: held-out letters are unseen in their language (docs/quality.md)
+    length_unknown_symbols: float = 0.5
     inpainting: float = 0.3        # share of examples given some of their values (ends, dropped frames, a lost hand)
     reconstruction_weight: float = 1.0
     presence_weight: float = 0.1
@@ -53,8 +56,9 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
         if not all(0 <= value <= 1 for value in (self.text_dropout, self.first_pose_dropout, self.unknown_symbols,
-                                                 self.inpainting)):
-            raise ValueError("text_dropout, first_pose_dropout, unknown_symbols and inpainting must be in [0, 1]")
+                                                 self.length_unknown_symbols, self.inpainting)):
+            raise ValueError("text_dropout, first_pose_dropout, unknown_symbols, length_unknown_symbols and "
+                             "inpainting must be in [0, 1]")
         if self.learning_rate <= 0:
             raise ValueError("learning_rate must be > 0")
         if not 0 <= self.ema_decay < 1:
@@ -69,8 +73,10 @@ class TrainConfig:
 
 
 def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
-                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """Every loss term for one batch, and their weighted sum under "loss"."""
+                   generator: torch.Generator | None = None,
+                   lengths: LengthBatch | None = None) -> dict[str, torch.Tensor]:
+    """Every loss term for one batch, and their weighted sum under "loss". The length predictor
+    learns from `lengths` (examples drawn at random) when given, else from the batch itself."""
     schedule = RefinementSchedule(model.schedule_config)
     device = batch.poses.device
     size = batch.size
@@ -80,11 +86,7 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
     dropped = _draw(size, config.text_dropout, generator, device)
     token_mask = batch.token_mask.clone()
     token_mask[dropped, 1:] = False
-    # some symbols become <unk>, as characters never seen in training are at inference
-    hidden = model.symbol_tokens[batch.tokens] & (torch.rand(batch.tokens.shape, generator=generator) <
-                                                  config.unknown_symbols).to(device)
-    tokens = torch.where(hidden, torch.full_like(batch.tokens, model.vocabulary.unknown_id), batch.tokens)
-    text = model.encode_text(tokens, token_mask)
+    text = model.encode_text(_hide_symbols(model, batch.tokens, config.unknown_symbols, generator), token_mask)
 
     first_pose, first_confidence = batch.poses[:, 0], batch.confidence[:, 0]
     with torch.no_grad():
@@ -97,12 +99,15 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
     x_start = start.unsqueeze(1).expand(-1, frames, -1, -1)
     # where the reference is missing, its clean value is taken as the start: nothing to learn there
     clean = torch.where(observed.unsqueeze(-1), batch.poses, x_start)
-    beta = schedule.sample_training_betas(size, generator, device)
-    x_t = schedule.noisy(x_start, clean, beta, generator)
     # some examples have values given, as composition (the ends of a transition) and correction
-    # (dropped frames, a hand lost for a while) give them
+    # (dropped frames, a hand lost for a while) give them; their x_T is the straight path between
+    # the given values, as generation builds it
     given = known_values(batch.lengths, observed, config.inpainting, _hand_joints(model), generator).to(device)
     known = Known(clean, given) if config.inpainting > 0 else None
+    if known is not None:
+        x_start = interpolate_known(clean, given, start)
+    beta = schedule.sample_training_betas(size, generator, device)
+    x_t = schedule.noisy(x_start, clean, beta, generator)
     refined = model.refine(x_t, start, beta, text, batch.frame_mask, known)
     predicted = refined.poses
 
@@ -119,8 +124,9 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
     velocity_error = ((((predicted[:, 1:] - predicted[:, :-1]) - (clean[:, 1:] - clean[:, :-1])) / scale) ** 2).sum(-1)
     smoothness = (velocity_error * velocity_weights).sum() / velocity_weights.sum().clamp(min=1)
 
-    # the length is learned from the text it will be predicted from: not from the dropped ones
-    length = _length_loss(model, text, start, start_confidence, batch.lengths, ~dropped)
+    if lengths is None:
+        lengths = LengthBatch(batch.tokens, batch.token_mask, first_pose, first_confidence, batch.lengths)
+    length = _length_loss(model, lengths, config.length_unknown_symbols, generator)
     first_pose_loss = _first_pose_loss(model, first_pose, first_confidence, generator)
 
     total = (config.reconstruction_weight * reconstruction + config.presence_weight * presence
@@ -173,19 +179,33 @@ def _draw(size: int, probability: float, generator: torch.Generator | None, devi
     return (torch.rand(size, generator=generator) < probability).to(device)
 
 
-def _length_loss(model: T2PModel, text, start: torch.Tensor, start_confidence: torch.Tensor,
-                 lengths: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+def _hide_symbols(model: T2PModel, tokens: torch.Tensor, share: float,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    """Some symbols become <unk>, as characters never seen in training are at inference."""
+    # tokens: (batch, tokens)
+    hidden = model.symbol_tokens[tokens] & (torch.rand(tokens.shape, generator=generator) < share).to(tokens.device)
+    return torch.where(hidden, torch.full_like(tokens, model.vocabulary.unknown_id), tokens)
+
+
+def _length_loss(model: T2PModel, batch: LengthBatch, unknown_symbols: float,
+                 generator: torch.Generator | None) -> torch.Tensor:
     """Absolute error of the log-length (its minimiser is the median, which minimises the length
     MAE), plus the Laplace NLL of the spread around the detached location. Both have bounded
     gradients: the Gaussian NLL used before shrank its variance until its gradients were 50x the
-    reconstruction's, and global gradient clipping then starved every other term."""
-    location, log_variance = model.predict_length(text, start, start_confidence)
+    reconstruction's, and global gradient clipping then starved every other term. The text is
+    never dropped here: the length is predicted from the text (guidance drops it for the refiner)."""
+    from t2p.model import TextEncoding
+    tokens = _hide_symbols(model, batch.tokens, unknown_symbols, generator)
+    text = TextEncoding(None, batch.token_mask, tokens)  # the length predictor reads the tokens themselves
+    with torch.no_grad():
+        start = model.complete_first_pose(batch.first_pose, batch.first_confidence)
+    location, log_variance = model.predict_length(text, start, batch.first_confidence)
+    lengths = batch.lengths
     target = lengths.float().clamp(min=1).log()
     log_variance = log_variance.clamp(min=math.log(0.01 ** 2))  # a spread of at least 1%
     scaled_error = (target - location.detach()).abs() / torch.exp(0.5 * log_variance)
     per_example = (target - location).abs() + 0.5 * log_variance + scaled_error  # (batch,)
-    weights = kept.float()
-    return (per_example * weights).sum() / weights.sum().clamp(min=1)
+    return per_example.mean()
 
 
 def _first_pose_loss(model: T2PModel, pose: torch.Tensor, confidence: torch.Tensor,
@@ -243,8 +263,9 @@ class TrainingObjective(torch.nn.Module):
         self.model = model
         self.config = config
 
-    def forward(self, batch: PoseBatch, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        return compute_losses(self.model, batch, self.config, generator)
+    def forward(self, batch: PoseBatch, generator: torch.Generator | None = None,
+                lengths: LengthBatch | None = None) -> dict[str, torch.Tensor]:
+        return compute_losses(self.model, batch, self.config, generator, lengths)
 
 
 def unwrap(objective: torch.nn.Module) -> T2PModel:
@@ -254,10 +275,10 @@ def unwrap(objective: torch.nn.Module) -> T2PModel:
 
 def train_step(objective: torch.nn.Module, batch: PoseBatch, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, grad_clip: float,
-               generator: torch.Generator | None = None) -> dict[str, float]:
+               generator: torch.Generator | None = None, lengths: LengthBatch | None = None) -> dict[str, float]:
     """One optimisation step of a `TrainingObjective`, which may be wrapped by DistributedDataParallel."""
     objective.train()
-    losses = objective(batch, generator)
+    losses = objective(batch, generator, lengths)
     optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
     torch.nn.utils.clip_grad_norm_(objective.parameters(), grad_clip)
@@ -287,14 +308,14 @@ def fit(model: T2PModel, examples: Sequence[Example], config: TrainConfig,
     objective = TrainingObjective(model, config)
     optimizer, scheduler = make_optimizer(objective, config, total)
     history = []
-    for batch in _batches(examples, config, generator, iterations):
-        history.append(train_step(objective, batch, optimizer, scheduler, config.grad_clip, generator))
+    for batch, lengths in _batches(examples, config, generator, iterations):
+        history.append(train_step(objective, batch, optimizer, scheduler, config.grad_clip, generator, lengths))
     model.eval()
     return history
 
 
 def _batches(examples: Sequence[Example], config: TrainConfig, generator: torch.Generator,
-             iterations: int | None) -> Iterable[PoseBatch]:
+             iterations: int | None) -> Iterable[tuple[PoseBatch, LengthBatch]]:
     produced = 0
     epoch = 0
     lengths = [len(example.poses) for example in examples]
@@ -305,12 +326,19 @@ def _batches(examples: Sequence[Example], config: TrainConfig, generator: torch.
             for batch in length_batches([lengths[i] for i in window], config.batch_size, generator):
                 if iterations is not None and produced >= iterations:
                     return
-                yield collate([examples[window[i]] for i in batch])
+                yield collate([examples[window[i]] for i in batch]), random_lengths(
+                    [examples[i] for i in window], config.batch_size, generator)
                 produced += 1
         epoch += 1
 
 
 BUCKET_BATCHES = 8  # batches drawn together and grouped by length
+
+
+def random_lengths(window: Sequence[Example], size: int, generator: torch.Generator) -> LengthBatch:
+    """`size` examples drawn at random from the current window, for the length predictor."""
+    chosen = torch.randperm(len(window), generator=generator)[:size].tolist()
+    return collate_lengths([window[i] for i in chosen])
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
@@ -384,20 +412,26 @@ def validation_metrics(model: T2PModel, items: Sequence["PreparedItem"], steps: 
 
 CALIBRATION_STEPS = (1, 3, 10)
 CALIBRATION_GUIDANCE = (1.0, 2.0)
+CALIBRATION_TOLERANCE = 0.01  # a setting within 1% of the best validation DTW-MJE counts as as good
 
 
 def choose_generation_defaults(model: T2PModel, items: Sequence["PreparedItem"],
                                steps: Sequence[int] = CALIBRATION_STEPS,
                                guidance: Sequence[float] = CALIBRATION_GUIDANCE) -> list[dict]:
-    """Score every (steps, guidance) on validation items and make the best one (lowest DTW-MJE;
-    the fewest steps and least guidance among equals) the model's default. Returns the table."""
+    """Score every (steps, guidance) on validation items and make the cheapest good one the model's
+    default: the fewest steps (then the least guidance) within CALIBRATION_TOLERANCE of the lowest
+    DTW-MJE. Steps cost time linearly, and on the default data 1 step scores within 1% of 10
+    (docs/quality.md): exact ties almost never happen, so a strict minimum paid 10x the time for
+    noise. Returns the table."""
     from dataclasses import replace
     table = []
     for step_count in steps:
         for scale in guidance:
             metrics = validation_metrics(model, items, step_count, scale)
             table.append({"steps": step_count, "guidance": scale, **metrics})
-    best = min(table, key=lambda row: (round(row["val_dtw_mje"], 4), row["steps"], row["guidance"]))
+    lowest = min(row["val_dtw_mje"] for row in table)
+    good = [row for row in table if row["val_dtw_mje"] <= lowest * (1 + CALIBRATION_TOLERANCE)]
+    best = min(good, key=lambda row: (row["steps"], abs(row["guidance"] - 1), row["val_dtw_mje"]))
     model.schedule_config = replace(model.schedule_config, steps=best["steps"], guidance=best["guidance"])
     for row in table:
         row["chosen"] = row is best
@@ -449,6 +483,9 @@ def route_settings(settings: dict[str, str]) -> tuple[dict, dict, dict]:
     return model, train, schedule
 
 
+CHECKPOINT_ERROR = "t2p: the checkpoint"
+
+
 def train_loop_per_worker(config: dict) -> None:
     """The Ray Train worker: a plain PyTorch loop over this worker's shard of the training data."""
     import os
@@ -474,11 +511,18 @@ def train_loop_per_worker(config: dict) -> None:
     model = T2PModel(model_config, schedule_config)
     start_epoch, saved_state, history = 0, None, []
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and config.get("resume_from"):  # an interrupted run (see `latest_checkpoint`)
+        checkpoint = ray.train.Checkpoint.from_directory(config["resume_from"])
     if checkpoint:  # resuming: weights, their average, optimiser, schedule position and the metrics so far
         with checkpoint.as_directory() as directory:
-            saved_state = torch.load(Path(directory) / "train_state.pt", weights_only=True)
-            history = json.loads((Path(directory) / "metrics.json").read_text())
-        model.load_state_dict(saved_state["weights"])
+            try:
+                saved_state = torch.load(Path(directory) / "train_state.pt", weights_only=True)
+                history = json.loads((Path(directory) / "metrics.json").read_text())
+                model.load_state_dict(saved_state["weights"])
+            except Exception as error:  # never skipped silently: the run would restart from scratch
+                raise RuntimeError(f"{CHECKPOINT_ERROR} {checkpoint.path} cannot be read ({type(error).__name__}: "
+                                   f"{str(error)[:200]}); move it away to resume from the one before, or train "
+                                   "into a new --out") from None
         start_epoch = int(saved_state["epoch"]) + 1
     device = ray.train.torch.get_device()
     # DDP (more than one worker) wraps the objective, whose forward is the loss: gradients are averaged
@@ -506,17 +550,19 @@ def train_loop_per_worker(config: dict) -> None:
             Path(failure["marker"]).write_text(f"failed at epoch {epoch}")  # once: the restarted run goes on
             raise RuntimeError(f"injected failure at epoch {epoch} (test hook)")
         sums: dict[str, float] = {}
-        batches, examples_seen = 0, 0
+        batches, examples_seen, ids_seen = 0, 0, set()
         window = BUCKET_BATCHES * train_config.batch_size
         for rows in shard.iter_batches(batch_size=window, batch_format="numpy",
                                        local_shuffle_buffer_size=2 * window,
                                        local_shuffle_seed=train_config.seed + 1000 * rank + epoch):
             examples = decode(rows)
             examples_seen += len(examples)
+            ids_seen.update(str(row_id) for row_id in rows["id"])
             for members in length_batches([len(example.poses) for example in examples], train_config.batch_size,
                                           generator):
                 batch = collate([examples[i] for i in members], model_config.max_frames).to(device)
-                losses = train_step(wrapped, batch, optimizer, scheduler, train_config.grad_clip, generator)
+                lengths = random_lengths(examples, train_config.batch_size, generator).to(device)
+                losses = train_step(wrapped, batch, optimizer, scheduler, train_config.grad_clip, generator, lengths)
                 if average is not None:
                     average.update_parameters(core)
                 for name, value in losses.items():
@@ -525,10 +571,13 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = {f"train_{name}": value / max(batches, 1) for name, value in sums.items()}
         # examples trained on by all workers together: the whole split once per epoch when shards are disjoint
         metrics.update(epoch=epoch, learning_rate=scheduler.get_last_lr()[0],
-                       train_examples=_sum_over_workers(examples_seen, device))
+                       train_examples=_sum_over_workers(examples_seen, device),
+                       train_distinct_examples=_distinct_over_workers(ids_seen), started_at_epoch=start_epoch)
         last = epoch == train_config.epochs - 1
         if not (last or (epoch + 1) % every == 0):
             history.append(metrics)
+            if logger is not None:
+                logger.log(metrics, step=epoch)
             continue  # validation and checkpoints only every few epochs: each costs as much as an epoch here
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
@@ -536,6 +585,7 @@ def train_loop_per_worker(config: dict) -> None:
                 # validated with the model's own default step count, the one saved with it
                 metrics.update(validation_metrics(exported.eval(), validation, schedule_config.steps))
                 history.append(metrics)
+                _append_progress(job.out, metrics)
                 if logger is not None:
                     logger.log(metrics, step=epoch)
                 exported.save(Path(directory) / "model")
@@ -551,6 +601,55 @@ def train_loop_per_worker(config: dict) -> None:
         logger.finish()
 
 
+PROGRESS_FILE = "progress.jsonl"
+
+
+def _append_progress(out: str, metrics: dict) -> None:
+    """One line per validated epoch, which the driver prints while Ray Train runs (worker output
+    stays in Ray's logs: printed as it comes, Ray Data's progress bars flood the console)."""
+    with open(Path(out) / PROGRESS_FILE, "a") as handle:
+        handle.write(json.dumps(metrics) + "\n")
+
+
+class ProgressPrinter:
+    """Prints the epochs a run's rank 0 appends to PROGRESS_FILE, from a thread, while `fit` blocks."""
+
+    def __init__(self, out: Path, epochs: int, interval: float = 2.0):
+        import threading
+        self.path, self.epochs, self.interval = Path(out) / PROGRESS_FILE, epochs, interval
+        self.seen = self.path.stat().st_size if self.path.exists() else 0  # a resumed run's earlier lines
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "ProgressPrinter":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._print_new()
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self._print_new()
+
+    def _print_new(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path) as handle:
+            handle.seek(self.seen)
+            text = handle.read()
+        complete = text[:text.rfind("\n") + 1]  # a line still being written waits for the next look
+        self.seen += len(complete.encode())
+        for line in complete.splitlines():
+            metrics = json.loads(line)
+            print(f"epoch {int(metrics['epoch']) + 1}/{self.epochs}: loss {metrics.get('train_loss', float('nan')):.4f}, "
+                  f"validation DTW-MJE {metrics.get('val_dtw_mje', float('nan')):.4f} "
+                  f"(static {metrics.get('val_static_dtw_mje', float('nan')):.4f}), "
+                  f"length error {metrics.get('val_length_error', float('nan')):.2f} frames", flush=True)
+
+
 def _sum_over_workers(value: int, device) -> int:
     import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()):
@@ -558,6 +657,17 @@ def _sum_over_workers(value: int, device) -> int:
     total = torch.tensor([value], dtype=torch.long, device=device)
     dist.all_reduce(total)
     return int(total.item())
+
+
+def _distinct_over_workers(ids: set[str]) -> int:
+    """How many different rows all workers together read: equal to the rows read when their shards
+    are disjoint."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return len(ids)
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, ids)
+    return len(set().union(*gathered))
 
 
 def _wandb_logger(job: TrainingJob, config: dict):
@@ -597,7 +707,9 @@ def ensure_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
     if not quiet:
         print("t2p: no Ray cluster given (RAY_ADDRESS unset): starting a local Ray instance on this machine",
               flush=True)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+    # address="local": a new instance of this process's own, never one that another program started
+    # on this machine (which the run would share, and whose leftovers it would wait behind)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_TRAIN_V2_ENABLED": "1"}})
 
 
@@ -632,12 +744,20 @@ def run_training(job: TrainingJob, callbacks: Sequence = (), inject_failure: dic
     job = fit_workers_to_cluster(job)
     # reading a shard is light work: a fraction of a CPU, so reads still fit beside the workers
     # (and beside a Tune trial's own reservation) on a small machine
-    train_data = ray.data.read_parquet(shard_paths(data, "train"), num_cpus=DATA_CPUS)
+    # shard files in a new seeded order every epoch (execution), on top of the rows' local shuffle
+    file_order = ray.data.FileShuffleConfig(seed=train_config.seed, reseed_after_execution=True)
+    context = ray.data.DataContext.get_current()
+    if hasattr(context, "use_datasource_v2"):
+        # Ray 2.60's new read path lists files in a task that asks for a whole CPU whatever the read's
+        # num_cpus: beside 1-CPU workers on a small machine it was never scheduled and training hung
+        context.use_datasource_v2 = False
+    train_data = ray.data.read_parquet(shard_paths(data, "train"), num_cpus=DATA_CPUS, shuffle=file_order)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.to_dict(), "model_config": asdict(model_config),
                            "train_config": train_config.to_dict(), "schedule_config": schedule_config.to_dict(),
-                           "train_rows": manifest["counts"]["train"], "inject_failure": inject_failure},
+                           "train_rows": manifest["counts"]["train"], "inject_failure": inject_failure,
+                           "resume_from": latest_checkpoint(out / job.name)},
         scaling_config=ray.train.ScalingConfig(num_workers=job.workers, use_gpu=job.gpu,
                                                resources_per_worker={"CPU": job.cpus_per_worker}),
         datasets={"train": train_data},
@@ -647,9 +767,13 @@ def run_training(job: TrainingJob, callbacks: Sequence = (), inject_failure: dic
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_dtw_mje",
                                                          checkpoint_score_order="min")),
     )
-    result = trainer.fit()
+    try:
+        with ProgressPrinter(out, train_config.epochs):
+            result = trainer.fit()
+    except Exception as error:
+        raise _worker_error(error) from error
     if result.error:
-        raise result.error
+        raise _worker_error(result.error) from result.error
     best = export_run(out, result)
     if not job.calibrate:  # e.g. a sweep over steps: the trial's own setting is what is measured
         return {**best, "steps": schedule_config.steps, "guidance": schedule_config.guidance,
@@ -661,6 +785,23 @@ def run_training(job: TrainingJob, callbacks: Sequence = (), inject_failure: dic
     (out / "generation.json").write_text(json.dumps(table, indent=1))
     chosen = next(row for row in table if row["chosen"])
     return {**best, "steps": chosen["steps"], "guidance": chosen["guidance"], "val_dtw_mje_chosen": chosen["val_dtw_mje"]}
+
+
+def latest_checkpoint(run_dir: Path) -> str | None:
+    """The newest checkpoint folder of a run, or None. Ray Train restores a run from its own
+    snapshot, which it writes when the run ends; a run stopped before (Ctrl-C, a lost machine) has
+    checkpoints but no snapshot, and would start again from nothing."""
+    folders = sorted(path for path in Path(run_dir).glob("checkpoint_*") if path.is_dir())  # named by time
+    return str(folders[-1]) if folders else None
+
+
+def _worker_error(error: BaseException) -> BaseException:
+    """A worker's own message where t2p wrote one (e.g. an unreadable checkpoint, by path) as one
+    ValueError line for the CLI; anything else as Ray raised it."""
+    for line in str(error).splitlines():
+        if CHECKPOINT_ERROR in line:
+            return ValueError(line[line.index(CHECKPOINT_ERROR):])
+    return error
 
 
 DATA_CPUS = 0.25  # what the shard reads need beside the workers
@@ -678,18 +819,22 @@ def fit_workers_to_cluster(job: TrainingJob) -> TrainingJob:
     import ray
     from dataclasses import replace
     resources = ray.cluster_resources()
-    if job.gpu and resources.get("GPU", 0) < (job.workers if not os.environ.get("RAY_ADDRESS") else 1):
-        raise RuntimeError(f"--gpu asks for {job.workers} GPU worker(s); this Ray cluster has "
-                           f"{int(resources.get('GPU', 0))} GPU(s)")
+    gpus = int(resources.get("GPU", 0))
     if os.environ.get("RAY_ADDRESS"):
+        if job.gpu and gpus < job.workers:  # an autoscaler (cluster.yaml's GPU workers) may still add them
+            print(f"t2p: --gpu asks for {job.workers} GPU worker(s) and this cluster has {gpus} GPU(s) now; "
+                  "the run starts when the autoscaler has added them", flush=True)
         return job
+    # ValueError: the CLI prints it as one line (these are the user's request, not a crash)
+    if job.gpu and gpus < job.workers:
+        raise ValueError(f"--gpu asks for {job.workers} GPU worker(s); this machine's Ray has {gpus} GPU(s)")
     cpus = resources.get("CPU", 1)
     if job.workers * job.cpus_per_worker + DATA_CPUS <= cpus:
         return job
     share = round((cpus - DATA_CPUS) / job.workers, 3)
     if share < 0.05:
-        raise RuntimeError(f"{job.workers} workers do not fit this machine's {cpus:g} CPUs; use --workers "
-                           f"{max(1, int(cpus))} or fewer")
+        raise ValueError(f"{job.workers} worker(s) do not fit this machine's {cpus:g} CPUs beside data loading "
+                         f"({DATA_CPUS:g} CPU); use --workers {max(1, int(cpus - DATA_CPUS))} or fewer")
     print(f"t2p: {job.workers} workers x {job.cpus_per_worker:g} CPU do not fit this machine's {cpus:g} CPUs "
           f"beside data loading; each worker gets {share:g} CPU", flush=True)
     return replace(job, cpus_per_worker=share)

@@ -265,7 +265,10 @@ def test_the_best_measured_steps_and_guidance_become_the_model_default(real_mode
         table = choose_generation_defaults(real_model, items, steps=(1, 4), guidance=(1.0, 3.0))
         assert [(row["steps"], row["guidance"]) for row in table] == [(1, 1.0), (1, 3.0), (4, 1.0), (4, 3.0)]
         (chosen,) = [row for row in table if row["chosen"]]
-        assert round(chosen["val_dtw_mje"], 4) == min(round(row["val_dtw_mje"], 4) for row in table)
+        lowest = min(row["val_dtw_mje"] for row in table)
+        good = [row for row in table if row["val_dtw_mje"] <= lowest * 1.01]
+        assert chosen in good  # as good as the best, within 1% ...
+        assert chosen["steps"] == min(row["steps"] for row in good)  # ... and the cheapest such
         assert (real_model.schedule_config.steps, real_model.schedule_config.guidance) == (chosen["steps"],
                                                                                            chosen["guidance"])
     finally:

@@ -9,6 +9,7 @@ from t2p.cli import CommandError, add_device_option, add_verb, resolve_device
 
 DEFAULT_DATA = "data/fingerspelling"
 DEFAULT_RUN = "runs/default"
+FINGERSPELLING_LENGTH_RATIO = 4.0  # the shipped lexicon has two badly trimmed files (t2p.data.prepare)
 
 
 def register(subparsers) -> None:
@@ -38,6 +39,9 @@ def _register_prepare(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the split assignment")
     parser.add_argument("--skip-bad", action="store_true", help="skip missing/corrupt files instead of failing")
     parser.add_argument("--shard-rows", type=int, default=256, help="rows per Parquet shard")
+    parser.add_argument("--max-length-ratio", type=float, metavar="R",
+                        help="skip recordings more than R times as long as their language's median (badly trimmed "
+                             f"files); default {FINGERSPELLING_LENGTH_RATIO:g} for --source fingerspelling, else off")
     parser.set_defaults(handler=prepare_command)
 
 
@@ -56,39 +60,57 @@ def prepare_command(args: argparse.Namespace) -> int:
     else:
         items = data.index_items(args.index)
     try:
+        ratio = args.max_length_ratio
+        if ratio is None and args.source == "fingerspelling":
+            ratio = FINGERSPELLING_LENGTH_RATIO
+        if ratio is not None and ratio <= 1:
+            raise CommandError(f"--max-length-ratio must be > 1, got {ratio:g}")
         manifest = data.prepare(items, args.out, source=args.source, skeleton=args.skeleton, fractions=fractions,
-                                seed=args.seed, skip_bad=args.skip_bad, shard_rows=args.shard_rows)
+                                seed=args.seed, skip_bad=args.skip_bad, shard_rows=args.shard_rows,
+                                max_length_ratio=ratio)
     except data.PreparationError as error:
         raise CommandError(str(error)) from None
     counts = manifest["counts"]
     print(f"prepared {sum(counts.values())} sequences into {args.out}: "
           + ", ".join(f"{split} {count}" for split, count in counts.items()))
     if manifest["skipped"]:
-        print(f"skipped {len(manifest['skipped'])} unreadable item(s); listed in {args.out}/manifest.json")
+        print(f"skipped {len(manifest['skipped'])} item(s) (unreadable or too long); listed in {args.out}/manifest.json")
     return 0
 
 
 # --- train ---------------------------------------------------------------------------------------
 
+# Defaults of the training flags; the parser's own defaults are None, so that a resumed run can tell
+# a flag the user gave (and must match the saved job) from one left out (the saved value stands).
+TRAINING_DEFAULTS = {"data": Path(DEFAULT_DATA), "workers": 1, "device": "cpu", "cpus_per_worker": 1.0,
+                     "max_failures": 1, "validation_items": 64, "validate_every": 0}
+
+
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), help="prepared shards (t2p prepare)")
-    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers")
+    defaults = TRAINING_DEFAULTS
+    parser.add_argument("--data", type=Path, help=f"prepared shards (t2p prepare; default {defaults['data']})")
+    parser.add_argument("--workers", type=int, help=f"Ray Train workers (default {defaults['workers']})")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker (the same as --device cuda)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                        help="where the workers train: cuda reserves one GPU per worker")
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0,
-                        help="CPUs reserved per worker (on a local Ray, lowered to fit beside data loading)")
-    parser.add_argument("--max-failures", type=int, default=1, metavar="N",
-                        help="worker failures survived by restarting from the last checkpoint")
+    parser.add_argument("--device", choices=["cpu", "cuda"],
+                        help="where the workers train: cuda reserves one GPU per worker (default cpu)")
+    parser.add_argument("--cpus-per-worker", type=float,
+                        help="CPUs reserved per worker (default 1; on a local Ray, lowered to fit beside data loading)")
+    parser.add_argument("--max-failures", type=int, metavar="N",
+                        help=f"worker failures survived by restarting from the last checkpoint (default {defaults['max_failures']})")
     parser.add_argument("--epochs", type=int, help="epochs (default: TrainConfig.epochs)")
     parser.add_argument("--batch-size", type=int, help="batch size per worker")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any model, training or schedule setting, e.g. --set d_model=256 --set steps=20")
-    parser.add_argument("--validation-items", type=int, default=64,
-                        help="validation items scored at each validation (evenly spaced over the split)")
-    parser.add_argument("--validate-every", type=int, default=0, metavar="EPOCHS",
-                        help="epochs between validations and checkpoints (0: about 20 in a run)")
+    parser.add_argument("--validation-items", type=int,
+                        help=f"validation items scored at each validation, evenly spaced over the split (default {defaults['validation_items']})")
+    parser.add_argument("--validate-every", type=int, metavar="EPOCHS",
+                        help="epochs between validations and checkpoints (default 0: about 20 in a run)")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline without a key)")
+
+
+def _option(args: argparse.Namespace, name: str):
+    value = getattr(args, name)
+    return TRAINING_DEFAULTS[name] if value is None else value
 
 
 def _register_train(subparsers) -> None:
@@ -113,36 +135,45 @@ def training_job_from_args(args: argparse.Namespace):
         train["epochs"] = args.epochs
     if args.batch_size is not None:
         train["batch_size"] = args.batch_size
-    if args.workers < 1:
+    if _option(args, "workers") < 1:
         raise CommandError("--workers must be >= 1")
-    if args.max_failures < 0:
+    if _option(args, "max_failures") < 0:
         raise CommandError("--max-failures must be >= 0")
-    if args.validate_every < 0 or args.validation_items < 1:
+    if _option(args, "validate_every") < 0 or _option(args, "validation_items") < 1:
         raise CommandError("--validate-every must be >= 0 and --validation-items >= 1")
-    return TrainingJob(data=str(args.data), out=str(args.out), workers=args.workers,
-                       gpu=args.gpu or args.device == "cuda",
-                       cpus_per_worker=args.cpus_per_worker, model=model, train=train, schedule=schedule,
-                       validation_items=args.validation_items, validate_every=args.validate_every, wandb=args.wandb,
-                       max_failures=args.max_failures)
+    return TrainingJob(data=str(_option(args, "data")), out=str(args.out), workers=_option(args, "workers"),
+                       gpu=args.gpu or _option(args, "device") == "cuda",
+                       cpus_per_worker=_option(args, "cpus_per_worker"), model=model, train=train, schedule=schedule,
+                       validation_items=_option(args, "validation_items"),
+                       validate_every=_option(args, "validate_every"), wandb=args.wandb,
+                       max_failures=_option(args, "max_failures"))
 
 
-def _refuse_changed_settings(args: argparse.Namespace, saved) -> None:
-    """A resumed run continues the saved job: a flag asking for something else is an error, not ignored."""
+def changed_settings(args: argparse.Namespace, saved, only_given: bool) -> list[str]:
+    """The flags whose value differs from the saved job's (epochs may change: a run can be extended).
+    With `only_given`, flags left out keep the saved value (`--resume RUN`); without, every flag counts
+    (re-running `t2p train --out RUN` into a run that already has a job.json)."""
     asked = training_job_from_args(args)
-    set_changed = any(saved_part.get(key) != value
-                      for part, saved_part in ((asked.model, saved.model), (asked.train, saved.train),
-                                               (asked.schedule, saved.schedule))
-                      for key, value in part.items() if key not in ("epochs", "batch_size"))
-    changed = [flag for flag, differs in (
-        ("--workers", args.workers != 1 and asked.workers != saved.workers),
-        ("--gpu/--device", asked.gpu != saved.gpu and (args.gpu or args.device != "cpu")),
-        ("--cpus-per-worker", args.cpus_per_worker != 1.0 and asked.cpus_per_worker != saved.cpus_per_worker),
-        ("--batch-size", args.batch_size is not None and asked.train["batch_size"] != saved.train.get("batch_size")),
-        ("--set", set_changed),
-    ) if differs]
-    if changed:
-        raise CommandError(f"--resume continues {args.resume} as it was started; {', '.join(changed)} differ(s) "
-                           f"from its job.json: start a new run with --out instead")
+    given = lambda name: not only_given or getattr(args, name) not in (None, False)  # noqa: E731
+    settings = {key for part in (asked.model, asked.train, asked.schedule) for key in part} | \
+        ({key for part in (saved.model, saved.train, saved.schedule) for key in part} if not only_given else set())
+    settings -= {"epochs", "batch_size"}
+    set_changed = any(asked_part.get(key) != saved_part.get(key) for key in settings
+                      for asked_part, saved_part in ((asked.model, saved.model), (asked.train, saved.train),
+                                                     (asked.schedule, saved.schedule)))
+    checks = (
+        ("--data", given("data"), str(Path(asked.data).resolve()), str(Path(saved.data).resolve())),
+        ("--workers", given("workers"), asked.workers, saved.workers),
+        ("--gpu/--device", given("gpu") or given("device"), asked.gpu, saved.gpu),
+        ("--cpus-per-worker", given("cpus_per_worker"), asked.cpus_per_worker, saved.cpus_per_worker),
+        ("--max-failures", given("max_failures"), asked.max_failures, saved.max_failures),
+        ("--validation-items", given("validation_items"), asked.validation_items, saved.validation_items),
+        ("--validate-every", given("validate_every"), asked.validate_every, saved.validate_every),
+        ("--wandb", given("wandb"), asked.wandb, saved.wandb),
+        ("--batch-size", given("batch_size"), asked.train.get("batch_size"), saved.train.get("batch_size")),
+    )
+    changed = [flag for flag, counts, mine, theirs in checks if counts and mine != theirs]
+    return changed + (["--set"] if set_changed else [])
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -154,12 +185,23 @@ def train_command(args: argparse.Namespace) -> int:
         if not saved.is_file():
             raise CommandError(f"{args.resume} is not a t2p run folder (no job.json)")
         job = TrainingJob.from_dict(json.loads(saved.read_text())["job"])
-        _refuse_changed_settings(args, job)
+        changed = changed_settings(args, job, only_given=True)
+        if changed:
+            raise CommandError(f"--resume continues {args.resume} as it was started; {', '.join(changed)} "
+                               "differ(s) from its job.json: start a new run with --out instead")
         if args.epochs is not None:
             job.train["epochs"] = args.epochs
         print(f"resuming {args.resume} (epochs: {job.train.get('epochs', 'default')})")
     else:
         job = training_job_from_args(args)
+        saved = Path(job.out) / "job.json"
+        if saved.is_file():  # the same command again (after Ctrl-C, a lost machine) continues that run
+            changed = changed_settings(args, TrainingJob.from_dict(json.loads(saved.read_text())["job"]),
+                                       only_given=False)
+            if changed:
+                raise CommandError(f"{job.out} holds a run started with other settings ({', '.join(changed)} "
+                                   "differ); continue it with --resume, or train into a new --out")
+            print(f"continuing the run in {job.out} from its last checkpoint")
     best = run_training(job)
     out = Path(job.out)
     print(f"best epoch {best.get('epoch')}: validation DTW-MJE {best['val_dtw_mje']:.4f} "
@@ -379,7 +421,8 @@ def quickstart_command(args: argparse.Namespace) -> int:
 
     started = time.time()
     if not (args.data / data.MANIFEST_FILE).is_file():
-        manifest = data.prepare(data.fingerspelling_items(), args.data, source="fingerspelling")
+        manifest = data.prepare(data.fingerspelling_items(), args.data, source="fingerspelling",
+                                max_length_ratio=FINGERSPELLING_LENGTH_RATIO)
         print(f"prepared {sum(manifest['counts'].values())} fingerspelling sequences into {args.data}")
     train = {"epochs": args.epochs} if args.epochs else {}
     best = run_training(TrainingJob(data=str(args.data), out=str(args.out), train=train))
