@@ -24,7 +24,7 @@ from pose_format import Pose
 
 from t2p.model import Known, Refined, T2PModel, TextEncoding, interpolate_known, pad_tokens
 from t2p.notation import BOS, SignText
-from t2p.pose import PoseSequence, to_pose
+from t2p.pose import PoseSequence, in_layout, to_pose
 
 TextLike = Union[SignText, str]
 FirstPoseLike = Union[None, PoseSequence, np.ndarray, tuple]
@@ -309,8 +309,9 @@ def generate_chain(model: T2PModel, texts: Sequence[TextLike], first_pose: First
 
 def as_pose(model: T2PModel, sequence: Generated, first_pose: PoseSequence | None = None,
             hide_resting_hands: bool = True) -> Pose:
-    """A generated sequence as a pose-format `Pose`, in the space of the first pose it started from
-    (or the training data's space when it started from the neutral pose); joints predicted absent
+    """A generated sequence as a pose-format `Pose`, in the space and file layout of the first pose
+    it started from (or the model's skeleton in the training data's space when it started from the
+    neutral pose); joints predicted absent
     are written with confidence 0, and so is a hand resting low outside the signing space
     (spoken-to-signed's `hide_lowered_hands`), rather than drawn floating."""
     if first_pose is not None:
@@ -322,6 +323,8 @@ def as_pose(model: T2PModel, sequence: Generated, first_pose: PoseSequence | Non
     if hide_resting_hands and _has_holistic_arms(model):
         from spoken_to_signed.gloss_to_pose.concatenate import hide_lowered_hands
         pose = hide_lowered_hands(pose)
+    if first_pose is not None and first_pose.layout is not None:
+        pose = in_layout(pose, model.skeleton, first_pose.layout)  # the first pose's file layout
     return pose
 
 

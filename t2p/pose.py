@@ -209,6 +209,15 @@ class Normalization:
 
 
 @dataclass
+class Layout:
+    """The layout of a file a sequence was read from: its header and first frame (every point of it,
+    also those the skeleton lacks), so that output can be written back in it."""
+    header: PoseHeader
+    first_frame: np.ndarray       # (points, dims) raw coordinates, 0 where missing
+    first_confidence: np.ndarray  # (points,)
+
+
+@dataclass
 class PoseSequence:
     """One person's joints over time on a skeleton, shoulder-normalised."""
     data: np.ndarray        # (frames, joints, dims) float32, 0 where missing
@@ -216,6 +225,7 @@ class PoseSequence:
     fps: float
     normalization: Normalization
     canvas: tuple[int, int, int] = (500, 500, 0)  # header dimensions of the source
+    layout: Layout | None = None                  # the source file's layout, when read from one
 
     @property
     def num_frames(self) -> int:
@@ -288,8 +298,10 @@ def to_sequence(pose: Pose, skeleton: Skeleton, normalize: bool = True) -> PoseS
     center[:shared_dims] = normalization.center[:shared_dims]
     normalization = Normalization(center, normalization.scale)
     dims = pose.header.dimensions
+    layout = Layout(pose.header, np.ma.filled(np.ma.asarray(pose.body.data[0, 0]), 0.0).astype(np.float32),
+                    confidence[0].astype(np.float32))
     return PoseSequence(out, out_confidence, float(pose.body.fps), normalization,
-                        (int(dims.width), int(dims.height), int(getattr(dims, "depth", 0) or 0)))
+                        (int(dims.width), int(dims.height), int(getattr(dims, "depth", 0) or 0)), layout)
 
 
 def _source_indices(header: PoseHeader, skeleton: Skeleton) -> list[int | None]:
@@ -325,6 +337,48 @@ def to_pose(data: np.ndarray, skeleton: Skeleton, fps: float,
         confidence = np.ones(data.shape[:2], dtype=np.float32)
     body = NumPyPoseBody(fps=float(fps), data=data[:, None], confidence=np.asarray(confidence, np.float32)[:, None])
     return Pose(skeleton.header(*canvas), body)
+
+
+def in_layout(pose: Pose, skeleton: Skeleton, layout: Layout) -> Pose:
+    """`pose` (on `skeleton`, in the layout's coordinate space) written with the layout's own header,
+    so that it overlays the video the layout was tracked from. Every point the skeleton has (by name
+    or alias) comes from `pose`; the others (a face, legs) keep the layout's first frame, moved with
+    the shoulders, and its confidence."""
+    frames = pose.body.data.shape[0]
+    source = np.ma.filled(np.ma.asarray(pose.body.data[:, 0]), 0.0).astype(np.float32)  # (frames, joints, dims)
+    source_confidence = np.asarray(pose.body.confidence[:, 0], dtype=np.float32)         # (frames, joints)
+    dims = layout.first_frame.shape[-1]
+    shared = min(dims, source.shape[-1])
+    shoulders = [skeleton.joint_index("POSE_LANDMARKS", name) for name in ("LEFT_SHOULDER", "RIGHT_SHOULDER")]
+    motion = np.zeros((frames, dims), np.float32)
+    motion[:, :shared] = (source[:, shoulders] - source[:1, shoulders]).mean(axis=1)[:, :shared]
+    data = np.repeat(layout.first_frame[None], frames, axis=0) + motion[:, None]
+    confidence = np.repeat(layout.first_confidence[None], frames, axis=0)
+    for joint, point in enumerate(_source_indices(layout.header, skeleton)):
+        if point is not None:
+            data[:, point] = 0.0
+            data[:, point, :shared] = source[:, joint, :shared]
+            confidence[:, point] = source_confidence[:, joint]  # (positions kept where absent, as to_pose keeps them)
+    body = NumPyPoseBody(fps=float(pose.body.fps), data=data[:, None], confidence=confidence[:, None])
+    return Pose(layout.header, body)
+
+
+def fill_in(recording: Pose, skeleton: Skeleton, sequence: PoseSequence, filled: np.ndarray) -> Pose:
+    """`recording` with the values marked `filled` (frames, joints of `skeleton`) taken from
+    `sequence` (shoulder-normalised as `sequence.normalization` says): every other value, every
+    point outside the skeleton (a face, legs) and the header stay exactly as recorded."""
+    data = np.ma.filled(np.ma.asarray(recording.body.data), 0.0).astype(np.float32).copy()  # (frames, people, points, dims)
+    confidence = np.asarray(recording.body.confidence, dtype=np.float32).copy()            # (frames, people, points)
+    values = sequence.normalization.invert(sequence.data)
+    shared = min(data.shape[-1], values.shape[-1])
+    for joint, point in enumerate(_source_indices(recording.header, skeleton)):
+        frames = np.flatnonzero(filled[:, joint])
+        if point is None or not frames.size:
+            continue
+        data[frames, 0, point, :shared] = values[frames, joint, :shared]
+        confidence[frames, 0, point] = sequence.confidence[frames, joint]
+    body = NumPyPoseBody(fps=float(recording.body.fps), data=data, confidence=confidence)
+    return Pose(recording.header, body)
 
 
 def write_pose(pose: Pose, destination: Union[str, Path, None] = None) -> bytes:

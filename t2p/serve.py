@@ -37,15 +37,16 @@ import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pose_format import Pose
 from ray import serve
 from ray.serve import Application
 
-from t2p.config import from_dict
 from t2p.compose import change_speed
+from t2p.config import from_dict
 from t2p.generation import Generated, as_pose, generate
 from t2p.model import CONFIG_FILE, WEIGHTS_FILE, T2PModel
 from t2p.notation import NOTATIONS, SignText
-from t2p.pose import PoseFormatError, PoseSequence, Skeleton, read_pose, to_sequence, write_pose
+from t2p.pose import PoseFormatError, PoseSequence, Skeleton, fill_in, read_pose, to_sequence, write_pose
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = "runs/default/best"
@@ -205,8 +206,8 @@ def validate_composition(request: GenerateRequest, model: T2PModel, limits: Serv
             for text in texts]
 
 
-def decode_first_pose(encoded: str, skeleton: Skeleton, max_bytes: int, field: str = "first_pose") -> PoseSequence:
-    """base64 `.pose` -> its sequence on `skeleton`; refuses files that give the skeleton nothing."""
+def decode_pose(encoded: str, max_bytes: int, field: str = "first_pose") -> Pose:
+    """base64 `.pose` -> the pose-format `Pose`, or a ValueError naming the field."""
     if len(encoded) > 4 * math.ceil(max_bytes / 3) + 4:
         raise ValueError(f"{field} is larger than {max_bytes} bytes")
     try:
@@ -214,7 +215,18 @@ def decode_first_pose(encoded: str, skeleton: Skeleton, max_bytes: int, field: s
     except (binascii.Error, ValueError):
         raise ValueError(f"{field} is not valid base64 (standard alphabet, with padding)") from None
     try:
-        sequence = to_sequence(read_pose(payload), skeleton)
+        return read_pose(payload)
+    except PoseFormatError as error:
+        raise ValueError(f"{field}: {error}") from None
+
+
+def decode_first_pose(encoded: str, skeleton: Skeleton, max_bytes: int, field: str = "first_pose",
+                      pose: Pose | None = None) -> PoseSequence:
+    """base64 `.pose` (or its already decoded `pose`) -> its sequence on `skeleton`; refuses files
+    that give the skeleton nothing."""
+    pose = pose if pose is not None else decode_pose(encoded, max_bytes, field)
+    try:
+        sequence = to_sequence(pose, skeleton)
     except PoseFormatError as error:
         raise ValueError(f"{field}: {error}") from None
     except Exception as error:  # pose-format fails in assorted ways on foreign or damaged files
@@ -351,17 +363,19 @@ class T2PServer:
         from t2p.correction import correct
         request = parse_request(await http_request.body(), CorrectRequest)
         try:
+            original = decode_pose(request.pose, self.limits.max_first_pose_bytes, field="pose")
             recording = decode_first_pose(request.pose, self.model.skeleton, self.limits.max_first_pose_bytes,
-                                          field="pose")
+                                          field="pose", pose=original)
             job = validate_request(GenerateRequest(text=request.text or "", notation=request.notation,
                                                    language=request.language, steps=request.steps),
                                    self.model, self.limits)
             corrected = await asyncio.to_thread(correct, self.model, recording, job.sign, job.steps)
         except ValueError as error:
             raise HTTPException(status_code=422, detail=str(error)) from None
-        # a recording keeps its own confidence: no resting hand is hidden from it
-        return await asyncio.to_thread(self._response, Generated(corrected.data, corrected.confidence),
-                                       replace(job, first_pose=recording), request.format, False)
+        # only the filled values are written into the recording: the rest of the file stays as it was
+        filled = replace(recording, data=corrected.data, confidence=corrected.confidence)
+        pose = fill_in(original, self.model.skeleton, filled, corrected.filled)
+        return await asyncio.to_thread(self._respond, pose, request.format)
 
     def _compose(self, jobs: list[Job]):
         from t2p.compose import compose
@@ -369,8 +383,10 @@ class T2PServer:
                        guidance=jobs[0].guidance, speed=jobs[0].speed, keep_proportions=jobs[0].keep_proportions,
                        max_length=self.limits.max_frames)
 
-    def _response(self, sequence: Generated, job: Job, format: str, hide_resting_hands: bool = True) -> Response:
-        pose = as_pose(self.model, sequence, job.first_pose, hide_resting_hands)
+    def _response(self, sequence: Generated, job: Job, format: str) -> Response:
+        return self._respond(as_pose(self.model, sequence, job.first_pose), format)
+
+    def _respond(self, pose: Pose, format: str) -> Response:
         if format == "json":
             written = to_sequence(pose, self.model.skeleton, normalize=False)
             return JSONResponse(sequence_json(written, self.model.skeleton))

@@ -179,3 +179,53 @@ def test_cli_composes_corrects_and_renders_both(six_real_signs_model, tmp_path, 
     assert "--compose writes one sequence" in capsys.readouterr().err
     assert main(["correct", str(tmp_path / "missing.pose"), "--model", str(folder), "-o", str(repaired)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["mediapipe.pose", "openpose.pose"])
+def test_output_is_written_in_the_first_poses_layout_and_space(six_real_signs_model, layout):
+    from t2p.generation import as_pose
+    from t2p.pose import read_pose
+    model, signs, _ = six_real_signs_model
+    source = read_pose(POSES / "layouts" / layout)
+    first = load_sequence(POSES / "layouts" / layout, model.skeleton)
+    (sequence,) = generate(model, signs[:1], first_poses=[first])
+    written = as_pose(model, sequence, first)
+    assert [c.name for c in written.header.components] == [c.name for c in source.header.components]
+    assert written.body.data.shape[1:] == source.body.data.shape[1:]  # every point, the file's own dimensions
+    # a point the model does not predict (the face, legs) starts where the signer's was
+    from t2p.pose import _source_indices
+    mapped = {point for point in _source_indices(source.header, model.skeleton) if point is not None}
+    unmapped = [p for p in range(source.body.data.shape[2]) if p not in mapped and source.body.confidence[0, 0, p] > 0]
+    assert unmapped
+    np.testing.assert_allclose(np.asarray(written.body.data[0, 0, unmapped]),
+                               np.asarray(source.body.data[0, 0, unmapped]), atol=1e-3)
+    # the predicted points are in the first pose's pixel space: they overlay the source video
+    again = to_sequence_in(written, model.skeleton)
+    np.testing.assert_allclose(again.normalization.scale, first.normalization.scale, rtol=0.2)
+
+
+def to_sequence_in(pose, skeleton):
+    from t2p.pose import to_sequence
+    return to_sequence(pose, skeleton)
+
+
+def test_a_corrected_file_keeps_every_observed_value_and_point_exactly(six_real_signs_model, tmp_path):
+    from t2p.cli import main
+    from t2p.pose import read_pose, write_pose
+    model, _, _ = six_real_signs_model
+    folder = model.save(tmp_path / "model")
+    recording = read_pose(POSES / "signwriting_samples" / "whatsthatsign-524.pose")  # full Holistic, 586 points
+    recording.body.confidence[5:9] = 0  # four frames lost
+    damaged, repaired = tmp_path / "damaged.pose", tmp_path / "repaired.pose"
+    write_pose(recording, damaged)
+    assert main(["correct", str(damaged), "--model", str(folder), "-o", str(repaired)]) == 0
+    before, after = read_pose(damaged), read_pose(repaired)
+    assert after.header.components == before.header.components
+    observed = np.asarray(before.body.confidence) > 0
+    assert np.array_equal(np.asarray(after.body.data.data)[observed], np.asarray(before.body.data.data)[observed])
+    # the lost frames are filled on the model's skeleton (body, hands); the face stays as recorded (lost)
+    from t2p.pose import _source_indices
+    filled = ((np.asarray(after.body.confidence) > 0) & ~observed)[:, 0]  # (frames, points)
+    skeleton_points = [point for point in _source_indices(before.header, model.skeleton) if point is not None]
+    assert filled[5:9][:, skeleton_points].mean() > 0.5  # (a hand never seen in the recording stays absent)
+    assert not np.delete(filled, skeleton_points, axis=1).any()

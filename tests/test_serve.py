@@ -15,7 +15,7 @@ from conftest import POSES, tiny_model_config
 from t2p.generation import as_pose, generate
 from t2p.model import T2PModel
 from t2p.notation import SignText, Vocabulary
-from t2p.pose import Skeleton, SkeletonComponent, read_pose, to_pose, to_sequence, write_pose
+from t2p.pose import Skeleton, SkeletonComponent, _source_indices, read_pose, to_pose, to_sequence, write_pose
 from t2p.schedule import ScheduleConfig
 from t2p.serve import ServeConfig, build_app, decode_first_pose
 
@@ -74,13 +74,17 @@ def _pose_b64(pose) -> str:
 
 def _served_sequence(content: bytes, model: T2PModel, first_pose_b64: str | None) -> tuple[np.ndarray, np.ndarray]:
     """A served .pose back in the shoulder-normalised space `generate` returns: (data, confidence)."""
+    from t2p.pose import _source_indices
     pose = read_pose(content)
-    data = np.asarray(pose.body.data.data[:, 0], dtype=np.float32)  # written values, absent joints included
-    confidence = np.asarray(pose.body.confidence[:, 0], dtype=np.float32)
+    # the model's joints, in whatever layout the pose was written (the first pose's file layout)
+    points = _source_indices(pose.header, model.skeleton)
+    data = np.asarray(pose.body.data.data[:, 0], dtype=np.float32)[:, points]  # written values, absent joints included
+    confidence = np.asarray(pose.body.confidence[:, 0], dtype=np.float32)[:, points]
     if first_pose_b64 is None:
         return model.output_normalization.apply(data), confidence
     normalization = to_sequence(read_pose(base64.b64decode(first_pose_b64)), model.skeleton).normalization
-    return normalization.apply(data), confidence
+    dims = data.shape[-1]  # a 2D first pose (OpenPose) gets 2D output
+    return (data - normalization.center[:dims]) * normalization.scale, confidence
 
 
 def test_health_and_model_description(client, model):
@@ -126,10 +130,12 @@ def test_concurrent_requests_share_batches_and_equal_generating_alone(server, mo
                             lengths=[body.get("length", LIMITS["max_frames"])], guidance=[body.get("guidance")],
                             seed=body.get("seed"))
         served, served_confidence = _served_sequence(response.content, model, first)
-        assert served.shape == alone.data.shape
-        np.testing.assert_allclose(served, alone.data, atol=1e-4)
+        assert served.shape[:2] == alone.data.shape[:2]
+        np.testing.assert_allclose(served, alone.data[..., :served.shape[-1]], atol=1e-4)
         # as written: a hand resting low is hidden (as_pose), like everything t2p writes
-        np.testing.assert_array_equal(served_confidence, as_pose(model, alone, first_sequence).body.confidence[:, 0])
+        written = as_pose(model, alone, first_sequence)
+        points = _source_indices(written.header, model.skeleton)
+        np.testing.assert_array_equal(served_confidence, written.body.confidence[:, 0][:, points])
     assert after["requests"] - before["requests"] == len(requests)
     assert after["batches"] - before["batches"] < len(requests)
     assert max(after["recent_batch_sizes"]) > 1

@@ -49,6 +49,13 @@ def resolve_device(name: str) -> str:
     raise CommandError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
 
 
+def refuse_unknown_language(model, language: str | None) -> None:
+    """As Serve does: a language the model was not trained on would be an unknown token, silently."""
+    if language is not None and language not in model.vocabulary.languages:
+        known = ", ".join(model.vocabulary.languages) or "none: leave --language out"
+        raise CommandError(f"--language {language!r} is not one this model knows ({known})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="t2p", formatter_class=HelpFormatter,

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from t2p.cli import CommandError, add_device_option, add_verb, resolve_device
+from t2p.cli import CommandError, add_device_option, add_verb, refuse_unknown_language, resolve_device
 
 
 def register(subparsers) -> None:
@@ -213,6 +213,7 @@ def _render_model(args: argparse.Namespace, render_refinement):
     if not args.text:
         raise CommandError("--model needs --text: what to sign")
     model = T2PModel.load(args.model)
+    refuse_unknown_language(model, args.language)
     sign = SignText(args.text, args.notation or model.config.default_notation, args.language)
     first_pose = load_sequence(args.pose, model.skeleton) if args.pose is not None else None
     reference = read_pose(args.reference) if args.reference is not None else None

@@ -5,7 +5,7 @@ import argparse
 import re
 from pathlib import Path
 
-from t2p.cli import CommandError, add_device_option, add_verb, resolve_device
+from t2p.cli import CommandError, add_device_option, add_verb, refuse_unknown_language, resolve_device
 
 DEFAULT_DATA = "data/fingerspelling"
 DEFAULT_RUN = "runs/default"
@@ -296,9 +296,7 @@ def generate_command(args: argparse.Namespace) -> int:
     if not texts:
         raise CommandError("give at least one --text (or --texts-file)")
     model = T2PModel.load(args.model, device=resolve_device(args.device))
-    if args.language is not None and args.language not in model.vocabulary.languages:
-        known = ", ".join(model.vocabulary.languages) or "none: leave --language out"
-        raise CommandError(f"--language {args.language!r} is not one this model knows ({known})")
+    refuse_unknown_language(model, args.language)
     notation = args.notation or model.config.default_notation
     first = load_sequence(args.first_pose, model.skeleton) if args.first_pose else None
     validate_speed(args.speed)
@@ -370,22 +368,26 @@ def _register_correct(subparsers) -> None:
 
 
 def correct_command(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from t2p.correction import correct
-    from t2p.generation import Generated, as_pose
     from t2p.model import T2PModel
     from t2p.notation import SignText
-    from t2p.pose import load_sequence, write_pose
+    from t2p.pose import PoseFormatError, fill_in, read_pose, to_sequence, write_pose
 
     if not args.input.is_file():
         raise CommandError(f"{args.input} not found")
     if args.output.suffix != ".pose":
         raise CommandError("-o must name a .pose file")
     model = T2PModel.load(args.model, device=resolve_device(args.device))
-    recording = load_sequence(args.input, model.skeleton)
+    original = read_pose(args.input)
+    recording = to_sequence(original, model.skeleton)
     sign = SignText(args.text or "", args.notation or model.config.default_notation, args.language)
+    refuse_unknown_language(model, sign.language)
     corrected = correct(model, recording, sign, steps=args.steps)
-    write_pose(as_pose(model, Generated(corrected.data, corrected.confidence), recording, hide_resting_hands=False),
-               args.output)
+    # only the filled values are written into the recording: the rest of the file stays as it was
+    filled = replace(recording, data=corrected.data, confidence=corrected.confidence)
+    write_pose(fill_in(original, model.skeleton, filled, corrected.filled), args.output)
     frames = int(corrected.filled.any(axis=1).sum())
     print(f"{args.output}: filled {int(corrected.filled.sum())} keypoint values in {frames} of "
           f"{recording.num_frames} frames; observed values unchanged")
