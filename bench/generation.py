@@ -70,7 +70,7 @@ def generation_flops(config: ModelConfig, batch: int, text_tokens: int, frames: 
     text = _encoder_flops(text_tokens, d, ff, config.text_layers)
     sequence = 1 + text_tokens + frames
     refiner = (_encoder_flops(sequence, d, ff, config.refiner_layers)
-               + 2 * frames * (2 * size) * d            # frames in
+               + 2 * frames * (3 * size + joints) * d   # frames in: x_t, the start pose, known values and mask
                + 2 * frames * d * (size + joints)       # frames and presence out
                + 2 * text_tokens * d * d + 2 * 2 * d * d)  # text projection, step embedding
     return batch * (text + steps * refiner)

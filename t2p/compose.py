@@ -80,15 +80,20 @@ def transition_length(last: np.ndarray, first: np.ndarray, velocity: float) -> i
 def compose(model: T2PModel, texts: Sequence[TextLike], first_pose: FirstPoseLike = None,
             steps: int | None = None, guidance: float | None = None, speed: float = 1.0,
             transition_frames: int | None = None, keep_proportions: bool = False,
-            max_length: int | None = None) -> Composition:
+            max_length: int | None = None, recorded: dict[int, Generated] | None = None) -> Composition:
     """The signs of `texts` in order, joined by generated transitions; one signer (`first_pose`).
-    `max_length` caps each sign's predicted length (as in `generate`)."""
+    `max_length` caps each sign's predicted length (as in `generate`). `recorded` gives some signs
+    as recordings (position -> sequence, e.g. a lexicon's, see `lexicon_sign`) instead of generating
+    them; the transitions into and out of them are generated all the same."""
     if len(texts) == 0:
         raise ValueError("nothing to compose: give at least one sign")
     validate_speed(speed)
-    signs = generate(model, texts, first_poses=[first_pose] * len(texts), steps=steps, guidance=guidance,
-                     keep_proportions=keep_proportions, max_length=max_length)
-    signs = [change_speed(sign, speed) for sign in signs]
+    recorded = recorded or {}
+    to_generate = [i for i in range(len(texts)) if i not in recorded]
+    generated = generate(model, [texts[i] for i in to_generate], first_poses=[first_pose] * len(to_generate),
+                         steps=steps, guidance=guidance, keep_proportions=keep_proportions, max_length=max_length)
+    by_position = {**dict(zip(to_generate, generated)), **recorded}
+    signs = [change_speed(by_position[i], speed) for i in range(len(texts))]
     names = [text.text if isinstance(text, SignText) else str(text) for text in texts]
     velocity = typical_velocity(signs)
 
@@ -175,6 +180,39 @@ def change_speed(sequence: Generated, speed: float) -> Generated:
 class PlannedSign:
     text: str
     source: str  # "model", "lexicon" or "fingerspelling:<gloss>"
+    word: str = ""  # the spoken word it stands for, where known (a lexicon is looked up by word and gloss)
+
+
+def text_to_glosses(text: str, spoken_language: str) -> list[tuple[str, str]]:
+    """Spoken text -> (word, gloss) pairs in order, with spoken-to-signed's `simple` text_to_gloss
+    (tokenised and lemmatised by simplemma where it knows the language)."""
+    from spoken_to_signed.text_to_gloss.simple import text_to_gloss
+    pairs = [(item.word, item.gloss) for sentence in text_to_gloss(text, spoken_language) for item in sentence
+             if item.word.strip() and any(character.isalnum() for character in item.word)]
+    if not pairs:
+        raise ValueError(f"no words in {text!r}")
+    return pairs
+
+
+def lexicon_sign(model: T2PModel, lexicon: str, sign: PlannedSign, spoken_language: str, signed_language: str | None,
+                 first_pose: FirstPoseLike = None) -> Generated:
+    """A lexicon's recording of this sign (spoken-to-signed's lookup: by word, then gloss), its
+    signing span only, on the model's skeleton, moved to start at the signer's starting pose."""
+    from spoken_to_signed.gloss_to_pose.lookup.csv_lookup import CSVPoseLookup
+
+    from t2p.generation import starting_poses
+    from t2p.pose import start_from, to_sequence
+    try:
+        result = CSVPoseLookup(str(lexicon)).lookup(sign.word or sign.text, sign.text, spoken_language,
+                                                    signed_language or "")
+    except FileNotFoundError:
+        raise ValueError(f"{sign.text!r} is not in the lexicon {lexicon} for {spoken_language}->{signed_language}") \
+            from None
+    sequence = to_sequence(result.pose, model.skeleton)
+    begin, end = result.signing_span if result.signing_span else (0, sequence.num_frames)
+    data, confidence = sequence.data[begin:end], sequence.confidence[begin:end]
+    (start,) = starting_poses(model, [first_pose])
+    return Generated(*start_from(data, confidence, start))
 
 
 def known_texts(model: T2PModel, language: str | None) -> set[str] | None:
@@ -185,23 +223,26 @@ def known_texts(model: T2PModel, language: str | None) -> set[str] | None:
     return set(recorded.get(language or "", []))
 
 
-def plan_signs(model: T2PModel, glosses: Sequence[str], language: str | None, spoken_language: str = "en",
-               lexicon: str | None = None) -> list[PlannedSign]:
-    """Each gloss as the model or the lexicon (spoken-to-signed's format) knows it, else fingerspelled
-    with the fingerspelling alphabet of this (spoken, signed) language pair."""
+def plan_signs(model: T2PModel, glosses: Sequence[str | tuple[str, str]], language: str | None,
+               spoken_language: str = "en", lexicon: str | None = None) -> list[PlannedSign]:
+    """Each gloss (or (word, gloss) pair, see `text_to_glosses`) as the lexicon (spoken-to-signed's
+    format: its recording is used) or the model knows it, else fingerspelled with the
+    fingerspelling alphabet of this (spoken, signed) language pair."""
     known = known_texts(model, language)
     words = _lexicon_words(lexicon, spoken_language, language) if lexicon else set()
     planned = []
-    for gloss in glosses:
+    for entry in glosses:
+        word, gloss = entry if isinstance(entry, tuple) else ("", entry)
         if not gloss.strip():
             continue
-        if known is None or gloss in known:
-            planned.append(PlannedSign(gloss, "model"))
-        elif gloss.lower() in words:
-            planned.append(PlannedSign(gloss, "lexicon"))
+        if words and (word.lower() in words or gloss.lower() in words):
+            planned.append(PlannedSign(gloss, "lexicon", word))
+        elif known is None or gloss in known:
+            planned.append(PlannedSign(gloss, "model", word))
         else:
-            planned += [PlannedSign(letter, f"fingerspelling:{gloss}")
-                        for letter in fingerspell(gloss, spoken_language, language, known)]
+            spelled = word or gloss  # the word as written, not its lemma
+            planned += [PlannedSign(letter, f"fingerspelling:{spelled}")
+                        for letter in fingerspell(spelled, spoken_language, language, known)]
     if not planned:
         raise ValueError("nothing to sign: every gloss is empty")
     return planned

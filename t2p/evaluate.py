@@ -37,7 +37,7 @@ from rapidfuzz.distance import Levenshtein
 
 from t2p.metrics import (METRICS, JointGroups, MetricInfo, back_retrieval_ranks, dtw_mje_matrix, resample,
                          score)
-from t2p.pose import PoseSequence
+from t2p.pose import PoseSequence, start_from
 
 if TYPE_CHECKING:
     from t2p.data import PreparedItem
@@ -63,18 +63,6 @@ def static_baseline(first_pose: np.ndarray, frames: int) -> tuple[np.ndarray, np
     # first_pose: (joints, dims)
     data = np.repeat(np.asarray(first_pose, dtype=np.float32)[None], frames, axis=0)
     return data, np.ones(data.shape[:2], dtype=np.float32)
-
-
-def start_from(data: np.ndarray, confidence: np.ndarray, first_pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Translate every joint so that its first observed position is the first pose's: the motion
-    of a borrowed sequence, performed from the requested starting pose. Missing values stay missing."""
-    # data: (frames, joints, dims); confidence: (frames, joints); first_pose: (joints, dims)
-    observed = confidence > 0
-    first_seen = np.argmax(observed, axis=0)  # (joints,)
-    joints = np.arange(data.shape[1])
-    offset = np.where(observed.any(axis=0)[:, None], first_pose - data[first_seen, joints], 0.0)
-    moved = np.where(observed[..., None], data + offset[None], 0.0)
-    return moved.astype(np.float32), confidence.astype(np.float32)
 
 
 def edit_distance(a: str, b: str) -> int:

@@ -71,7 +71,7 @@ def generate(model: T2PModel, texts: Sequence[TextLike], first_poses: Sequence[F
     """
     final = None
     for final in _refinement(model, texts, first_poses, steps, lengths, guidance, seed, observed,
-                             length_temperature, max_length, keep_proportions):
+                             length_temperature, max_length, keep_proportions, every_step=False):
         pass
     return [] if final is None else _to_numpy(*final)
 
@@ -98,8 +98,9 @@ def _to_numpy(x_t: torch.Tensor, presence: torch.Tensor, frames: list[int]) -> l
 @torch.inference_mode()
 def _refinement(model: T2PModel, texts: Sequence[TextLike], first_poses, steps, lengths, guidance, seed,
                 observed, length_temperature: float, max_length: int | None,
-                keep_proportions: bool | Sequence[bool] = False):
-    """The refinement loop, yielding (x_t, presence, frames) as tensors after every step."""
+                keep_proportions: bool | Sequence[bool] = False, every_step: bool = True):
+    """The refinement loop, yielding (x_t, presence, frames) as tensors after every step (or, without
+    `every_step`, after the last one only: the output's finishing touches are not paid per step)."""
     if len(texts) == 0:
         return
     model.eval()
@@ -144,18 +145,24 @@ def _refinement(model: T2PModel, texts: Sequence[TextLike], first_poses, steps, 
     everyone = torch.arange(batch, device=device)
     proportions = torch.tensor(_per_item(keep_proportions, batch, False, "keep_proportions"), device=device)
     bones = model.skeleton.bone_tree() if bool(proportions.any()) else []
+    fewest_steps = min(item_steps)
     for step in range(longest_schedule - 1, -1, -1):
         # only the items whose schedule has begun go through the refiner
-        rows = everyone if step < min(item_steps) else everyone[step < starts_at]
+        rows = everyone if step < fewest_steps else everyone[step < starts_at]
         given = Known(known[rows], known_mask[rows, ..., 0]) if any_known else None
         refined = refine(rows, x_t[rows], start[rows], betas[rows, step], frame_mask[rows], given)
-        present = (refined.presence_logits > 0) | known_mask[rows, ..., 0]
+        present = refined.presence_logits > 0
+        if any_known:
+            present = present | known_mask[rows, ..., 0]
         # an absent joint rests at the starting pose, as the missing joints of training targets do:
         # the next step's input then looks like what the refiner was trained on
         clean = torch.where(present.unsqueeze(-1), refined.poses, x_start[rows])
-        clean = torch.where(known_mask[rows], known[rows], clean)
+        if any_known:
+            clean = torch.where(known_mask[rows], known[rows], clean)
         x_t[rows] = schedule.step(x_t[rows], clean, x_start[rows], betas[rows, step], next_betas[rows, step])
         presence[rows] = present
+        if not (every_step or step == 0):
+            continue
         output = x_t
         if bones:
             output = torch.where(proportions.view(-1, 1, 1, 1), keep_bone_lengths(x_t, start, bones), x_t)

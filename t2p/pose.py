@@ -339,6 +339,18 @@ def to_pose(data: np.ndarray, skeleton: Skeleton, fps: float,
     return Pose(skeleton.header(*canvas), body)
 
 
+def start_from(data: np.ndarray, confidence: np.ndarray, first_pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Translate every joint so that its first observed position is the first pose's: the motion
+    of a borrowed sequence, performed from the requested starting pose. Missing values stay missing."""
+    # data: (frames, joints, dims); confidence: (frames, joints); first_pose: (joints, dims)
+    observed = confidence > 0
+    first_seen = np.argmax(observed, axis=0)  # (joints,)
+    joints = np.arange(data.shape[1])
+    offset = np.where(observed.any(axis=0)[:, None], first_pose - data[first_seen, joints], 0.0)
+    moved = np.where(observed[..., None], data + offset[None], 0.0)
+    return moved.astype(np.float32), confidence.astype(np.float32)
+
+
 def in_layout(pose: Pose, skeleton: Skeleton, layout: Layout) -> Pose:
     """`pose` (on `skeleton`, in the layout's coordinate space) written with the layout's own header,
     so that it overlays the video the layout was tracked from. Every point the skeleton has (by name

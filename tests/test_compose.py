@@ -229,3 +229,31 @@ def test_a_corrected_file_keeps_every_observed_value_and_point_exactly(six_real_
     skeleton_points = [point for point in _source_indices(before.header, model.skeleton) if point is not None]
     assert filled[5:9][:, skeleton_points].mean() > 0.5  # (a hand never seen in the recording stays absent)
     assert not np.delete(filled, skeleton_points, axis=1).any()
+
+
+def test_spoken_text_becomes_lexicon_recordings_and_fingerspelling(six_real_signs_model, tmp_path):
+    """spoken-to-signed's text_to_gloss and lexicon lookup: the lexicon's recordings are the signs,
+    a word it lacks is fingerspelled, and the transitions between them are generated."""
+    from t2p.compose import lexicon_sign, text_to_glosses
+    from t2p.notation import SignText
+    model, _, sequences = six_real_signs_model
+    lexicon = str(POSES / "lexicon_sgg")
+    pairs = text_to_glosses("Die Kinder essen Pizza", "de")
+    assert [word for word, _ in pairs] == ["die", "kinder", "essen", "pizza"]
+    saved = model.config.known_texts
+    model.config.known_texts = {"sgg": ["essen", "kinder", "kleine", "pizza"]}  # what the model was trained on
+    try:
+        planned = plan_signs(model, pairs, "sgg", "de", lexicon)
+    finally:
+        model.config.known_texts = saved
+    assert [p.source for p in planned] == ["fingerspelling:die"] * 3 + ["lexicon"] * 3
+    recorded = {i: lexicon_sign(model, lexicon, sign, "de", "sgg", sequences[0])
+                for i, sign in enumerate(planned) if sign.source == "lexicon"}
+    composition = compose(model, [SignText(p.text, "text", "sgg") for p in planned], sequences[0], recorded=recorded)
+    signs = [segment for segment in composition.segments if segment.kind == "sign"]
+    assert len(signs) == 6 and all(s.kind == "transition" for s in composition.segments[1::2])
+    for index, sign in recorded.items():  # the recording itself, from the signer's starting pose
+        segment = signs[index]
+        np.testing.assert_array_equal(composition.data[segment.begin:segment.end], sign.data)
+    kinder = load_sequence(POSES / "lexicon_sgg" / "kinder.pose", model.skeleton)
+    assert 0 < len(recorded[3]) <= kinder.num_frames  # its signing span

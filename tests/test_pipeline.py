@@ -99,6 +99,13 @@ def test_two_workers_survive_a_failure_and_read_disjoint_shards(ray_session, rea
     assert best["val_dtw_mje"] == min(float(row["val_dtw_mje"]) for row in rows)
     assert "each worker gets 0.875 CPU" in capsys.readouterr().out
 
+    # one worker with the same global batch (2 x 4) on the same data validates about as well: the
+    # gradients of both workers were averaged, not one copy trained and the other thrown away
+    single = TrainingJob(data=str(data), out=str(tmp_path / "single"), workers=1, model=model, schedule=schedule,
+                         train={**train, "epochs": 3, "batch_size": 8}, validate_every=1, calibrate=False)
+    alone = run_training(single)
+    assert abs(best["val_dtw_mje"] - alone["val_dtw_mje"]) <= 0.15 * alone["val_dtw_mje"], (best, alone)
+
 
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]) == 2

@@ -274,7 +274,11 @@ def _register_generate(subparsers) -> None:
     parser.add_argument("--spoken-language", default="en",
                         help="spoken language of the glosses, for the fingerspelling alphabet (with --compose)")
     parser.add_argument("--lexicon", type=Path,
-                        help="a spoken-to-signed lexicon folder (index.csv): its glosses count as known (--compose)")
+                        help="a spoken-to-signed lexicon folder (index.csv): its recordings sign the glosses it "
+                             "has, the model the rest (--compose)")
+    parser.add_argument("--spoken-text", metavar="TEXT",
+                        help="spoken-language text, turned into glosses by spoken-to-signed (--compose; with "
+                             "--spoken-language)")
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="output .pose for one text (or --compose), or a folder for several")
     add_device_option(parser)
@@ -293,8 +297,13 @@ def generate_command(args: argparse.Namespace) -> int:
         if not args.texts_file.is_file():
             raise CommandError(f"--texts-file {args.texts_file} not found")
         texts += [line.rstrip("\n") for line in args.texts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if args.spoken_text is not None:
+        from t2p.compose import text_to_glosses
+        if not args.compose:
+            raise CommandError("--spoken-text makes one sentence: give --compose too")
+        texts += text_to_glosses(args.spoken_text, args.spoken_language)  # (word, gloss) pairs
     if not texts:
-        raise CommandError("give at least one --text (or --texts-file)")
+        raise CommandError("give at least one --text (or --texts-file, --spoken-text)")
     model = T2PModel.load(args.model, device=resolve_device(args.device))
     refuse_unknown_language(model, args.language)
     notation = args.notation or model.config.default_notation
@@ -321,7 +330,7 @@ def generate_command(args: argparse.Namespace) -> int:
 def _compose_command(args: argparse.Namespace, model, texts: list[str], notation: str, first) -> int:
     import json
 
-    from t2p.compose import PlannedSign, compose, plan_signs
+    from t2p.compose import PlannedSign, compose, lexicon_sign, plan_signs
     from t2p.generation import as_pose
     from t2p.notation import SignText
     from t2p.pose import write_pose
@@ -332,19 +341,22 @@ def _compose_command(args: argparse.Namespace, model, texts: list[str], notation
         raise CommandError("--length does not apply to --compose (each sign has its predicted length)")
     if args.lexicon is not None and not (args.lexicon / "index.csv").is_file():
         raise CommandError(f"--lexicon {args.lexicon} has no index.csv (spoken-to-signed lexicon format)")
-    if notation == "text":  # glosses: unknown ones are fingerspelled
-        planned = plan_signs(model, texts, args.language, args.spoken_language,
-                             str(args.lexicon) if args.lexicon else None)
+    lexicon = str(args.lexicon) if args.lexicon else None
+    if notation == "text":  # glosses: the lexicon's are recordings, unknown ones are fingerspelled
+        planned = plan_signs(model, texts, args.language, args.spoken_language, lexicon)
     else:
         planned = [PlannedSign(text, "model") for text in texts]
+    recorded = {index: lexicon_sign(model, lexicon, sign, args.spoken_language, args.language, first)
+                for index, sign in enumerate(planned) if sign.source == "lexicon"}
     composition = compose(model, [SignText(p.text, notation, args.language) for p in planned], first,
                           steps=args.steps, guidance=args.guidance, speed=args.speed,
-                          keep_proportions=args.keep_proportions)
+                          keep_proportions=args.keep_proportions, recorded=recorded)
     write_pose(as_pose(model, composition.generated, first), args.output)
     segments = args.output.with_suffix(".segments.json")
     segments.write_text(json.dumps([vars(segment) for segment in composition.segments], ensure_ascii=False, indent=1))
     spelled = sorted({p.source.split(":", 1)[1] for p in planned if p.source.startswith("fingerspelling:")})
     print(f"{args.output} ({len(composition)} frames: {len(planned)} signs"
+          + (f", {len(recorded)} from the lexicon" if recorded else "")
           + (f"; fingerspelled {', '.join(spelled)}" if spelled else "") + f"); segments: {segments}")
     return 0
 
