@@ -1,7 +1,8 @@
 """The refinement schedule: a weight-free object that knows nothing of the model.
 
 `beta` says how much of the starting sequence x_T is left at a step: `x_t = beta[t] * x_T +
-(1 - beta[t]) * x_0`. It follows a cosine, `beta[t] = 1 - cos((t + 1) / T * pi / 2)`, so the last
+(1 - beta[t]) * x_0`. By default it follows a cosine, `beta[t] = 1 - cos((t + 1) / T * pi / 2)`
+(`shape="linear"`: `(t + 1) / T`), so the last
 step (`t = T - 1`) starts from x_T alone (`beta = 1`) and small t are nearly clean. The refiner is
 conditioned on the value of beta, not on t, so one trained model serves any number of steps.
 
@@ -22,12 +23,21 @@ from dataclasses import asdict, dataclass
 import torch
 
 
+# beta as a function of u = (t + 1) / T in (0, 1]: how much of x_T is left at a step. The cosine
+# spends more steps near the clean end; the linear one spreads them evenly.
+SHAPES = {
+    "cosine": lambda u: 1 - torch.cos(u * math.pi / 2),
+    "linear": lambda u: u,
+}
+
+
 @dataclass(frozen=True)
 class ScheduleConfig:
     steps: int = 10               # default number of refinement steps at inference
     guidance: float = 1.0         # default classifier-free guidance scale at inference (1 = off)
     training_noise: float = 0.01  # std of the small Gaussian noise added to x_t in training
     max_steps: int = 1000
+    shape: str = "cosine"         # how beta falls over the steps: "cosine" or "linear" (see SHAPES)
 
     def __post_init__(self):
         if not 1 <= self.steps <= self.max_steps:
@@ -36,6 +46,8 @@ class ScheduleConfig:
             raise ValueError("training_noise must be >= 0")
         if not math.isfinite(self.guidance):
             raise ValueError(f"guidance must be a finite number, got {self.guidance}")
+        if self.shape not in SHAPES:
+            raise ValueError(f"shape must be one of {', '.join(SHAPES)}, got {self.shape!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,7 +63,7 @@ class RefinementSchedule:
         if not 1 <= steps <= self.config.max_steps:
             raise ValueError(f"steps must be in 1..{self.config.max_steps}, got {steps}")
         t = torch.arange(1, steps + 1, dtype=torch.float64)
-        betas = 1 - torch.cos(t / steps * math.pi / 2)
+        betas = SHAPES[self.config.shape](t / steps)
         betas[-1] = 1.0  # exact, not 1 - 6e-17
         return betas.float()
 
@@ -70,10 +82,10 @@ class RefinementSchedule:
 
     def sample_training_betas(self, batch: int, generator: torch.Generator | None = None,
                               device: torch.device | str = "cpu") -> torch.Tensor:
-        """Continuous steps u ~ U(0, 1] mapped through the cosine, covering every inference schedule."""
+        """Continuous steps u ~ U(0, 1] mapped through the schedule's shape, covering every inference schedule."""
         # drawn on the generator's device (CPU), then moved: a CPU generator cannot draw CUDA tensors
         u = 1 - torch.rand(batch, generator=generator)  # (0, 1]
-        betas = 1 - torch.cos(u * math.pi / 2)
+        betas = SHAPES[self.config.shape](u)
         # a quarter of the examples at beta = 1 exactly: the first step of every schedule
         first_step = torch.rand(batch, generator=generator) < 0.25
         return torch.where(first_step, torch.ones_like(betas), betas).to(device)

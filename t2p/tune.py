@@ -20,6 +20,7 @@ METRIC = "val_dtw_mje"
 def default_search_space() -> dict:
     from ray import tune
     return {"steps": tune.choice([1, 3, 10]),
+            "shape": tune.choice(["cosine", "linear"]),
             "smoothness_weight": tune.loguniform(0.05, 2.0),
             "length_weight": tune.loguniform(0.01, 1.0)}
 
@@ -42,10 +43,13 @@ def parse_search(specs: list[str]) -> dict:
 
 
 def _number(text: str):
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
+    """A choice's value: an int, a float, or (e.g. a schedule shape) the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _sample_value(domain):

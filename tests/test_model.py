@@ -172,16 +172,24 @@ def test_first_pose_decides_the_start_and_missing_keypoints_are_completed(real_m
     assert np.isfinite(completed[~observed]).all() and np.abs(completed[~observed]).sum() > 0
 
 
-def test_observed_values_stay_fixed_when_completing_a_sequence(real_model, real_data):
+def test_a_gap_is_filled_from_the_values_around_it(real_model, real_data):
+    """The known values reach the model (and its starting sequence), not only the output: moving the
+    frames after a gap moves the frames filled in it, and the fill beats holding the first pose."""
     _, signs, sequences = real_data
     reference = sequences[0]
     confidence = reference.confidence.copy()
     confidence[10:20] = 0  # a gap of ten frames
-    (completed,) = generate(real_model, signs[:1], first_poses=[reference], steps=5,
-                            observed=[Observed(reference.data, confidence)])
-    kept = confidence > 0
-    np.testing.assert_allclose(completed.data[kept], reference.data[kept], atol=1e-6)
-    assert len(completed) == reference.num_frames
+    moved = reference.data.copy()
+    moved[20:, :, 0] += 0.5  # everything after the gap half a shoulder width to the side
+    (filled,), (filled_moved,) = (generate(real_model, signs[:1], first_poses=[reference], steps=5,
+                                           observed=[Observed(data, confidence)]) for data in (reference.data, moved))
+    gap = slice(10, 20)
+    shift = (filled_moved.data[gap, :, 0] - filled.data[gap, :, 0]).mean()
+    assert 0.1 < shift < 0.5  # part of the way: the gap leads from the old position to the new one
+    truth, seen = reference.data[gap], reference.confidence[gap] > 0
+    error = np.linalg.norm(filled.data[gap] - truth, axis=-1)[seen].mean()
+    held = np.linalg.norm(reference.data[0][None] - truth, axis=-1)[seen].mean()
+    assert error < 0.5 * held
 
 
 def test_chained_signs_start_from_the_previous_last_frame(real_model):

@@ -37,3 +37,25 @@ def test_step_counts_outside_the_range_are_rejected():
 
 def test_schedule_holds_no_weights():
     assert not any(isinstance(v, torch.nn.Module) for v in vars(RefinementSchedule()).values())
+
+
+@pytest.mark.parametrize("shape", ["cosine", "linear"])
+def test_every_shape_ends_at_the_starting_sequence_and_trains_on_its_own_curve(shape):
+    schedule = RefinementSchedule(ScheduleConfig(shape=shape))
+    betas = schedule.betas(4)
+    assert betas[-1] == 1.0 and (betas[1:] > betas[:-1]).all()
+    if shape == "linear":
+        assert torch.allclose(betas, torch.tensor([0.25, 0.5, 0.75, 1.0]))
+    # the training draws follow the same curve: the median of u ~ U(0, 1] maps to the curve at 0.5
+    drawn = schedule.sample_training_betas(20000, torch.Generator().manual_seed(0))
+    inside = drawn[drawn < 1]
+    expected = 0.5 if shape == "linear" else 1 - torch.cos(torch.tensor(0.25 * torch.pi)).item()
+    assert abs(inside.median().item() - expected) < 0.05
+    with pytest.raises(ValueError, match="shape must be one of cosine, linear"):
+        ScheduleConfig(shape="exponential")
+
+
+def test_a_sweep_can_search_the_schedule_shape():
+    from t2p.tune import parse_search
+    space = parse_search(["shape=cosine,linear", "steps=1,3"])
+    assert space["shape"].categories == ["cosine", "linear"] and space["steps"].categories == [1, 3]
