@@ -25,7 +25,7 @@ from t2p.notation import SignText
 
 # frames of each neighbouring sign the transition window holds fixed: with 3 or 8 the window starts
 # mid-sign, unlike any training sequence, and the joins were 14-15x the signs' speed (median); with
-# whole signs around the gap, 5x
+# whole signs around the gap, 3x before pacing (`pace_transition`)
 TRANSITION_CONTEXT = 32
 MIN_TRANSITION, MAX_TRANSITION = 2, 24
 
@@ -117,8 +117,11 @@ def compose(model: T2PModel, texts: Sequence[TextLike], first_pose: FirstPoseLik
         filled = generate(model, list(texts[1:]), first_poses=[(w.data[0], w.confidence[0]) for w in windows],
                           steps=steps, guidance=guidance, observed=windows,
                           lengths=[len(w.data) for w in windows], keep_proportions=keep_proportions)
-        transitions = [Generated(f.data[lead:lead + gap], f.confidence[lead:lead + gap])
-                       for f, lead, gap in zip(filled, contexts, gaps)]
+        # the model decides where the hands go between two signs; the signs' own speed decides how fast
+        # (inpainted frames alone peaked at 3x the signs' velocity at the joins, median: docs/quality.md)
+        transitions = [pace_transition(_with_ends(f.data[lead:lead + gap], f.confidence[lead:lead + gap], before, after),
+                                       velocity, transition_frames)
+                       for f, lead, gap, before, after in zip(filled, contexts, gaps, signs[:-1], signs[1:])]
 
     pieces, segments, position = [], [], 0
     for index, sign in enumerate(signs):
@@ -132,6 +135,30 @@ def compose(model: T2PModel, texts: Sequence[TextLike], first_pose: FirstPoseLik
             position += len(transitions[index])
     return Composition(np.concatenate([p.data for p in pieces]), np.concatenate([p.confidence for p in pieces]),
                        segments)
+
+
+def _with_ends(data: np.ndarray, confidence: np.ndarray, before: Generated, after: Generated) -> Generated:
+    """A transition's frames with the last frame of the sign before and the first of the sign after."""
+    return Generated(np.concatenate([before.data[-1:], data, after.data[:1]]),
+                     np.concatenate([before.confidence[-1:], confidence, after.confidence[:1]]))
+
+
+def pace_transition(path: Generated, velocity: float, frames: int | None = None) -> Generated:
+    """The frames strictly between the two ends of `path` (whose first and last frames are the signs'
+    own), re-timed to cover the path's length at an even pace of at most `velocity` per frame (or in
+    exactly `frames` frames): the same way, at the speed the signs themselves move."""
+    # path.data: (frames, joints, dims)
+    steps = frame_velocity(path.data, path.confidence)  # (frames - 1,)
+    travelled = np.concatenate([[0.0], np.cumsum(steps)])
+    if frames is None:
+        needed = math.ceil(travelled[-1] / velocity) - 1 if velocity > 0 else MIN_TRANSITION
+        frames = int(np.clip(needed, MIN_TRANSITION, MAX_TRANSITION))
+    targets = travelled[-1] * np.arange(1, frames + 1) / (frames + 1)
+    index = np.clip(np.searchsorted(travelled, targets, side="right") - 1, 0, len(steps) - 1)
+    fraction = np.clip((targets - travelled[index]) / np.maximum(steps[index], 1e-12), 0.0, 1.0)
+    data = path.data[index] + fraction[:, None, None] * (path.data[index + 1] - path.data[index])
+    confidence = np.where(fraction[:, None] < 0.5, path.confidence[index], path.confidence[index + 1])
+    return Generated(data.astype(np.float32), confidence.astype(np.float32))
 
 
 def join_velocity_ratios(composition: Composition) -> list[float]:

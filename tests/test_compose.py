@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from conftest import POSES
-from t2p.compose import (Composition, change_speed, compose, fingerspell, join_velocity_ratios, plan_signs,
-                         transition_length)
+from t2p.compose import (Composition, change_speed, compose, fingerspell, frame_velocity, join_velocity_ratios,
+                         pace_transition, plan_signs, transition_length)
 from t2p.correction import copy_nearest_frame, correct, hide, interpolate_linearly
 from t2p.generation import Generated, generate
 from t2p.pose import PoseSequence, load_sequence
@@ -28,6 +28,8 @@ def test_composed_signs_are_the_signs_alone_joined_by_generated_transitions(six_
         steps = np.linspace(0, 1, len(frames) + 2)[1:-1].reshape(-1, 1, 1)
         blend = (1 - steps) * before + steps * after
         assert len(frames) >= 2 and np.abs(frames - blend).max() > 1e-3
+    # and no join moves faster than twice the signs' own mean velocity
+    assert max(join_velocity_ratios(composition)) <= 2.0
 
 
 def test_a_straight_cut_fails_the_join_velocity_measure(six_real_signs_model):
@@ -52,6 +54,20 @@ def test_transitions_are_long_enough_to_travel_at_the_signs_speed():
     last, first = np.zeros((2, 3)), np.ones((2, 3))  # 1.73 apart
     assert transition_length(last, first, velocity=0.1) == 19
     assert transition_length(last, last, velocity=0.1) == 2
+
+
+def test_a_transition_follows_its_path_at_an_even_pace_no_faster_than_the_signs():
+    # a generated path that dawdles, then jumps: 0, 0.05, 0.1, then 1.0 (in one joint, one axis)
+    positions = np.array([0.0, 0.05, 0.1, 1.0], np.float32)
+    path = Generated(np.stack([positions, np.zeros(4), np.zeros(4)], -1)[:, None, :].astype(np.float32),
+                     np.ones((4, 1), np.float32))
+    paced = pace_transition(path, velocity=0.1)
+    assert len(paced) == 9  # 1.0 travelled at <= 0.1 per frame: 10 steps, 9 frames between the ends
+    whole = np.concatenate([path.data[:1], paced.data, path.data[-1:]])
+    steps = frame_velocity(whole, np.ones(whole.shape[:2], np.float32))
+    np.testing.assert_allclose(steps, 0.1, atol=1e-6)  # even, where the path itself jumped 0.9 in one frame
+    assert np.all(whole[:, 0, 1:] == 0)  # on the path, nowhere else
+    assert len(pace_transition(path, velocity=0.1, frames=4)) == 4
 
 
 def test_speed_changes_the_duration_not_the_path():
