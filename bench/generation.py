@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.peak import gemm_peak, synchronize as _sync  # noqa: E402
 from t2p.generation import generate  # noqa: E402
 from t2p.model import ModelConfig, T2PModel  # noqa: E402
 from t2p.notation import SignText, Vocabulary  # noqa: E402
@@ -32,27 +33,6 @@ CONFIGS = {
     "default": {},
     "hidden-512": {"d_model": 512, "heads": 8},
 }
-
-
-def gemm_peak(device: str, size: int = 2048, repeats: int = 10) -> float:
-    """Best fp32 FLOP/s of a size x size matrix product on this device."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        began = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - began)
-    return 2 * size ** 3 / best
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def _encoder_flops(tokens: int, d: int, ff: int, layers: int, keys: int | None = None) -> float:

@@ -20,6 +20,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MAX_REQUESTS, MAX_CONCURRENCY, MAX_SECONDS = 2000, 64, 600
 DEFAULT_TEXTS = ("hallo", "essen", "kinder", "pizza", "kleine", "danke", "abc", "xyz")
@@ -150,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--max-seconds must be in (0, {MAX_SECONDS}]")
 
     endpoint = Endpoint(loopback_host(args.host), args.port, args.timeout)
+    from bench.peak import describe  # torch only for the peak, measured before any load
+    print(f"client machine: {describe()}")
     options = {key: value for key, value in (("steps", args.steps), ("length", args.length),
                                              ("notation", args.notation)) if value is not None}
     texts = itertools.cycle(args.text)

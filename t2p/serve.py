@@ -59,8 +59,10 @@ class ServeConfig:
     max_text_length: int = 256            # characters of `text`
     max_frames: int = 256                 # frames per output, asked for or predicted (never above the model's)
     max_steps: int = 100                  # refinement steps per request (never above the schedule's)
-    max_batch_size: int = 16              # requests per `generate` call
-    batch_wait_timeout_s: float = 0.01    # how long a batch waits to fill once its first request is in
+    # chosen by bench/serve_sweep.py on 2 CPU cores (README, "Speed"): a batch that waits 50 ms fills, and
+    # full batches doubled throughput over 10 ms waits, whose batches held 3-4 requests
+    max_batch_size: int = 32              # requests per `generate` call
+    batch_wait_timeout_s: float = 0.05    # how long a batch waits to fill once its first request is in
     max_guidance: float = 20.0            # |guidance| above this is refused
     max_first_pose_bytes: int = 8 << 20   # decoded size of `first_pose`
     device: str = "auto"                  # "auto": CUDA when the replica has a GPU, else CPU
@@ -393,7 +395,7 @@ class T2PServer:
         return Response(write_pose(pose), media_type="application/octet-stream",
                         headers={"content-disposition": 'attachment; filename="t2p.pose"'})
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)  # both replaced from the config in __init__
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.05)  # both replaced from the config in __init__
     async def _generate_batch(self, jobs: list[Job]) -> list[Generated | ValueError]:
         """All waiting requests in one `generate` call (each with its own seed), off the event loop so
         more requests can arrive and queue for the next batch meanwhile."""
