@@ -55,7 +55,7 @@ class Panel:
     highlight: "Pose | None" = None  # drawn over `pose` in HIGHLIGHT_COLOR (e.g. the values a correction filled)
 
 
-HIGHLIGHT_COLOR = (230, 30, 30)  # RGB
+HIGHLIGHT_COLOR = (10, 170, 90)  # RGB; green: MediaPipe files draw the body and hands in reds
 
 
 @dataclass
@@ -125,7 +125,7 @@ def render_composition(pose: Union[str, Path], segments: Union[str, Path], out: 
 def render_correction(corrected: Union[str, Path], original: Union[str, Path], out: Union[str, Path],
                       text: str = "", **options) -> RenderResult:
     """A corrected recording next to the original, the filled values (missing in the original,
-    present in the correction) drawn in red."""
+    present in the correction) drawn in green."""
     import copy
     fixed, source = read_pose(corrected), read_pose(original)
     if len(fixed.body.data) != len(source.body.data):
@@ -136,7 +136,7 @@ def render_correction(corrected: Union[str, Path], original: Union[str, Path], o
     filled = (source_sequence.confidence == 0) & (fixed_sequence.confidence > 0)
     highlight = to_pose(fixed_sequence.data, skeleton, fixed_sequence.fps, None, filled.astype(np.float32),
                         fixed_sequence.canvas)
-    panels = [Panel(source, "original"), Panel(copy.deepcopy(fixed), "corrected (filled in red)", highlight)]
+    panels = [Panel(source, "original"), Panel(copy.deepcopy(fixed), "corrected (filled in green)", highlight)]
     return render(panels, out, caption=text, **options)
 
 
@@ -190,9 +190,9 @@ def _draw(pose: "Pose", height: int, background: tuple[int, int, int] = (255, 25
 
 
 def _recoloured(pose: "Pose", color: tuple[int, int, int]) -> "Pose":
-    """The pose with every point and limb in one colour (pose-format draws colours as BGR)."""
+    """The pose with every point and limb in one colour (RGB, as the file's own colours are given)."""
     for component in pose.header.components:
-        component.colors = [tuple(reversed(color))] * max(1, len(component.colors))
+        component.colors = [tuple(color)] * max(1, len(component.colors))
     return pose
 
 

@@ -183,3 +183,49 @@ def test_without_the_font_hamnosys_is_written_as_symbol_names(without_hamnosys_f
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*HamNoSys font")  # warned once, not for every caption
         _caption_ink(ALTERNATIVE["hamnosys"])
+
+
+def _rgb_frame(path, index) -> np.ndarray:
+    with Image.open(path) as image:
+        image.seek(index)
+        return np.asarray(image.convert("RGB")).astype(int)
+
+
+def _near(pixels: np.ndarray, colour, tolerance: int = 40) -> np.ndarray:
+    return (np.abs(pixels - np.array(colour)) <= tolerance).all(-1)
+
+
+def test_a_correction_draws_the_filled_values_in_green_and_only_there(tmp_path):
+    from t2p.render import HIGHLIGHT_COLOR, render_correction
+    damaged = read_pose(ESSEN)
+    offset = 0
+    for component in damaged.header.components:
+        if component.name == "LEFT_HAND_LANDMARKS":
+            break
+        offset += len(component.points)
+    assert (damaged.body.confidence[20:31, :, offset:offset + 21] > 0).all()
+    damaged.body.confidence[20:31, :, offset:offset + 21] = 0  # the tracker lost this hand for 11 frames
+    write_pose(damaged, tmp_path / "damaged.pose")
+    # the recording itself stands for the corrected file: what it has and the damaged one lacks was "filled"
+    render_correction(ESSEN, tmp_path / "damaged.pose", tmp_path / "repaired.gif", panel_height=160)
+    render_correction(ESSEN, ESSEN, tmp_path / "nothing-filled.gif", panel_height=160)
+
+    def highlighted(path, frame):  # compared with the same render where nothing was filled
+        return int(_near(_rgb_frame(path, frame), HIGHLIGHT_COLOR).sum())
+    extra = {frame: highlighted(tmp_path / "repaired.gif", frame) - highlighted(tmp_path / "nothing-filled.gif", frame)
+             for frame in (10, 25, 45)}
+    assert extra[25] > 50, extra  # the filled hand, in the highlight colour
+    assert abs(extra[10]) <= 5 and abs(extra[45]) <= 5, extra  # nothing filled there: nothing highlighted
+
+
+def test_a_composed_sentence_names_the_sign_or_transition_of_every_frame(tmp_path):
+    from t2p.render import render_composition
+    segments = [{"text": "A", "begin": 0, "end": 30, "kind": "sign"},
+                {"text": "A→B", "begin": 30, "end": 40, "kind": "transition"},
+                {"text": "B", "begin": 40, "end": 73, "kind": "sign"}]
+    (tmp_path / "sentence.segments.json").write_text(json.dumps(segments))
+    render_composition(ESSEN, tmp_path / "sentence.segments.json", tmp_path / "sentence.gif", panel_height=160)
+    sign_blue = (20, 60, 200)  # a sign's name is written in blue, a transition's in grey
+    for frame, in_transition in ((10, False), (35, True), (60, False)):
+        caption = _rgb_frame(tmp_path / "sentence.gif", frame)[-60:]  # the caption lines under the panel
+        assert bool(_near(caption, sign_blue, 50).sum() > 10) is not in_transition, frame

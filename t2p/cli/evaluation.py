@@ -170,7 +170,7 @@ def _register_render(subparsers) -> None:
     parser.add_argument("--segments", type=Path,
                         help="a composed sentence's .segments.json (t2p generate --compose): mark its sign boundaries")
     parser.add_argument("--original", type=Path,
-                        help="the recording a corrected pose was made from (t2p correct): filled values in red")
+                        help="the recording a corrected pose was made from (t2p correct): filled values in green")
     parser.add_argument("--text", default="", help="caption (with --model: the text to generate)")
     parser.add_argument("--notation", help="notation of --text for --model (default: the model's)")
     parser.add_argument("--language", help="sign language of --text for --model (ISO 639-3)")
