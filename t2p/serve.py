@@ -371,7 +371,7 @@ class T2PServer:
             job = validate_request(GenerateRequest(text=request.text or "", notation=request.notation,
                                                    language=request.language, steps=request.steps),
                                    self.model, self.limits)
-            corrected = await asyncio.to_thread(correct, self.model, recording, job.sign, job.steps)
+            corrected = await asyncio.to_thread(correct, self.model, recording, job.sign, request.steps)
         except ValueError as error:
             raise HTTPException(status_code=422, detail=str(error)) from None
         # only the filled values are written into the recording: the rest of the file stays as it was

@@ -112,7 +112,9 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
     predicted = refined.poses
 
     scale = model.pose_std
-    weights = observed.float()
+    # given values come back exactly as given (generation restores them): the reconstruction is scored on
+    # what the refiner has to produce, or an inpainting example's few hidden values drown among copies
+    weights = (observed & ~given).float()
     squared = (((predicted - clean) / scale) ** 2).sum(-1)  # (batch, frames, joints)
     reconstruction = (squared * weights).sum() / weights.sum().clamp(min=1)
 
@@ -120,7 +122,8 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
     presence_error = F.binary_cross_entropy_with_logits(refined.presence_logits, observed.float(), reduction="none")
     presence = (presence_error * real_frames).sum() / real_frames.sum().clamp(min=1)
 
-    velocity_weights = weights[:, 1:] * weights[:, :-1]
+    seen = observed.float()  # motion into and out of a gap counts too
+    velocity_weights = seen[:, 1:] * seen[:, :-1]
     velocity_error = ((((predicted[:, 1:] - predicted[:, :-1]) - (clean[:, 1:] - clean[:, :-1])) / scale) ** 2).sum(-1)
     smoothness = (velocity_error * velocity_weights).sum() / velocity_weights.sum().clamp(min=1)
 
