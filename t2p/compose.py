@@ -156,8 +156,13 @@ def pace_transition(path: Generated, velocity: float, frames: int | None = None)
     targets = travelled[-1] * np.arange(1, frames + 1) / (frames + 1)
     index = np.clip(np.searchsorted(travelled, targets, side="right") - 1, 0, len(steps) - 1)
     fraction = np.clip((targets - travelled[index]) / np.maximum(steps[index], 1e-12), 0.0, 1.0)
-    data = path.data[index] + fraction[:, None, None] * (path.data[index + 1] - path.data[index])
-    confidence = np.where(fraction[:, None] < 0.5, path.confidence[index], path.confidence[index + 1])
+    nearer = np.where(fraction < 0.5, index, index + 1)
+    # a joint present at both ends of its path segment moves along it; one that appears or disappears
+    # there is taken from the nearer end, so it never travels from its resting place while drawn
+    both = (path.confidence[index] > 0) & (path.confidence[index + 1] > 0)  # (frames, joints)
+    between = path.data[index] + fraction[:, None, None] * (path.data[index + 1] - path.data[index])
+    data = np.where(both[..., None], between, path.data[nearer])
+    confidence = path.confidence[nearer]
     return Generated(data.astype(np.float32), confidence.astype(np.float32))
 
 
