@@ -12,6 +12,7 @@ Each metric says which published definition it reproduces, so that numbers compa
 | `displacement_ratio` | motion of the prediction / motion of the reference | t2p's motion health check |
 | `length_error` | frames predicted minus frames in the reference, absolute | t2p's motion health check |
 | `presence_error` | share of (frame, joint) whose presence differs from the reference's | t2p |
+| `handshape` | DTW of the fingers' joint angles of the reference's signing hands (rotation, size and position invariant) | t2p (`t2p/handshape.py`) |
 
 `dtw_mje_matrix` and `back_retrieval_ranks` score a whole set: how often an output is closer
 (DTW-MJE) to its own reference than to the others, which a text-blind system cannot do.
@@ -28,6 +29,7 @@ from typing import Sequence
 import numpy as np
 from dtaidistance import dtw_ndim
 
+from t2p.handshape import Hand, hands_of, handshape_distance
 from t2p.pose import ALIASES, HOLISTIC_HAND_POINTS, PoseSequence, Skeleton
 
 
@@ -88,6 +90,7 @@ class JointGroups:
     upper_body_and_hands: tuple[int, ...]      # Ham2Pose's selection: no legs, no face
     shoulders: tuple[int, int] | None          # (right, left): shoulder normalisation
     signing_arms: tuple[tuple[int, int], ...]  # (wrist, elbow) per side: pose-evaluation's trimming
+    hand_shapes: tuple[Hand, ...] = ()         # the fingers' joint angles: the handshape distance
 
     @classmethod
     def of(cls, skeleton: Skeleton) -> "JointGroups":
@@ -109,7 +112,7 @@ class JointGroups:
                     arms.append((wrist, elbow))
         return cls(hands=tuple(hands), upper_body_and_hands=tuple(sorted(set(body) | set(hands))),
                    shoulders=(right, left) if right is not None and left is not None else None,
-                   signing_arms=tuple(arms))
+                   signing_arms=tuple(arms), hand_shapes=tuple(hands_of(skeleton)))
 
 
 def _find(skeleton: Skeleton, component: str, point: str) -> int | None:
@@ -498,6 +501,9 @@ METRICS: dict[str, MetricInfo] = {
     "displacement_ratio": MetricInfo("mean frame-to-frame motion of the prediction / of the reference "
                                      "(~1 healthy, ~0 frozen)", "t2p motion health", "closer to 1"),
     "length_error": MetricInfo("|predicted frames - reference frames|", "t2p motion health", "lower"),
+    "handshape": MetricInfo("DTW of the fingers' 19 joint angles (RMS radians per reference frame) of the "
+                            "reference's signing hands, mean over hands: invariant to the hand's rotation, size "
+                            "and place", "t2p", "lower"),
     "presence_error": MetricInfo("share of (frame, joint) whose presence (e.g. a hand in view) differs from the "
                                  "reference's", "t2p", "lower"),
 }
@@ -545,6 +551,8 @@ def score(predicted: PoseSequence, reference: PoseSequence, groups: JointGroups,
             value = displacement_ratio(p, r, pc, rc)
         elif name == "presence_error":
             value = presence_error(pc, rc)
+        elif name == "handshape":
+            value = handshape_distance(p, r, groups.hand_shapes, rc, pc)
         else:
             value = length_error(p, r)
         results[name] = float(value)
