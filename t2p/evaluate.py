@@ -5,16 +5,14 @@ writes both: `report.json` and `report.md` (mean, median and per-language values
 of every system, back-retrieval, length error against a constant length, generation time, a sweep
 over refinement steps and guidance), a plot per metric and a few rendered examples.
 
-Every system starts from the reference's first pose (who signs):
+Every system is scored from each start (`first_poses_for`): the model's neutral pose (what a
+user without a first pose gets: the headline), the reference's own first frame (the seed's and
+Ham2Pose's protocol, which shows the starting handshape), another sign's first frame. Systems:
 - model: the refinement, with the lengths it predicts;
 - other_text: a control, the model given another test item's text (of the same language where
   there is one): if it scores like the model, the model does not use the text;
-- static: the (completed) first pose repeated at the reference length: the refinement's x_T;
-- retrieval: the training sequence whose text is closest (the same word/letter in another
-  language first, then edit distance), as a lexicon lookup system would answer;
-- mean: the training mean sequence, moved per joint so that it starts at the first pose;
-- mean_motion: the training data's mean displacement from the first frame (time-normalised),
-  added to the first pose: the motion a text-blind system knows.
+- the baselines of `t2p.baselines`: static (the start held still), retrieval (the same letter
+  recorded in another language), mean and mean_motion.
 Retrieval and the means are resampled to the model's predicted length (a system does not know the
 reference length; `EvaluationConfig.baseline_length="reference"` gives them the reference length).
 The length the model predicts is compared with a constant one, the training data's mean length.
@@ -33,11 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
-from rapidfuzz.distance import Levenshtein
 
-from t2p.metrics import (METRICS, JointGroups, MetricInfo, back_retrieval_ranks, dtw_mje_matrix, resample,
-                         score)
-from t2p.pose import PoseSequence, start_from
+from t2p.baselines import MeanBaseline, RetrievalBaseline, constant_length, static_baseline
+from t2p.metrics import METRICS, JointGroups, MetricInfo, back_retrieval_ranks, dtw_mje_matrix, score
+from t2p.pose import PoseSequence
 
 if TYPE_CHECKING:
     from t2p.data import PreparedItem
@@ -53,103 +50,41 @@ SET_METRICS: dict[str, MetricInfo] = {
     "back_retrieval_top5": MetricInfo("share of outputs with at most 4 other test references closer than their own; "
                                       "chance 5/N", "t2p", "higher"),
 }
-SWEEP_METRICS = ("dtw_mje", "mje", "dtwp", "presence_error", "displacement_ratio")
+SWEEP_METRICS = ("dtw_mje", "handshape", "mje", "dtwp", "presence_error", "displacement_ratio")
 
 
-# --- Baselines ----------------------------------------------------------------------------------
-
-def static_baseline(first_pose: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first pose repeated: what the refinement starts from, and what a frozen model outputs."""
-    # first_pose: (joints, dims)
-    data = np.repeat(np.asarray(first_pose, dtype=np.float32)[None], frames, axis=0)
-    return data, np.ones(data.shape[:2], dtype=np.float32)
-
-
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance (insertions, deletions, substitutions of characters)."""
-    return Levenshtein.distance(a, b)
-
-
-class RetrievalBaseline:
-    """A lexicon lookup: the training sequence whose text is closest to the query.
-
-    Closest means, in order: the same word/letter (gloss or text) in another language; the smallest
-    edit distance between the texts (between the glosses when the notations differ); the same
-    language; the training order.
-    """
-
-    def __init__(self, training: Sequence["PreparedItem"]):
-        if not training:
-            raise ValueError("the retrieval baseline needs training items")
-        self.training = list(training)
-
-    def closest(self, sign: "SignText", gloss: str = "") -> "PreparedItem":
-        def key(indexed):
-            index, item = indexed
-            same_word = (bool(gloss) and item.gloss.casefold() == gloss.casefold()) or \
-                (item.sign.text == sign.text and item.sign.notation == sign.notation)
-            if item.sign.notation == sign.notation:
-                distance = edit_distance(sign.text, item.sign.text)
-            else:
-                distance = edit_distance(gloss.casefold(), item.gloss.casefold())
-            return (not same_word, distance, item.sign.language != sign.language, index)
-        return min(enumerate(self.training), key=key)[1]
-
-    def __call__(self, sign: "SignText", gloss: str, frames: int, first_pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        sequence = self.closest(sign, gloss).sequence
-        return start_from(*resample(sequence.data, sequence.confidence, frames), first_pose)
-
-
-class MeanBaseline:
-    """The confidence-weighted mean of every training sequence resampled to the requested length,
-    moved per joint to start at the first pose; with `motion=True`, the mean displacement from
-    each sequence's own first frame, added to the first pose (`mean_motion`)."""
-
-    def __init__(self, training: Sequence["PreparedItem"], motion: bool = False):
-        if not training:
-            raise ValueError("the mean baselines need training items")
-        self.sequences = [(item.sequence.data, item.sequence.confidence) for item in training]
-        self.motion = motion
-        self._means: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def mean(self, frames: int) -> tuple[np.ndarray, np.ndarray]:
-        """The mean sequence (or mean displacement) at `frames` frames, and where it is defined."""
-        if frames not in self._means:
-            total, weight = 0.0, 0.0
-            for data, confidence in self.sequences:
-                values, observed = resample(data, confidence, frames)
-                observed = (observed > 0).astype(np.float64)
-                if self.motion:  # displacement from the joint's first observed position
-                    first_seen = np.argmax(observed > 0, axis=0)
-                    values = values - values[first_seen, np.arange(values.shape[1])]
-                total = total + values * observed[..., None]
-                weight = weight + observed
-            data = np.where(weight[..., None] > 0, total / np.maximum(weight, 1)[..., None], 0.0)
-            self._means[frames] = (data.astype(np.float32), (weight > 0).astype(np.float32))
-        return self._means[frames]
-
-    def __call__(self, frames: int, first_pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        data, confidence = self.mean(frames)
-        if self.motion:
-            return np.where(confidence[..., None] > 0, data + first_pose, 0.0).astype(np.float32), confidence
-        return start_from(data, confidence, first_pose)
-
-
-def constant_length(training: Sequence["PreparedItem"]) -> int:
-    """The training data's mean length in frames: what a system that ignores the text would say."""
-    return max(1, round(float(np.mean([item.sequence.num_frames for item in training]))))
-
-
-def other_texts(items: Sequence["PreparedItem"]) -> list["SignText"]:
-    """For each item, the text of another item with a different text, of the same language where
-    there is one (the next such item in order): the control that tells whether the text is used."""
+def other_items(items: Sequence["PreparedItem"]) -> list["PreparedItem"]:
+    """For each item, another item with a different text, of the same language where there is one
+    (the next such item in order): its text is the other-text control, its first frame the
+    "other" start (the signer's pose at the end of some other sign)."""
     chosen = []
     for index, item in enumerate(items):
         order = items[index + 1:] + items[:index]
         others = [other for other in order if other.sign.text != item.sign.text]
         same_language = [other for other in others if other.sign.language == item.sign.language]
-        chosen.append((same_language or others or [item])[0].sign)
+        chosen.append((same_language or others or [item])[0])
     return chosen
+
+
+def other_texts(items: Sequence["PreparedItem"]) -> list["SignText"]:
+    """The other-text control: if the model scores as well with these, it does not use the text."""
+    return [other.sign for other in other_items(items)]
+STARTS = ("neutral", "own", "other")
+
+
+def first_poses_for(start: str, items: Sequence["PreparedItem"]) -> list:
+    """What every system starts from (who signs, and where the hands are):
+    - neutral: the model's neutral pose, what `t2p generate` uses without --first-pose;
+    - own: the reference's own first frame (the seed's and Ham2Pose's protocol; it shows the
+      starting handshape);
+    - other: the first frame of another item of the same language (another sign's pose)."""
+    if start == "neutral":
+        return [None] * len(items)
+    if start == "own":
+        return [item.sequence for item in items]
+    if start == "other":
+        return [other.sequence for other in other_items(items)]
+    raise ValueError(f"unknown start {start!r}; choose from {', '.join(STARTS)}")
 
 
 # --- The report ---------------------------------------------------------------------------------
@@ -164,9 +99,13 @@ class EvaluationConfig:
     examples: int = 3                  # rendered side-by-side examples
     baseline_length: str = "predicted"  # retrieval/mean length: "predicted" (the model's) or "reference"
     metrics: tuple[str, ...] = tuple(METRICS)
+    # starting poses, each scoring every system; the first is the headline (and the sweep's)
+    starts: tuple[str, ...] = STARTS
     progress: bool = True
 
     def __post_init__(self):
+        if not self.starts or any(start not in STARTS for start in self.starts) or len(set(self.starts)) < len(self.starts):
+            raise ValueError(f"starts must be distinct names from {', '.join(STARTS)}, got {', '.join(self.starts) or 'none'}")
         if self.baseline_length not in BASELINE_LENGTHS:
             raise ValueError(f"baseline_length must be one of {', '.join(BASELINE_LENGTHS)}")
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -203,20 +142,42 @@ class Setting:
 
 
 @dataclass
+class StartReport:
+    """Every system scored from one kind of starting pose (see `first_poses_for`)."""
+    start: str
+    items: list[ItemResult]
+    length: dict[str, float]  # MAE in frames of the model and of the constant length
+
+
+@dataclass
 class EvaluationReport:
     model: str
     data: str
     split: str
-    items: list[ItemResult]
+    starts: list[StartReport]  # the first is the headline
     metrics: list[str]
     steps: int
     guidance: float
     generation_seconds: float
     lengths: dict[str, str]
-    length: dict[str, float]            # MAE in frames of the model and of the constant length
     sweep: list[Setting] = field(default_factory=list)
     examples: list[str] = field(default_factory=list)
     plots: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def items(self) -> list[ItemResult]:
+        """The headline start's items."""
+        return self.starts[0].items
+
+    @property
+    def length(self) -> dict[str, float]:
+        return self.starts[0].length
+
+    def start(self, name: str) -> StartReport:
+        for start in self.starts:
+            if start.start == name:
+                return start
+        raise KeyError(f"this evaluation has no {name!r} start; it has {', '.join(s.start for s in self.starts)}")
 
     @property
     def languages(self) -> list[str]:
@@ -232,9 +193,11 @@ class EvaluationReport:
         finite = [s for s in self.sweep if math.isfinite(s.scores.get("dtw_mje", math.nan))]
         return min(finite, key=lambda s: s.scores["dtw_mje"]) if finite else None
 
-    def summary(self, language: str | None = None) -> dict[str, dict[str, dict[str, float]]]:
-        """system -> metric -> {mean, median}, over all items or one language's (NaNs left out)."""
-        chosen = [item for item in self.items if language is None or item.language == language]
+    def summary(self, language: str | None = None, start: str | None = None) -> dict[str, dict[str, dict[str, float]]]:
+        """system -> metric -> {mean, median}, over all items or one language's (NaNs left out), from
+        the headline start or the one named."""
+        items = self.items if start is None else self.start(start).items
+        chosen = [item for item in items if language is None or item.language == language]
         result: dict[str, dict[str, dict[str, float]]] = {}
         for system in SYSTEMS:
             result[system] = {}
@@ -250,13 +213,15 @@ class EvaluationReport:
         best = self.best_setting
         return {
             "model": self.model, "data": self.data, "split": self.split, "items": count,
-            "systems": list(SYSTEMS), "steps": self.steps, "guidance": self.guidance, "lengths": self.lengths,
-            "length": self.length,
+            "systems": list(SYSTEMS), "starts": [start.start for start in self.starts],
+            "steps": self.steps, "guidance": self.guidance, "lengths": self.lengths, "length": self.length,
             "metrics": {name: asdict(info) for name, info in {**METRICS, **SET_METRICS}.items()
                         if name in self.all_metrics},
             "chance": {"back_retrieval_top1": min(1.0, 1 / max(count, 1)),
                        "back_retrieval_top5": min(1.0, 5 / max(count, 1))},
             "summary": self.summary(),
+            "by_start": {start.start: {"summary": self.summary(start=start.start), "length": start.length}
+                         for start in self.starts},
             "by_language": {language: self.summary(language) for language in self.languages},
             "sweep": [asdict(setting) for setting in self.sweep],
             "best_setting": None if best is None else {"steps": best.steps, "guidance": best.guidance},
@@ -264,27 +229,47 @@ class EvaluationReport:
                                 "seconds_per_item": self.generation_seconds / max(count, 1),
                                 "items_per_second": count / self.generation_seconds if self.generation_seconds > 0 else None},
             "examples": self.examples, "plots": self.plots,
-            "per_item": [asdict(item) for item in self.items],
+            "per_item": {start.start: [asdict(item) for item in start.items] for start in self.starts},
         }
+
+    def text_use_table(self) -> list[str]:
+        """Per start: the model against its other-text control and the closest baselines, on the
+        handshape and DTW-MJE (where a text-blind model shows: other text scores like the model)."""
+        rows = ["| start | metric | model | other text | other / model | static | retrieval | mean motion |",
+                "|---|---|---|---|---|---|---|---|"]
+        for start in self.starts:
+            summary = self.summary(start=start.start)
+            for metric in ("handshape", "dtw_mje"):
+                if metric not in self.metrics:
+                    continue
+                mean = {system: summary[system][metric]["mean"] for system in SYSTEMS}
+                ratio = mean["other_text"] / mean["model"] if mean["model"] > 0 else float("nan")
+                rows.append(f"| {start.start} | {metric} | {mean['model']:.3f} | {mean['other_text']:.3f} | "
+                            f"{ratio:.2f}x | {mean['static']:.3f} | {mean['retrieval']:.3f} | {mean['mean_motion']:.3f} |")
+        return rows
 
     def to_markdown(self) -> str:
         count = len(self.items)
         lines = [f"# t2p evaluation: {self.split} split", "",
                  f"- model: `{self.model}`", f"- data: `{self.data}` ({count} items, languages: "
-                 f"{', '.join(self.languages)})", f"- refinement steps: {self.steps}, guidance: {self.guidance:g}"]
+                 f"{', '.join(self.languages)})", f"- refinement steps: {self.steps}, guidance: {self.guidance:g}",
+                 f"- starts: {', '.join(start.start for start in self.starts)} (the first is the headline; "
+                 "neutral: the model's neutral pose, own: the reference's first frame, other: another sign's first frame)"]
         lines += [f"- lengths, {system}: {policy}" for system, policy in self.lengths.items()]
         lines += [f"- generation time: {self.generation_seconds:.2f} s in all, "
                   f"{1000 * self.generation_seconds / max(count, 1):.1f} ms per item (batched)",
                   f"- back-retrieval chance: top-1 {1 / max(count, 1):.3f}, top-5 {min(1.0, 5 / max(count, 1)):.3f}", ""]
-        lines += ["## All items: mean (median)", ""] + _table(self.summary(), self.all_metrics, median=True)
-        lines += ["", "## Length", "", "| predictor | MAE (frames) |", "|---|---|",
-                  f"| model | {self.length['model']:.2f} |",
-                  f"| constant ({self.length['constant_frames']:.0f} frames, the training mean) | "
-                  f"{self.length['constant']:.2f} |"]
+        lines += ["## Does the text choose the sign? Every start", ""] + self.text_use_table()
+        for start in self.starts:
+            lines += ["", f"## From the {start.start} start: mean (median)", ""]
+            lines += _table(self.summary(start=start.start), self.all_metrics, median=True)
+            lines += ["", f"Length MAE from the {start.start} start: model {start.length['model']:.2f} frames, "
+                          f"constant ({start.length['constant_frames']:.0f} frames, the training mean) "
+                          f"{start.length['constant']:.2f}."]
         if self.sweep:
             best = self.best_setting
             names = [name for name in SWEEP_METRICS if name in self.sweep[0].scores] + list(SET_METRICS)
-            lines += ["", "## Steps and guidance: the model's mean", "",
+            lines += ["", f"## Steps and guidance: the model's mean, {self.starts[0].start} start", "",
                       "| steps | guidance | " + " | ".join(names) + " | seconds |", "|---" * (len(names) + 3) + "|"]
             for setting in self.sweep:
                 mark = " **best**" if setting is best else ""
@@ -294,7 +279,7 @@ class EvaluationReport:
                 lines += ["", f"Lowest DTW-MJE: {best.steps} steps, guidance {best.guidance:g}."]
         for language in self.languages:
             chosen = sum(item.language == language for item in self.items)
-            lines += ["", f"## {language} ({chosen} items): mean", ""]
+            lines += ["", f"## {language} ({chosen} items), {self.starts[0].start} start: mean", ""]
             lines += _table(self.summary(language), self.all_metrics, median=False)
         lines += ["", "## Metrics", "", "| metric | better | what | source |", "|---|---|---|---|"]
         info = {**METRICS, **SET_METRICS}
@@ -327,11 +312,12 @@ def _table(summary: dict, metrics: Sequence[str], median: bool) -> list[str]:
 
 def evaluate(model: "T2PModel", data_dir: Union[str, Path], out_dir: Union[str, Path] | None = None,
              config: EvaluationConfig | None = None, model_name: str = "") -> EvaluationReport:
-    """Score the model and every baseline on one split; with `out_dir`, write the report there.
+    """Score the model and every baseline on one split, from every start of `config.starts`; with
+    `out_dir`, write the report there.
 
-    With several `steps` or `guidance` values, the model is generated once per combination and the
-    sweep's table gives each one's means; the main table uses the model's default setting when it
-    is among them, else the first combination."""
+    With several `steps` or `guidance` values, the model is generated once per combination from
+    the headline start and the sweep's table gives each one's means; the main tables use the
+    model's default setting when it is among them, else the first combination."""
     from tqdm import tqdm
 
     from t2p.data import load_manifest, read_items
@@ -352,74 +338,76 @@ def evaluate(model: "T2PModel", data_dir: Union[str, Path], out_dir: Union[str, 
                 for guidance in (config.guidance or (defaults.guidance,))]
     main = (defaults.steps, float(defaults.guidance))
     main = main if main in settings else settings[0]
-
-    generated, seconds = {}, {}
-    for setting in tqdm(settings, desc="generate", unit="setting", disable=not config.progress or len(settings) == 1):
-        started = time.perf_counter()
-        generated[setting] = _generate(model, items, [item.sign for item in items], *setting, config.batch_size)
-        seconds[setting] = time.perf_counter() - started
-    predictions = generated[main]
-
-    outputs = {"model": predictions,
-               "other_text": _generate(model, items, other_texts(items), *main, config.batch_size)}
-    starts = list(starting_poses(model, [item.sequence for item in items]))
-    retrieval, mean, mean_motion = (RetrievalBaseline(training), MeanBaseline(training),
+    signs, controls = [item.sign for item in items], other_texts(items)
+    retrieval, mean, mean_motion = (RetrievalBaseline(training, groups.hand_shapes), MeanBaseline(training),
                                     MeanBaseline(training, motion=True))
-    baselines = {"static": [], "retrieval": [], "mean": [], "mean_motion": []}
-    for item, (prediction, _), start in zip(items, predictions, starts):
-        reference = item.sequence
-        frames = len(prediction) if config.baseline_length == "predicted" else reference.num_frames
-        baselines["static"].append(static_baseline(start, reference.num_frames))
-        baselines["retrieval"].append(retrieval(item.sign, item.gloss, frames, start))
-        baselines["mean"].append(mean(frames, start))
-        baselines["mean_motion"].append(mean_motion(frames, start))
-    outputs.update(baselines)
+    constant = constant_length(training)
 
-    scores = {system: _score_system(items, system_outputs, groups, config.metrics,
-                                    progress=config.progress and system == "model")
-              for system, system_outputs in outputs.items()}
-    results = [ItemResult(item.id, item.sign.text, item.sign.notation, item.sign.language or "unknown",
-                          item.sequence.num_frames, {system: len(outputs[system][i][0]) for system in SYSTEMS},
-                          {system: scores[system][i] for system in SYSTEMS})
-               for i, item in enumerate(items)]
+    generated, seconds, starts, predictions = {}, {}, [], None
+    for start in config.starts:
+        first_poses = first_poses_for(start, items)
+        swept = settings if start == config.starts[0] else [main]
+        for setting in tqdm(swept, desc=f"generate ({start} start)", unit="setting",
+                            disable=not config.progress or len(swept) == 1):
+            began = time.perf_counter()
+            generated[setting] = _generate(model, signs, first_poses, *setting, config.batch_size)
+            seconds.setdefault(setting, time.perf_counter() - began)
+        outputs = {"model": generated[main],
+                   "other_text": _generate(model, controls, first_poses, *main, config.batch_size)}
+        baselines = {"static": [], "retrieval": [], "mean": [], "mean_motion": []}
+        for item, (prediction, _), pose in zip(items, outputs["model"], starting_poses(model, first_poses)):
+            frames = len(prediction) if config.baseline_length == "predicted" else item.sequence.num_frames
+            baselines["static"].append(static_baseline(pose, item.sequence.num_frames))
+            baselines["retrieval"].append(retrieval(item.sign, item.gloss, frames, pose, exclude=item.id))
+            baselines["mean"].append(mean(frames, pose))
+            baselines["mean_motion"].append(mean_motion(frames, pose))
+        outputs.update(baselines)
+        scores = {system: _score_system(items, system_outputs, groups, config.metrics,
+                                        progress=config.progress and system == "model")
+                  for system, system_outputs in outputs.items()}
+        results = [ItemResult(item.id, item.sign.text, item.sign.notation, item.sign.language or "unknown",
+                              item.sequence.num_frames, {system: len(outputs[system][i][0]) for system in SYSTEMS},
+                              {system: scores[system][i] for system in SYSTEMS})
+                   for i, item in enumerate(items)]
+        length = {"model": float(np.mean([abs(len(data) - item.sequence.num_frames)
+                                          for (data, _), item in zip(outputs["model"], items)])),
+                  "constant": float(np.mean([abs(constant - item.sequence.num_frames) for item in items])),
+                  "constant_frames": float(constant)}
+        starts.append(StartReport(start, results, length))
+        if start == config.starts[0]:
+            predictions, headline_scores, headline_generated = outputs["model"], scores["model"], dict(generated)
 
     sweep = []
     if len(settings) > 1:
         sweep_metrics = [m for m in SWEEP_METRICS if m in config.metrics]
         for setting in settings:  # the main setting is scored already
-            setting_scores = (scores["model"] if setting == main
-                              else _score_system(items, generated[setting], groups, sweep_metrics))
+            setting_scores = (headline_scores if setting == main
+                              else _score_system(items, headline_generated[setting], groups, sweep_metrics))
             means = _means(setting_scores)
             sweep.append(Setting(*setting, {name: means[name] for name in (*sweep_metrics, *SET_METRICS)},
                                  seconds[setting]))
 
-    constant = constant_length(training)
     baseline_length = "the model's predicted length" if config.baseline_length == "predicted" else "the reference length"
     report = EvaluationReport(
-        model=model_name, data=str(data_dir), split=config.split, items=results, metrics=list(config.metrics),
+        model=model_name, data=str(data_dir), split=config.split, starts=starts, metrics=list(config.metrics),
         steps=main[0], guidance=main[1], generation_seconds=seconds[main],
         lengths={"model": "predicted by the model", "other_text": "predicted by the model from the other text",
                  "static": "the reference length", "retrieval": f"resampled to {baseline_length}",
                  "mean": f"resampled to {baseline_length}", "mean_motion": f"resampled to {baseline_length}"},
-        length={"model": float(np.mean([abs(len(data) - item.sequence.num_frames)
-                                        for (data, _), item in zip(predictions, items)])),
-                "constant": float(np.mean([abs(constant - item.sequence.num_frames) for item in items])),
-                "constant_frames": float(constant)},
         sweep=sweep)
     if out_dir is not None:
         write_report(report, out_dir, model, items[:config.examples], predictions[:config.examples])
     return report
 
 
-def _generate(model: "T2PModel", items: Sequence["PreparedItem"], signs: Sequence["SignText"], steps: int,
+def _generate(model: "T2PModel", signs: Sequence["SignText"], first_poses: Sequence, steps: int,
               guidance: float, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The model's (positions, confidence: 0 where it predicts a joint absent) per item, from each
-    item's first pose."""
+    """The model's (positions, confidence: 0 where it predicts a joint absent) per text, from each
+    item's first pose (None: the neutral pose)."""
     from t2p.generation import generate
     outputs = []
-    for begin in range(0, len(items), batch_size):
-        batch = items[begin:begin + batch_size]
-        for generated in generate(model, signs[begin:begin + batch_size], first_poses=[item.sequence for item in batch],
+    for begin in range(0, len(signs), batch_size):
+        for generated in generate(model, signs[begin:begin + batch_size], first_poses=first_poses[begin:begin + batch_size],
                                   steps=steps, guidance=guidance):
             outputs.append((generated.data, generated.confidence))
     return outputs

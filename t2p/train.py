@@ -392,7 +392,7 @@ def validation_metrics(model: T2PModel, items: Sequence["PreparedItem"], steps: 
                        batch_size: int = 64) -> dict[str, float]:
     """Mean DTW-MJE of generated vs reference sequences (reference first pose, predicted length),
     the same for the static baseline, and the mean absolute length error in frames."""
-    from t2p.evaluate import static_baseline
+    from t2p.baselines import static_baseline
     from t2p.generation import generate
     from t2p.metrics import dtw_mje, length_error
     if not items:

@@ -6,12 +6,12 @@ import pytest
 from conftest import POSES
 from t2p.cli import main
 from t2p.data import PreparedItem, lexicon_items, prepare
-from t2p.evaluate import (SET_METRICS, SYSTEMS, EvaluationConfig, MeanBaseline, RetrievalBaseline, constant_length,
-                          edit_distance, evaluate, other_texts, start_from, static_baseline)
+from t2p.baselines import MeanBaseline, RetrievalBaseline, constant_length, edit_distance, static_baseline
+from t2p.evaluate import SET_METRICS, STARTS, SYSTEMS, EvaluationConfig, evaluate, other_texts
 from t2p.metrics import METRICS
 from t2p.model import T2PModel
 from t2p.notation import SignText
-from t2p.pose import Normalization, PoseSequence
+from t2p.pose import Normalization, PoseSequence, start_from
 from t2p.train import model_config_from_manifest
 
 
@@ -165,3 +165,50 @@ def test_evaluate_command_refuses_a_malformed_sweep(tiny_set, tmp_path, capsys):
         main(["evaluate", "--model", str(root / "model"), "--data", str(root / "data"), "--out", str(tmp_path),
               "--steps", "1,x"])
     assert "expected ints separated by commas, got '1,x'" in capsys.readouterr().err
+
+
+def test_every_system_is_scored_from_every_start(tiny_set):
+    """neutral: the model's neutral pose; own: the reference's first frame; other: another item's.
+    An untrained refiner holds its start, so it scores as that start held still (static) from each
+    start, and the starts differ from one another."""
+    root, model = tiny_set
+    report = evaluate(model, root / "data", config=EvaluationConfig(split="train", steps=(1,), metrics=("mje",),
+                                                                    baseline_length="reference", progress=False))
+    assert [start.start for start in report.starts] == list(STARTS) and report.items is report.starts[0].items
+    by_start = {}
+    for start in report.starts:
+        for item in start.items:
+            assert item.scores["model"]["mje"] == pytest.approx(item.scores["static"]["mje"], rel=1e-5), start.start
+        by_start[start.start] = [item.scores["static"]["mje"] for item in start.items]
+    assert by_start["neutral"] != by_start["own"] != by_start["other"]
+    assert "## Does the text choose the sign? Every start" in report.to_markdown()
+    assert set(report.to_dict()["by_start"]) == set(STARTS)
+
+
+def test_evaluate_refuses_an_unknown_start(tiny_set, tmp_path, capsys):
+    root, _ = tiny_set
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--model", str(root / "model"), "--data", str(root / "data"), "--out", str(tmp_path),
+              "--start", "neutral,sideways"])
+    assert "starts are neutral, own, other" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="starts must be distinct"):
+        EvaluationConfig(starts=("own", "own"))
+
+
+def test_retrieval_plays_the_recorded_handshape_from_the_start_wrist():
+    """Each hand moves as a whole with its wrist: the recorded handshape is shown, not the start's."""
+    from t2p.handshape import Hand
+    frames = 4
+    data = np.zeros((frames, 3, 2), np.float32)
+    data[:, 1] = [1.0, 0.0]                     # the wrist
+    data[:, 2] = [1.0, 0.5] + np.arange(frames)[:, None] * [0.0, 0.1]  # a finger opening
+    confidence = np.ones((frames, 3), np.float32)
+    sequence = PoseSequence(data, confidence, 25.0, Normalization(np.zeros(2, np.float32), 1.0))
+    training = [PreparedItem("1", "ase:a", "train", SignText("a", "text", "ase"), "a", sequence, "")]
+    start = np.array([[0.0, 0.0], [3.0, 3.0], [3.0, 2.0]], np.float32)  # the start's finger points down
+    hand = Hand("RIGHT_HAND_LANDMARKS", 1, (1, 2), ())
+    moved, _ = RetrievalBaseline(training, [hand])(SignText("a", "text", "gsg"), "a", frames, start)
+    np.testing.assert_allclose(moved[:, 1], [[3.0, 3.0]] * frames)                 # the wrist starts at the start's
+    np.testing.assert_allclose(moved[:, 2] - moved[:, 1], data[:, 2] - data[:, 1], atol=1e-6)  # the recorded finger
+    per_joint, _ = RetrievalBaseline(training)(SignText("a", "text", "gsg"), "a", frames, start)
+    np.testing.assert_allclose(per_joint[0, 2], start[2])  # without hands: every joint from the start's

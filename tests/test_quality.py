@@ -11,7 +11,7 @@ import torch
 
 from conftest import train_six_real_signs
 from t2p.data import PreparedItem
-from t2p.evaluate import MeanBaseline, static_baseline
+from t2p.baselines import MeanBaseline, static_baseline
 from t2p.generation import generate
 from t2p.metrics import dtw_mje
 

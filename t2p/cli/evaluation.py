@@ -17,6 +17,7 @@ def register(subparsers) -> None:
 # --- evaluate ------------------------------------------------------------------------------------
 
 def _register_evaluate(subparsers) -> None:
+    from t2p.evaluate import STARTS
     from t2p.metrics import METRICS
     parser = add_verb(subparsers, "evaluate",
                       "Score a model against the static, retrieval and mean baselines on every metric; write "
@@ -42,10 +43,23 @@ def _register_evaluate(subparsers) -> None:
     parser.add_argument("--baseline-length", choices=["predicted", "reference"], default="predicted",
                         help="length of the retrieval and mean baselines: the model's predicted length or the "
                              "reference length")
+    parser.add_argument("--start", type=_starts, default=STARTS, metavar="START[,START...]",
+                        help="starting poses, each scoring every system; the first is the headline: neutral (the "
+                             "model's neutral pose), own (the reference's first frame), other (another sign's first "
+                             f"frame) (default: {','.join(STARTS)})")
     parser.add_argument("--metric", action="append", choices=list(METRICS), dest="metrics",
                         help="metric to compute (repeatable; default: all)")
     add_device_option(parser)
     parser.set_defaults(handler=evaluate_command)
+
+
+def _starts(text: str) -> tuple[str, ...]:
+    from t2p.evaluate import STARTS
+    starts = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [start for start in starts if start not in STARTS]
+    if unknown or not starts:
+        raise argparse.ArgumentTypeError(f"starts are {', '.join(STARTS)}, separated by commas; got {text!r}")
+    return starts
 
 
 def _numbers(kind):
@@ -69,17 +83,20 @@ def evaluate_command(args: argparse.Namespace) -> int:
         return _evaluate_composition(args)
     config = EvaluationConfig(split=args.split, steps=args.steps, guidance=args.guidance, batch_size=args.batch_size,
                               limit=args.limit, examples=args.examples, baseline_length=args.baseline_length,
-                              metrics=tuple(args.metrics or METRICS))
+                              metrics=tuple(args.metrics or METRICS), starts=args.start)
     model = T2PModel.load(args.model, device=resolve_device(args.device))
     report = evaluate(model, args.data, args.out, config, model_name=str(args.model))
-    summary = report.summary()
-    headline = next(m for m in ("dtw_mje", *config.metrics) if m in config.metrics)
-    print(f"evaluated {len(report.items)} {args.split} items at {report.steps} steps, guidance {report.guidance:g}; "
-          f"{headline} mean: " + ", ".join(f"{system} {summary[system][headline]['mean']:.3f}" for system in summary))
-    print(f"back-retrieval top-5: " + ", ".join(f"{system} {summary[system]['back_retrieval_top5']['mean']:.2f}"
-                                               for system in summary)
-          + f" (chance {min(1.0, 5 / len(report.items)):.2f}); length MAE: model {report.length['model']:.2f}, "
-          f"constant {report.length['constant']:.2f} frames")
+    print(f"evaluated {len(report.items)} {args.split} items at {report.steps} steps, guidance {report.guidance:g}")
+    headlines = [m for m in ("handshape", "dtw_mje") if m in config.metrics] or list(config.metrics[:1])
+    for start in report.starts:
+        summary = report.summary(start=start.start)
+        for headline in headlines:
+            print(f"{start.start} start, {headline} mean: "
+                  + ", ".join(f"{system} {summary[system][headline]['mean']:.3f}" for system in summary))
+        print(f"{start.start} start, back-retrieval top-5: "
+              + ", ".join(f"{system} {summary[system]['back_retrieval_top5']['mean']:.2f}" for system in summary)
+              + f" (chance {min(1.0, 5 / len(report.items)):.2f}); length MAE: model {start.length['model']:.2f}, "
+              f"constant {start.length['constant']:.2f} frames")
     if report.sweep:
         names = [name for name in ("dtw_mje", "dtwp", "back_retrieval_top5") if name in report.sweep[0].scores]
         print("steps guidance " + " ".join(f"{name:>19}" for name in names))
