@@ -37,6 +37,7 @@ from rapidfuzz.distance import Levenshtein
 
 from t2p.metrics import (METRICS, JointGroups, MetricInfo, back_retrieval_ranks, dtw_mje_matrix, resample,
                          score)
+from t2p.config import written_whole
 from t2p.pose import PoseSequence, start_from
 
 if TYPE_CHECKING:
@@ -540,6 +541,5 @@ def _finite(value):
 
 
 def _write_text(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
+    with written_whole(path) as partial:
+        partial.write_text(text, encoding="utf-8")

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from t2p.config import from_dict
+from t2p.config import from_dict, written_whole
 from t2p.notation import SignText, Vocabulary
 from t2p.pose import Normalization, Skeleton
 from t2p.schedule import RefinementSchedule, ScheduleConfig
@@ -355,12 +355,11 @@ class T2PModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
-        save_file(state, str(directory / (WEIGHTS_FILE + ".partial")))
-        (directory / (CONFIG_FILE + ".partial")).write_text(json.dumps(
-            {"t2p_format": FORMAT_VERSION, "model": asdict(self.config),
-             "schedule": self.schedule_config.to_dict()}, ensure_ascii=False, indent=1))
-        (directory / (WEIGHTS_FILE + ".partial")).replace(directory / WEIGHTS_FILE)
-        (directory / (CONFIG_FILE + ".partial")).replace(directory / CONFIG_FILE)
+        # the weights are in place before the config that announces them
+        with written_whole(directory / CONFIG_FILE) as config, written_whole(directory / WEIGHTS_FILE) as weights:
+            save_file(state, str(weights))
+            config.write_text(json.dumps({"t2p_format": FORMAT_VERSION, "model": asdict(self.config),
+                                          "schedule": self.schedule_config.to_dict()}, ensure_ascii=False, indent=1))
         return directory
 
     @classmethod

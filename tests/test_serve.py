@@ -2,7 +2,6 @@
 import asyncio
 import base64
 import math
-import socket
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ from t2p.notation import SignText, Vocabulary
 from t2p.pose import Skeleton, SkeletonComponent, _source_indices, read_pose, to_pose, to_sequence, write_pose
 from t2p.schedule import ScheduleConfig
 from t2p.serve import ServeConfig, build_app, decode_first_pose
+from ports import free_port
 
 CONFIGS = Path(__file__).parents[1] / "serve_configs"
 ESSEN = POSES / "lexicon_sgg" / "essen.pose"
@@ -46,16 +46,10 @@ def model(model_dir) -> T2PModel:
     return T2PModel.load(model_dir)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(ray_session, model_dir) -> str:
     from ray import serve
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"model": str(model_dir), **LIMITS}), name="t2p-test", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
