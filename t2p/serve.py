@@ -15,6 +15,9 @@ Every request is validated where it arrives (tokenised, its first pose decoded a
 skeleton) before it joins a batch, so a bad request is a 4xx for its sender alone. `@serve.batch`
 then hands the waiting requests to one `generate` call: texts, lengths, step counts, guidance and
 seeds may all differ, and each item equals generating it alone.
+"texts" and /v1/correct call the library's `compose.compose_sentence` and `correction.correct_pose`,
+as `t2p generate --compose` and `t2p correct` do (Serve takes no lexicon: unknown glosses are
+fingerspelled).
 
 Run it with `serve run serve_configs/local.yaml`, `serve run t2p.serve:build_app model=DIR`, or
 `t2p serve --model DIR`. The model folder is the `model` argument, else `$T2P_MODEL`, else

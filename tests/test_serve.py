@@ -158,12 +158,13 @@ def test_a_json_body_is_read_whatever_its_content_type(client):
 
 
 def test_texts_are_composed_into_one_sequence_at_the_asked_speed(client, model):
-    from t2p.compose import compose
+    from t2p.compose import compose_sentence
     body = {"texts": ["essen", "pizza", "kinder"], "language": "sgg", "steps": 2, "speed": 1.5}
     response = client.post("/v1/generate", json=body)
     assert response.status_code == 200, response.text
-    signs = [SignText(text, "text", "sgg") for text in body["texts"]]
-    expected = compose(model, signs, steps=2, speed=1.5, max_length=LIMITS["max_frames"])  # the replica's cap
+    # what `t2p generate --compose` calls too, capped at the replica's frames
+    expected = compose_sentence(model, body["texts"], "text", "sgg", steps=2, speed=1.5,
+                                max_length=LIMITS["max_frames"]).composition
     served, _ = _served_sequence(response.content, model, None)
     assert served.shape == expected.data.shape
     np.testing.assert_allclose(served, expected.data, atol=1e-4)
@@ -186,6 +187,12 @@ def test_a_recording_is_corrected_over_http_with_observed_values_kept(client, mo
     np.testing.assert_allclose(written.data[observed], recording.data[observed], atol=1e-3)
     assert (written.confidence[10:16] > 0).any()  # filled
     assert original.shape[0] == written.data.shape[0]
+    from t2p.correction import correct_pose  # what `t2p correct` calls too
+    sent = read_pose(base64.b64decode(_pose_b64(pose)))
+    expected = to_sequence(correct_pose(model, sent, SignText("essen", "text", "sgg")).pose, model.skeleton,
+                           normalize=False)
+    np.testing.assert_allclose(written.data, expected.data, atol=1e-3)
+    np.testing.assert_array_equal(written.confidence > 0, expected.confidence > 0)
     bad = client.post("/v1/correct", json={"pose": "@@"})
     assert bad.status_code == 422 and "pose is not valid base64" in bad.json()["detail"]
 
