@@ -1,10 +1,14 @@
 """Sentences and repairs, built on the one refinement loop (`generation.generate`).
 
+- `compose_sentence`: the one entry point of the CLI (`t2p generate --compose`) and Serve
+  (`"texts"`): glosses or texts -> planned signs (`plan_sentence`) -> recordings of the signs a
+  lexicon has -> `compose`.
 - `compose`: several signs in a row. Each sign is generated as it would be alone (same signer,
   same first pose); the frames between two signs are *inpainted* by the same model: a window of
   the first sign's last frames, empty frames, and the next sign's first frames, with the known
   frames given to the refiner and held fixed at every step, so the model draws the movement from
-  one to the next. (Measured in docs/quality.md: the joins still move faster than the signs do.)
+  one to the next. The inpainted path is then re-timed (`pace_transition`) to the signs' own
+  speed: the joins move at 0.92x the signs' velocity, median (docs/quality.md, "Joins").
 - `plan_signs`: which signs a gloss sequence becomes; a gloss neither the model nor a lexicon knows
   is fingerspelled, letter by letter, with spoken-to-signed's fingerspelling alphabet.
 - `change_speed`: signing speed without changing the frame rate.
@@ -13,13 +17,16 @@ Completing a recording with gaps is `t2p.correction`.
 """
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from t2p.generation import FirstPoseLike, Generated, Observed, TextLike, generate
+from t2p.metrics import frame_motion, resample
 from t2p.model import T2PModel
 from t2p.notation import SignText
 
@@ -54,17 +61,9 @@ class Composition:
         return Generated(self.data, self.confidence)
 
 
-def frame_velocity(data: np.ndarray, confidence: np.ndarray) -> np.ndarray:
-    """Per frame-to-frame step, the mean displacement of the joints present in both frames."""
-    # data: (frames, joints, dims); confidence: (frames, joints) -> (frames - 1,)
-    both = (confidence[1:] > 0) & (confidence[:-1] > 0)
-    step = np.linalg.norm(data[1:] - data[:-1], axis=-1)
-    return np.where(both.any(1), (step * both).sum(1) / np.maximum(both.sum(1), 1), 0.0)
-
-
 def typical_velocity(signs: Sequence[Generated]) -> float:
     """The mean within-sign velocity of these signs (shoulder widths per frame)."""
-    steps = np.concatenate([frame_velocity(s.data, s.confidence) for s in signs if len(s) > 1] or [np.zeros(1)])
+    steps = np.concatenate([frame_motion(s.data, s.confidence, per_frame=True) for s in signs if len(s) > 1] or [np.zeros(1)])
     return float(steps.mean()) if steps.size else 0.0
 
 
@@ -148,7 +147,7 @@ def pace_transition(path: Generated, velocity: float, frames: int | None = None)
     own), re-timed to cover the path's length at an even pace of at most `velocity` per frame (or in
     exactly `frames` frames): the same way, at the speed the signs themselves move."""
     # path.data: (frames, joints, dims)
-    steps = frame_velocity(path.data, path.confidence)  # (frames - 1,)
+    steps = frame_motion(path.data, path.confidence, per_frame=True)  # (frames - 1,)
     travelled = np.concatenate([[0.0], np.cumsum(steps)])
     if frames is None:
         needed = math.ceil(travelled[-1] / velocity) - 1 if velocity > 0 else MIN_TRANSITION
@@ -169,7 +168,7 @@ def pace_transition(path: Generated, velocity: float, frames: int | None = None)
 def join_velocity_ratios(composition: Composition) -> list[float]:
     """Per join: the peak frame-to-frame velocity from the last frame of one sign to the first of the
     next, over the mean within-sign velocity of the composition's signs."""
-    velocity = frame_velocity(composition.data, composition.confidence)
+    velocity = frame_motion(composition.data, composition.confidence, per_frame=True)
     signs = [s for s in composition.segments if s.kind == "sign"]
     within = np.concatenate([velocity[s.begin:s.end - 1] for s in signs if s.end - s.begin > 1] or [np.zeros(1)])
     typical = max(float(within.mean()), 1e-6)
@@ -177,6 +176,62 @@ def join_velocity_ratios(composition: Composition) -> list[float]:
     for before, after in zip(signs[:-1], signs[1:]):
         ratios.append(float(velocity[before.end - 1:after.begin].max()) / typical)
     return ratios
+
+
+# --- a sentence: the one entry point of the CLI and Serve ----------------------------------------
+
+@dataclass
+class Sentence:
+    """A composed sentence and the signs it was planned as (model, lexicon or fingerspelling)."""
+    composition: Composition
+    signs: list["PlannedSign"]
+
+    @property
+    def from_lexicon(self) -> int:
+        return sum(sign.source == "lexicon" for sign in self.signs)
+
+    @property
+    def fingerspelled(self) -> list[str]:
+        """The words spelled letter by letter because neither the model nor the lexicon knows them."""
+        return sorted({sign.source.split(":", 1)[1] for sign in self.signs if sign.source.startswith("fingerspelling:")})
+
+
+def plan_sentence(model: T2PModel, texts: Sequence[str | tuple[str, str]], notation: str, language: str | None,
+                  spoken_language: str = "en", lexicon: str | Path | None = None) -> list["PlannedSign"]:
+    """The signs `texts` become: glosses (notation "text") as `plan_signs` plans them; a text in a
+    notation (HamNoSys, SignWriting) is the model's to sign as written."""
+    if notation == "text":
+        return plan_signs(model, texts, language, spoken_language, str(lexicon) if lexicon else None)
+    return [PlannedSign(text, "model") for text in texts]
+
+
+def compose_sentence(model: T2PModel, texts: Sequence[str | tuple[str, str]], notation: str | None = None,
+                     language: str | None = None, first_pose: FirstPoseLike = None, *, spoken_language: str = "en",
+                     lexicon: str | Path | None = None, planned: Sequence["PlannedSign"] | None = None,
+                     steps: int | None = None, guidance: float | None = None, speed: float = 1.0,
+                     keep_proportions: bool = False, max_length: int | None = None) -> Sentence:
+    """Texts or glosses (or (word, gloss) pairs, `text_to_glosses`) as one signed sentence: planned
+    (`plan_sentence`: a lexicon's recordings, the model's signs, fingerspelling for the rest), the
+    lexicon's signs read from its recordings, and all of them composed in order (`compose`).
+    `planned`: the plan itself, when the caller already made it (Serve checks each planned sign
+    before it composes). `notation`: default, the model's."""
+    notation = notation or model.config.default_notation
+    if planned is None:
+        planned = plan_sentence(model, texts, notation, language, spoken_language, lexicon)
+    planned = list(planned)
+    recorded = {index: lexicon_sign(model, str(lexicon), sign, spoken_language, language, first_pose)
+                for index, sign in enumerate(planned) if sign.source == "lexicon"}
+    composition = compose(model, [SignText(sign.text, notation, language) for sign in planned], first_pose,
+                          steps=steps, guidance=guidance, speed=speed, keep_proportions=keep_proportions,
+                          max_length=max_length, recorded=recorded)
+    return Sentence(composition, planned)
+
+
+def write_segments(segments: Sequence[Segment], path: str | Path) -> Path:
+    """A composition's segments as the .segments.json `t2p render --segments` reads."""
+    path = Path(path)
+    path.write_text(json.dumps([asdict(segment) for segment in segments], ensure_ascii=False, indent=1))
+    return path
 
 
 # --- speed --------------------------------------------------------------------------------------
@@ -191,19 +246,14 @@ def validate_speed(speed: float) -> None:
 
 def change_speed(sequence: Generated, speed: float) -> Generated:
     """The same motion `speed` times as fast at the same frame rate: frames resampled in time
-    (linear between neighbouring frames; a joint is present where both neighbours have it)."""
+    (`metrics.resample`: linear between neighbouring frames, a joint present where the frames it
+    is mixed from have it). Absent joints keep their positions, as `generate` gives them."""
     validate_speed(speed)
     frames = len(sequence)
     if speed == 1 or frames < 2:
         return sequence
-    count = max(2, round(frames / speed))
-    times = np.linspace(0, frames - 1, count)
-    below = np.floor(times).astype(int)
-    above = np.minimum(below + 1, frames - 1)
-    weight = (times - below)[:, None, None]
-    data = (1 - weight) * sequence.data[below] + weight * sequence.data[above]
-    confidence = np.minimum(sequence.confidence[below], sequence.confidence[above])
-    return Generated(data.astype(np.float32), confidence.astype(np.float32))
+    return Generated(*resample(sequence.data, sequence.confidence, max(2, round(frames / speed)),
+                               keep_missing_values=True))
 
 
 # --- which signs a gloss sequence becomes ---------------------------------------------------------
@@ -335,6 +385,16 @@ class CompositionReport:
         lines += ["", "| each sign against its reference | DTW-MJE |", "|---|---|"]
         lines += [f"| {name} | {value:.4f} |" for name, value in self.segment_dtw_mje.items()]
         return "\n".join(lines)
+
+    def write(self, out_dir: str | Path, split: str) -> str:
+        """composition.json and composition.md in `out_dir`; returns the markdown."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "composition.json").write_text(json.dumps(asdict(self), indent=1))
+        text = (f"# Composition: {self.sentences} sentences of three {split} signs\n\nPeak frame-to-frame "
+                "velocity at each join over the signs' mean velocity (the issue asks <= 2):\n\n" + self.to_markdown() + "\n")
+        (out / "composition.md").write_text(text)
+        return text
 
 
 def evaluate_composition(model: T2PModel, items: Sequence, signs_per_sentence: int = 3,

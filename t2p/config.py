@@ -11,10 +11,12 @@ TypedDict mirroring the dataclass (same names and types, `extra="forbid"`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import typing
-from typing import Any, Iterable, Mapping, TypeVar
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, TypeVar
 
 import pydantic
 from typing_extensions import Required, TypedDict
@@ -50,6 +52,22 @@ def typed_fields(cls: type, data: Mapping[str, Any], *, coerce_strings: bool = F
     value = data.get(first["loc"][0]) if first["loc"] else data
     shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
     raise ValueError(f"{what} {key}={shown}: {first['msg'].lower()}") from None
+
+
+@contextlib.contextmanager
+def written_whole(destination: str | Path, keep_suffix: bool = False) -> Iterator[Path]:
+    """A path to write `destination` to, which replaces it once the writing is done: a reader (a
+    resumed run, Serve loading a model, a viewer) never sees half a config, weights, shard or report.
+    `keep_suffix`: the partial file keeps the destination's suffix (for writers that choose the
+    format by it). Should the writing fail, the partial file is removed and the old one stands."""
+    destination = Path(destination)
+    partial = destination.with_name(destination.name + ".partial" + (destination.suffix if keep_suffix else ""))
+    try:
+        yield partial
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(destination)
 
 
 @functools.lru_cache(maxsize=None)

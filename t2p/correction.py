@@ -1,6 +1,8 @@
 """Correction: a real recording with missing frames or keypoints, completed by the refinement model.
 
-The recording's observed values are the known part of the sequence: `generate` holds them fixed at
+`correct_pose` is what the CLI (`t2p correct`) and Serve (`POST /v1/correct`) call: a recording in,
+the same recording out with only its missing values filled. `correct` does the filling on a
+sequence. The recording's observed values are the known part of the sequence: `generate` holds them fixed at
 every refinement step (`Observed`) and the model fills the rest, reading the sign's text when
 given. Observed values come back exactly as they were. Two baselines fill the same gaps without a
 model: linear interpolation in time and a copy of the nearest observed frame. `evaluate_correction`
@@ -10,16 +12,19 @@ scores all three on what was hidden.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from t2p.generation import Observed, generate
 from t2p.model import T2PModel
 from t2p.notation import SignText
-from t2p.pose import PoseSequence
+from t2p.pose import PoseSequence, fill_in, to_sequence
+
+if TYPE_CHECKING:
+    from pose_format import Pose
 
 
 @dataclass
@@ -80,6 +85,28 @@ def correct(model: T2PModel, sequence: PoseSequence, text: SignText | str | None
         confidence[window] = np.where(window_missing, result.confidence, sequence.confidence[window])
         filled[window] = window_missing & (result.confidence > 0)
     return Corrected(data, confidence, filled)
+
+
+@dataclass
+class CorrectedRecording:
+    """A recording with its missing values filled, in the recording's own layout and coordinates."""
+    pose: "Pose"         # every recorded value, point and the header as they were; the filled values added
+    filled: np.ndarray   # (frames, joints of the model's skeleton) True where the model filled a value
+
+    @property
+    def filled_frames(self) -> int:
+        return int(self.filled.any(axis=1).sum())
+
+
+def correct_pose(model: T2PModel, recording: "Pose", text: SignText | str | None = None,
+                 steps: int | None = None) -> CorrectedRecording:
+    """`correct` on a pose-format recording: read onto the model's skeleton, filled, and only the
+    filled values written back into the recording (`pose.fill_in`), so the rest of the file stays
+    exactly as recorded."""
+    sequence = to_sequence(recording, model.skeleton)
+    corrected = correct(model, sequence, text, steps)
+    filled = replace(sequence, data=corrected.data, confidence=corrected.confidence)
+    return CorrectedRecording(fill_in(recording, model.skeleton, filled, corrected.filled), corrected.filled)
 
 
 def _longest_run(flags: np.ndarray) -> int:

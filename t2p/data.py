@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
+from t2p.config import written_whole
+from t2p.model import pad_tokens
+
 if TYPE_CHECKING:
     from t2p.notation import SignText
     from t2p.pose import PoseSequence
@@ -53,7 +56,7 @@ def collate(examples: Sequence[Example], max_frames: int | None = None) -> PoseB
     joints, dims = examples[0].poses.shape[1:]
     poses = torch.zeros(len(examples), longest, joints, dims)
     confidence = torch.zeros(len(examples), longest, joints)
-    tokens, token_mask = _pad_token_ids([example.tokens for example in examples])
+    tokens, token_mask = pad_tokens([example.tokens for example in examples])
     for i, (example, length) in enumerate(zip(examples, lengths)):
         poses[i, :length] = torch.as_tensor(example.poses[:length], dtype=torch.float32)
         confidence[i, :length] = torch.as_tensor(example.confidence[:length], dtype=torch.float32)
@@ -81,21 +84,11 @@ class LengthBatch:
 def collate_lengths(examples: Sequence[Example]) -> LengthBatch:
     if not examples:
         raise ValueError("cannot collate an empty batch")
-    tokens, token_mask = _pad_token_ids([example.tokens for example in examples])
+    tokens, token_mask = pad_tokens([example.tokens for example in examples])
     return LengthBatch(tokens, token_mask,
                        torch.as_tensor(np.stack([example.poses[0] for example in examples]), dtype=torch.float32),
                        torch.as_tensor(np.stack([example.confidence[0] for example in examples]), dtype=torch.float32),
                        torch.tensor([len(example.poses) for example in examples]))
-
-
-def _pad_token_ids(token_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    longest = max(len(ids) for ids in token_ids)
-    tokens = torch.zeros(len(token_ids), longest, dtype=torch.long)
-    mask = torch.zeros(len(token_ids), longest, dtype=torch.bool)
-    for i, ids in enumerate(token_ids):
-        tokens[i, :len(ids)] = torch.as_tensor(list(ids), dtype=torch.long)
-        mask[i, :len(ids)] = True
-    return tokens, mask
 
 
 def statistics(sequences: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict:
@@ -350,9 +343,8 @@ def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, sk
         for begin in range(0, len(split_rows), shard_rows):
             name = f"{split}-{begin // shard_rows:05d}.parquet"
             table = pa.Table.from_pylist(split_rows[begin:begin + shard_rows], schema=_SHARD_SCHEMA)
-            partial = out_dir / (name + ".partial")
-            pq.write_table(table, partial)
-            partial.replace(out_dir / name)
+            with written_whole(out_dir / name) as partial:
+                pq.write_table(table, partial)
             shards.append({"path": name, "split": split, "rows": table.num_rows})
 
     train_rows = rows["train"]
@@ -373,9 +365,8 @@ def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, sk
             "scale": float(np.mean([r["norm_scale"] for r in train_rows]))},
         "output_canvas": [int(v) for v in np.median([r["canvas"] for r in train_rows], axis=0)],
     }
-    partial = out_dir / (MANIFEST_FILE + ".partial")
-    partial.write_text(json.dumps(manifest, ensure_ascii=False, indent=1))
-    partial.replace(out_dir / MANIFEST_FILE)
+    with written_whole(out_dir / MANIFEST_FILE) as partial:
+        partial.write_text(json.dumps(manifest, ensure_ascii=False, indent=1))
     return manifest
 
 

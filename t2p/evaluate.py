@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Sequence, Union
 import numpy as np
 
 from t2p.baselines import MeanBaseline, RetrievalBaseline, constant_length, static_baseline
+from t2p.config import written_whole
 from t2p.metrics import METRICS, JointGroups, MetricInfo, back_retrieval_ranks, dtw_mje_matrix, score
 from t2p.pose import PoseSequence
 
@@ -528,6 +529,5 @@ def _finite(value):
 
 
 def _write_text(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
+    with written_whole(path) as partial:
+        partial.write_text(text, encoding="utf-8")

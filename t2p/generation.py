@@ -242,8 +242,8 @@ def _per_item(value, batch: int, default, name: str) -> list:
 
 def _lengths(model: T2PModel, text: TextEncoding, first_pose: torch.Tensor, first_confidence: torch.Tensor,
              lengths: list, observed: list, seeds: list, temperature: float, longest: int) -> list[int]:
-    location, log_variance = model.predict_length(text, first_pose, first_confidence)
-    scale = torch.exp(0.5 * log_variance)  # the Laplace scale of the log-length
+    location, log_squared_scale = model.predict_length(text, first_pose, first_confidence)
+    scale = torch.exp(0.5 * log_squared_scale)  # the Laplace scale of the log-length
     frames = []
     for i, length in enumerate(lengths):
         if observed[i] is not None:
@@ -300,18 +300,6 @@ def _observed(observed: list, batch: int, frames: int, joints: int, dims: int, d
             known[i, :count] = torch.as_tensor(item.data[:count], device=device)
             mask[i, :count, :, 0] = torch.as_tensor(item.confidence[:count] > 0, device=device)
     return known, mask
-
-
-def generate_chain(model: T2PModel, texts: Sequence[TextLike], first_pose: FirstPoseLike = None,
-                   **options) -> Generated:
-    """Several signs in a row, each starting from the previous one's last frame."""
-    pieces = []
-    current = first_pose
-    for text in texts:
-        (sequence,) = generate(model, [text], [current], **options)
-        pieces.append(sequence)
-        current = (sequence.data[-1], sequence.confidence[-1])
-    return Generated(np.concatenate([p.data for p in pieces]), np.concatenate([p.confidence for p in pieces]))
 
 
 def as_pose(model: T2PModel, sequence: Generated, first_pose: PoseSequence | None = None,

@@ -30,7 +30,7 @@ import numpy as np
 from dtaidistance import dtw_ndim
 
 from t2p.handshape import Hand, hands_of, handshape_distance
-from t2p.pose import ALIASES, HOLISTIC_HAND_POINTS, PoseSequence, Skeleton
+from t2p.pose import ALIASES, HOLISTIC_HAND_POINTS, PoseSequence, Skeleton, shoulder_normalize
 
 
 def mje(predicted: np.ndarray, reference: np.ndarray, reference_confidence: np.ndarray | None = None) -> float:
@@ -357,32 +357,20 @@ def active_signing_span(data: np.ndarray, confidence: np.ndarray,
     return int(first), int(last)
 
 
-def shoulder_normalize(data: np.ndarray, confidence: np.ndarray, right: int, left: int) -> np.ndarray:
-    """pose-format's `Pose.normalize` on arrays: centre on the mean shoulder midpoint, scale so the
-    mean shoulder width is 1 (frames where a shoulder is missing do not count)."""
-    # data: (frames, joints, dims); confidence: (frames, joints)
-    both = (confidence[:, right] > 0) & (confidence[:, left] > 0)
-    if not both.any():
-        raise ValueError("cannot shoulder-normalise a sequence whose shoulders are never seen")
-    center = ((data[both, right] + data[both, left]) / 2).mean(axis=0)
-    width = np.linalg.norm(data[both, right] - data[both, left], axis=-1).mean()
-    if not width > 0:
-        raise ValueError("cannot shoulder-normalise a sequence whose shoulders coincide")
-    return (data - center) / width
-
-
 # --- Motion health ----------------------------------------------------------------------------
 
-def frame_motion(data: np.ndarray, confidence: np.ndarray | None = None) -> float:
-    """Mean Euclidean displacement of a joint from one frame to the next (both frames observed)."""
-    # data: (frames, joints, dims)
+def frame_motion(data: np.ndarray, confidence: np.ndarray | None = None, per_frame: bool = False):
+    """Mean Euclidean displacement of a joint from one frame to the next (both frames observed).
+    `per_frame`: one such mean per frame-to-frame step instead, `(frames - 1,)`, 0 where no joint is
+    in both frames (composition paces its transitions by it)."""
+    # data: (frames, joints, dims); confidence: (frames, joints)
+    steps = np.linalg.norm(np.diff(data, axis=0), axis=-1)  # (frames - 1, joints)
+    both = np.ones(steps.shape, bool) if confidence is None else (confidence[1:] > 0) & (confidence[:-1] > 0)
+    if per_frame:
+        return np.where(both.any(1), (steps * both).sum(1) / np.maximum(both.sum(1), 1), 0.0)
     if len(data) < 2:
         return 0.0
-    steps = np.linalg.norm(np.diff(data, axis=0), axis=-1)  # (frames - 1, joints)
-    if confidence is not None:
-        observed = (confidence[1:] > 0) & (confidence[:-1] > 0)
-        return float(steps[observed].mean()) if observed.any() else float("nan")
-    return float(steps.mean())
+    return float(steps[both].mean()) if both.any() else float("nan")
 
 
 def displacement_ratio(predicted: np.ndarray, reference: np.ndarray, predicted_confidence: np.ndarray | None = None,
@@ -454,10 +442,12 @@ def back_retrieval_ranks(distances: np.ndarray) -> np.ndarray:
 
 # --- Time resampling --------------------------------------------------------------------------
 
-def resample(data: np.ndarray, confidence: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
+def resample(data: np.ndarray, confidence: np.ndarray, frames: int,
+             keep_missing_values: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """A sequence linearly resampled in time to `frames` frames (first and last frames kept).
 
-    An output value mixing a missing input value is missing too (confidence 0, value 0)."""
+    An output value mixing a missing input value is missing too (confidence 0, value 0, or the
+    interpolated value with `keep_missing_values`: a generated joint predicted absent has one)."""
     # data: (frames_in, joints, dims); confidence: (frames_in, joints)
     if frames < 1:
         raise ValueError(f"cannot resample to {frames} frames")
@@ -472,7 +462,8 @@ def resample(data: np.ndarray, confidence: np.ndarray, frames: int) -> tuple[np.
     conf_below = np.where(weight < 1, confidence[below], np.inf)
     conf_above = np.where(weight > 0, confidence[above], np.inf)
     out_confidence = np.minimum(conf_below, conf_above).astype(np.float32)
-    values[out_confidence <= 0] = 0.0
+    if not keep_missing_values:
+        values[out_confidence <= 0] = 0.0
     return values.astype(np.float32), out_confidence
 
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from t2p.config import from_dict
+from t2p.config import from_dict, written_whole
 from t2p.notation import SignText, Vocabulary
 from t2p.pose import Normalization, Skeleton
 from t2p.schedule import RefinementSchedule, ScheduleConfig
@@ -69,8 +69,8 @@ class ModelConfig:
             if value is not None and len(value) != size:
                 raise ValueError(f"{name} has {len(value)} values, the skeleton needs {size}")
 
-    @property
-    def skeleton_(self) -> Skeleton:
+    def build_skeleton(self) -> Skeleton:
+        """The `Skeleton` that the stored `skeleton` dict describes."""
         return Skeleton.from_dict(self.skeleton)
 
     @property
@@ -108,10 +108,6 @@ class TextEncoding:
     mask: torch.Tensor    # (batch, tokens) True = real token
     tokens: torch.Tensor | None = None  # (batch, tokens) the ids encoded: the length predictor reads them
 
-    def repeat(self, times: int) -> "TextEncoding":
-        return TextEncoding(self.states.repeat(times, 1, 1), self.mask.repeat(times, 1),
-                            None if self.tokens is None else self.tokens.repeat(times, 1))
-
 
 def pad_tokens(token_ids: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Lists of token ids -> (tokens, mask), both (batch, longest)."""
@@ -141,7 +137,7 @@ class TextEncoder(nn.Module):
 
 
 class LengthPredictor(nn.Module):
-    """A Laplace distribution over log-length (location, log-variance) from the text's tokens and
+    """A Laplace distribution over log-length (location, log b^2 of its scale b) from the text's tokens and
     the starting pose (where the hands start tells how far they have to go).
 
     It has its own bag of token embeddings rather than reading the text encoder's states: trained
@@ -176,8 +172,9 @@ class LengthPredictor(nn.Module):
         # the spread reads the features without training them: its NLL gradients (scaled by
         # 1/spread) otherwise swamp the location's in the shared layers and the length stays at
         # the prior (measured: training-set MAE 4.07 frames, a constant gives 4.1)
-        log_variance = self.spread_out(hidden.detach()).squeeze(-1)
-        return self.location_out(hidden).squeeze(-1) + self.prior, log_variance
+        # log b^2, b the Laplace scale of the log-length (half of it is log b)
+        log_squared_scale = self.spread_out(hidden.detach()).squeeze(-1)
+        return self.location_out(hidden).squeeze(-1) + self.prior, log_squared_scale
 
 
 class FirstPoseCorrector(nn.Module):
@@ -288,7 +285,7 @@ class T2PModel(nn.Module):
         self.config = config
         self.schedule_config = schedule or ScheduleConfig()
         self.vocabulary = Vocabulary(tuple(config.vocabulary))
-        self.skeleton = config.skeleton_
+        self.skeleton = config.build_skeleton()
         size = config.num_joints * config.dims
         shape = (config.num_joints, config.dims)
         self.register_buffer("pose_mean", _tensor(config.pose_mean, 0.0, size).view(shape), persistent=False)
@@ -328,8 +325,8 @@ class T2PModel(nn.Module):
 
     def predict_length(self, text: TextEncoding, start: torch.Tensor,
                        start_confidence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(location, log-variance) of the log-length in frames, given the text and the starting pose;
-        exp(location) is the median length."""
+        """(location, log b^2) of the Laplace distribution of the log-length in frames (b its scale),
+        given the text and the starting pose; exp(location) is the median length."""
         # start: (batch, joints, dims) shoulder-normalised; start_confidence: (batch, joints)
         unknown = text.tokens == self.vocabulary.unknown_id  # an unseen character is still a symbol
         symbols = ((self.symbol_tokens[text.tokens] | unknown) & text.mask).sum(1)
@@ -355,12 +352,11 @@ class T2PModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
-        save_file(state, str(directory / (WEIGHTS_FILE + ".partial")))
-        (directory / (CONFIG_FILE + ".partial")).write_text(json.dumps(
-            {"t2p_format": FORMAT_VERSION, "model": asdict(self.config),
-             "schedule": self.schedule_config.to_dict()}, ensure_ascii=False, indent=1))
-        (directory / (WEIGHTS_FILE + ".partial")).replace(directory / WEIGHTS_FILE)
-        (directory / (CONFIG_FILE + ".partial")).replace(directory / CONFIG_FILE)
+        # the weights are in place before the config that announces them
+        with written_whole(directory / CONFIG_FILE) as config, written_whole(directory / WEIGHTS_FILE) as weights:
+            save_file(state, str(weights))
+            config.write_text(json.dumps({"t2p_format": FORMAT_VERSION, "model": asdict(self.config),
+                                          "schedule": self.schedule_config.to_dict()}, ensure_ascii=False, indent=1))
         return directory
 
     @classmethod

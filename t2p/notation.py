@@ -5,7 +5,8 @@
   form (`hamflathand,hamextfingeru,...`). Both forms give the same tokens. The symbol table is the
   one shipped by the `hamnosys` package (HamNoSys 4).
 - `signwriting`: FSW or SWU strings, tokenised by the `signwriting` package's tokenizer.
-- `text`: Unicode characters (letters of any script, glosses, words), NFC-normalised.
+- `text`: Unicode characters (letters of any script, glosses, words), NFD-normalised: a letter
+  and its combining diacritics are separate tokens (`tokenize_text`).
 
 Each input may carry a sign-language code (ISO 639-3, e.g. `ase`) that becomes a token.
 Empty text is allowed: it asks for unconditional generation (the model was trained with the text
@@ -174,10 +175,6 @@ class Vocabulary:
                     seen.add(token)
                     tokens.append(token)
         return cls(tuple(tokens))
-
-    @property
-    def pad_id(self) -> int:
-        return 0
 
     def __len__(self) -> int:
         return len(self.tokens)

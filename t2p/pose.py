@@ -25,6 +25,8 @@ from pose_format.utils.generic import reduce_holistic
 from pose_format.utils.openpose import BODY_POINTS as OPENPOSE_BODY_POINTS
 from pose_format.utils.openpose import HAND_POINTS as OPENPOSE_HAND_POINTS
 
+from t2p.config import written_whole
+
 
 class PoseFormatError(ValueError):
     """A `.pose` file that cannot be read or does not fit the skeleton."""
@@ -273,6 +275,22 @@ def normalization_of(pose: Pose) -> Normalization:
     return Normalization(center=center, scale=float(scale))
 
 
+def shoulder_normalize(data: np.ndarray, confidence: np.ndarray, right: int, left: int) -> np.ndarray:
+    """pose-format's `Pose.normalize` on arrays: centre on the mean shoulder midpoint, scale so the
+    mean shoulder width is 1 (frames where a shoulder is missing do not count). The same transform
+    `normalization_of` reads off pose-format for a file; this one is for arrays already on a
+    skeleton, in their dtype (metrics compute it in float64 to reproduce published numbers)."""
+    # data: (frames, joints, dims); confidence: (frames, joints)
+    both = (confidence[:, right] > 0) & (confidence[:, left] > 0)
+    if not both.any():
+        raise ValueError("cannot shoulder-normalise a sequence whose shoulders are never seen")
+    center = ((data[both, right] + data[both, left]) / 2).mean(axis=0)
+    width = np.linalg.norm(data[both, right] - data[both, left], axis=-1).mean()
+    if not width > 0:
+        raise ValueError("cannot shoulder-normalise a sequence whose shoulders coincide")
+    return (data - center) / width
+
+
 def to_sequence(pose: Pose, skeleton: Skeleton, normalize: bool = True) -> PoseSequence:
     """Map a pose of any supported layout onto `skeleton`; points it lacks are masked."""
     _layout_family(pose.header)
@@ -401,7 +419,6 @@ def write_pose(pose: Pose, destination: Union[str, Path, None] = None) -> bytes:
     if destination is not None:
         destination = Path(destination)
         destination.parent.mkdir(parents=True, exist_ok=True)
-        partial = destination.with_name(destination.name + ".partial")
-        partial.write_bytes(payload)
-        partial.replace(destination)
+        with written_whole(destination) as partial:
+            partial.write_bytes(payload)
     return payload

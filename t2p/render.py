@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
 
+from t2p.config import written_whole
 from t2p.pose import Skeleton, read_pose, to_pose, to_sequence
 
 if TYPE_CHECKING:
@@ -319,23 +320,21 @@ def _hamnosys_font_file() -> str | None:
 
 def _write(images: Sequence[np.ndarray], out: Path, fps: float) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial" + out.suffix)
-    if out.suffix.lower() == ".gif":
-        from PIL import Image
-        # one palette from a few frames, shared by all: PIL's per-frame median cut is ~20x slower
-        sample = np.concatenate([images[i] for i in np.linspace(0, len(images) - 1, min(4, len(images))).astype(int)])
-        palette = Image.fromarray(sample).quantize(255, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
-        pictures = [Image.fromarray(image).quantize(palette=palette, dither=Image.Dither.NONE) for image in images]
-        pictures[0].save(partial, format="GIF", save_all=True, append_images=pictures[1:],
-                         duration=round(1000 / fps), loop=0)
-    else:
-        import cv2
-        height, width = images[0].shape[:2]
-        writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-        if not writer.isOpened():
-            partial.unlink(missing_ok=True)
-            raise RenderError(f"{out}: this OpenCV build cannot encode MP4; write a .gif instead")
-        for image in images:
-            writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        writer.release()
-    partial.replace(out)
+    with written_whole(out, keep_suffix=True) as partial:  # the writers choose the format by the suffix
+        if out.suffix.lower() == ".gif":
+            from PIL import Image
+            # one palette from a few frames, shared by all: PIL's per-frame median cut is ~20x slower
+            sample = np.concatenate([images[i] for i in np.linspace(0, len(images) - 1, min(4, len(images))).astype(int)])
+            palette = Image.fromarray(sample).quantize(255, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+            pictures = [Image.fromarray(image).quantize(palette=palette, dither=Image.Dither.NONE) for image in images]
+            pictures[0].save(partial, format="GIF", save_all=True, append_images=pictures[1:],
+                             duration=round(1000 / fps), loop=0)
+        else:
+            import cv2
+            height, width = images[0].shape[:2]
+            writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+            if not writer.isOpened():
+                raise RenderError(f"{out}: this OpenCV build cannot encode MP4; write a .gif instead")
+            for image in images:
+                writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            writer.release()

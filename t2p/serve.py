@@ -15,6 +15,9 @@ Every request is validated where it arrives (tokenised, its first pose decoded a
 skeleton) before it joins a batch, so a bad request is a 4xx for its sender alone. `@serve.batch`
 then hands the waiting requests to one `generate` call: texts, lengths, step counts, guidance and
 seeds may all differ, and each item equals generating it alone.
+"texts" and /v1/correct call the library's `compose.compose_sentence` and `correction.correct_pose`,
+as `t2p generate --compose` and `t2p correct` do (Serve takes no lexicon: unknown glosses are
+fingerspelled).
 
 Run it with `serve run serve_configs/local.yaml`, `serve run t2p.serve:build_app model=DIR`, or
 `t2p serve --model DIR`. The model folder is the `model` argument, else `$T2P_MODEL`, else
@@ -41,12 +44,12 @@ from pose_format import Pose
 from ray import serve
 from ray.serve import Application
 
-from t2p.compose import change_speed
+from t2p.compose import PlannedSign, change_speed, compose_sentence, plan_sentence
 from t2p.config import from_dict
 from t2p.generation import Generated, as_pose, generate
 from t2p.model import CONFIG_FILE, WEIGHTS_FILE, T2PModel
 from t2p.notation import NOTATIONS, SignText
-from t2p.pose import PoseFormatError, PoseSequence, Skeleton, fill_in, read_pose, to_sequence, write_pose
+from t2p.pose import PoseFormatError, PoseSequence, Skeleton, read_pose, to_sequence, write_pose
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = "runs/default/best"
@@ -189,9 +192,17 @@ def validate_request(request: GenerateRequest, model: T2PModel, limits: ServeCon
 MAX_COMPOSED_SIGNS = 32
 
 
-def validate_composition(request: GenerateRequest, model: T2PModel, limits: ServeConfig) -> list[Job]:
+@dataclass
+class CompositionJob:
+    """A validated "texts" request: its planned signs (`compose.plan_sentence`), each checked as a
+    job of its own, ready for `compose.compose_sentence`."""
+    planned: list[PlannedSign]
+    jobs: list[Job]
+    spoken_language: str
+
+
+def validate_composition(request: GenerateRequest, model: T2PModel, limits: ServeConfig) -> CompositionJob:
     """A "texts" request as one job per sign (glosses the model does not know fingerspelled)."""
-    from t2p.compose import plan_signs
     if not request.texts:
         raise ValueError('"texts" is empty: give at least one sign')
     if request.text is not None:
@@ -199,13 +210,13 @@ def validate_composition(request: GenerateRequest, model: T2PModel, limits: Serv
     if request.length is not None:
         raise ValueError('"length" does not apply to "texts": each sign has its predicted length')
     notation = request.notation or model.config.default_notation
-    texts = request.texts
-    if notation == "text":
-        texts = [planned.text for planned in plan_signs(model, texts, request.language, request.spoken_language)]
-    if len(texts) > MAX_COMPOSED_SIGNS:
-        raise ValueError(f"{len(texts)} signs (after fingerspelling); the limit is {MAX_COMPOSED_SIGNS}")
-    return [validate_request(request.model_copy(update={"texts": None, "text": text}), model, limits)
-            for text in texts]
+    # no lexicon here: Serve's signs are the model's, or fingerspelled
+    planned = plan_sentence(model, request.texts, notation, request.language, request.spoken_language)
+    if len(planned) > MAX_COMPOSED_SIGNS:
+        raise ValueError(f"{len(planned)} signs (after fingerspelling); the limit is {MAX_COMPOSED_SIGNS}")
+    jobs = [validate_request(request.model_copy(update={"texts": None, "text": sign.text}), model, limits)
+            for sign in planned]
+    return CompositionJob(planned, jobs, request.spoken_language)
 
 
 def decode_pose(encoded: str, max_bytes: int, field: str = "first_pose") -> Pose:
@@ -341,17 +352,17 @@ class T2PServer:
         request = parse_request(await http_request.body(), GenerateRequest)
         try:
             if request.texts is not None:
-                jobs = validate_composition(request, self.model, self.limits)
+                sentence = validate_composition(request, self.model, self.limits)
             else:
                 job = validate_request(request, self.model, self.limits)
         except ValueError as error:
             raise HTTPException(status_code=422, detail=str(error)) from None
         if request.texts is not None:  # two refinement calls of its own (signs, then transitions)
             try:
-                composition = await asyncio.to_thread(self._compose, jobs)
+                composition = await asyncio.to_thread(self._compose, sentence)
             except ValueError as error:  # e.g. a transition that does not fit the model's frames
                 raise HTTPException(status_code=422, detail=str(error)) from None
-            return await asyncio.to_thread(self._response, composition.generated, jobs[0], request.format)
+            return await asyncio.to_thread(self._response, composition.generated, sentence.jobs[0], request.format)
         sequence = await self._generate_batch(job)
         if isinstance(sequence, ValueError):
             raise HTTPException(status_code=422, detail=str(sequence))
@@ -362,28 +373,28 @@ class T2PServer:
         "required": True, "content": {"application/json": {"schema": CorrectRequest.model_json_schema()}}}})
     async def correct_route(self, http_request: Request) -> Response:
         """A recording with missing frames or keypoints, completed; observed values kept exactly."""
-        from t2p.correction import correct
+        from t2p.correction import correct_pose
         request = parse_request(await http_request.body(), CorrectRequest)
         try:
-            original = decode_pose(request.pose, self.limits.max_first_pose_bytes, field="pose")
-            recording = decode_first_pose(request.pose, self.model.skeleton, self.limits.max_first_pose_bytes,
-                                          field="pose", pose=original)
+            recording = decode_pose(request.pose, self.limits.max_first_pose_bytes, field="pose")
+            # checked first, for a message naming the field: the model's keypoints are in the recording
+            decode_first_pose(request.pose, self.model.skeleton, self.limits.max_first_pose_bytes, field="pose",
+                              pose=recording)
             job = validate_request(GenerateRequest(text=request.text or "", notation=request.notation,
                                                    language=request.language, steps=request.steps),
                                    self.model, self.limits)
-            corrected = await asyncio.to_thread(correct, self.model, recording, job.sign, request.steps)
+            corrected = await asyncio.to_thread(correct_pose, self.model, recording, job.sign, request.steps)
         except ValueError as error:
             raise HTTPException(status_code=422, detail=str(error)) from None
-        # only the filled values are written into the recording: the rest of the file stays as it was
-        filled = replace(recording, data=corrected.data, confidence=corrected.confidence)
-        pose = fill_in(original, self.model.skeleton, filled, corrected.filled)
-        return await asyncio.to_thread(self._respond, pose, request.format)
+        return await asyncio.to_thread(self._respond, corrected.pose, request.format)
 
-    def _compose(self, jobs: list[Job]):
-        from t2p.compose import compose
-        return compose(self.model, [job.sign for job in jobs], jobs[0].first_pose, steps=jobs[0].steps,
-                       guidance=jobs[0].guidance, speed=jobs[0].speed, keep_proportions=jobs[0].keep_proportions,
-                       max_length=self.limits.max_frames)
+    def _compose(self, sentence: CompositionJob):
+        first = sentence.jobs[0]
+        return compose_sentence(self.model, [sign.text for sign in sentence.planned], first.sign.notation,
+                                first.sign.language, first.first_pose, spoken_language=sentence.spoken_language,
+                                planned=sentence.planned, steps=first.steps, guidance=first.guidance,
+                                speed=first.speed, keep_proportions=first.keep_proportions,
+                                max_length=self.limits.max_frames).composition
 
     def _response(self, sequence: Generated, job: Job, format: str) -> Response:
         return self._respond(as_pose(self.model, sequence, job.first_pose), format)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 from t2p.data import fingerspelling_items
+from ports import free_port as _free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -33,12 +33,6 @@ def test_cluster_yaml_passes_rays_own_schema():
     broken = dict(config, setup_comands=config["setup_commands"])  # a typo must not pass
     with pytest.raises(Exception, match="setup_comands"):
         validate_config(prepare_config(broken))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _run(command: list[str], env: dict, timeout: int = 300) -> str:

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 from conftest import POSES
-from t2p.compose import (Composition, change_speed, compose, fingerspell, frame_velocity, join_velocity_ratios,
-                         pace_transition, plan_signs, transition_length)
+from t2p.compose import (Composition, change_speed, compose, fingerspell, join_velocity_ratios, pace_transition,
+                         plan_signs, transition_length)
 from t2p.correction import copy_nearest_frame, correct, hide, interpolate_linearly
 from t2p.generation import Generated, generate
+from t2p.metrics import frame_motion, resample
 from t2p.pose import PoseSequence, load_sequence
 
 
@@ -64,7 +65,7 @@ def test_a_transition_follows_its_path_at_an_even_pace_no_faster_than_the_signs(
     paced = pace_transition(path, velocity=0.1)
     assert len(paced) == 9  # 1.0 travelled at <= 0.1 per frame: 10 steps, 9 frames between the ends
     whole = np.concatenate([path.data[:1], paced.data, path.data[-1:]])
-    steps = frame_velocity(whole, np.ones(whole.shape[:2], np.float32))
+    steps = frame_motion(whole, np.ones(whole.shape[:2], np.float32), per_frame=True)
     np.testing.assert_allclose(steps, 0.1, atol=1e-6)  # even, where the path itself jumped 0.9 in one frame
     assert np.all(whole[:, 0, 1:] == 0)  # on the path, nowhere else
     assert len(pace_transition(path, velocity=0.1, frames=4)) == 4
@@ -80,6 +81,17 @@ def test_speed_changes_the_duration_not_the_path():
         assert np.all(np.diff(changed.data[:, 0, 0]) > 0)
     with pytest.raises(ValueError, match="speed must be in 0.5..2"):
         change_speed(sequence, 3.0)
+
+
+def test_speed_is_the_metrics_resampling_keeping_absent_joints_where_generated():
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(15, 4, 3)).astype(np.float32)
+    confidence = (rng.random((15, 4)) > 0.3).astype(np.float32)
+    fast = change_speed(Generated(data, confidence), 1.5)
+    values, present = resample(data, confidence, 10)
+    np.testing.assert_array_equal(fast.confidence, present)
+    np.testing.assert_array_equal(fast.data[present > 0], values[present > 0])
+    assert np.abs(fast.data[present == 0]).sum() > 0  # an absent joint keeps the position generated for it
 
 
 def test_an_unknown_gloss_is_fingerspelled_with_the_languages_alphabet(six_real_signs_model):

@@ -3,7 +3,6 @@ Ray Train's `prepare_model` wraps it. No Ray here: the gradient path itself is u
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import torch
@@ -16,6 +15,7 @@ from t2p.model import T2PModel
 from t2p.notation import SignText, Vocabulary
 from t2p.pose import Skeleton, SkeletonComponent
 from t2p.train import TrainConfig, TrainingObjective, make_optimizer, train_step, unwrap
+from ports import free_port as _free_port
 
 SKELETON = Skeleton("toy", (SkeletonComponent("BODY", ("P", "Q"), (), ((255, 0, 0), (0, 255, 0)), "XYC"),), 2)
 STEPS = 5
@@ -43,12 +43,6 @@ def _worker(rank: int, port: int, results) -> None:
         results[rank] = {name: value.detach().clone() for name, value in unwrap(objective).state_dict().items()}
     finally:
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_data_parallel_workers_keep_identical_weights():

@@ -7,7 +7,7 @@ import torch
 
 from conftest import POSES, tiny_model_config
 from t2p.data import Example, collate, statistics
-from t2p.generation import as_pose, generate, generate_chain, iter_generate, Observed
+from t2p.generation import as_pose, generate, iter_generate, Observed
 from t2p.model import T2PModel
 from t2p.notation import SignText, Vocabulary
 from t2p.pose import Skeleton, SkeletonComponent, load_sequence, read_pose, to_sequence, write_pose
@@ -190,14 +190,6 @@ def test_a_gap_is_filled_from_the_values_around_it(real_model, real_data):
     error = np.linalg.norm(filled.data[gap] - truth, axis=-1)[seen].mean()
     held = np.linalg.norm(reference.data[0][None] - truth, axis=-1)[seen].mean()
     assert error < 0.5 * held
-
-
-def test_chained_signs_start_from_the_previous_last_frame(real_model):
-    chained = generate_chain(real_model, ["essen", "pizza"], steps=2, lengths=10)
-    assert chained.data.shape == (20, 50, 3)
-    (second,) = generate(real_model, ["pizza"], first_poses=[(chained.data[9], chained.confidence[9])], steps=2,
-                         lengths=10)
-    np.testing.assert_allclose(chained.data[10:], second.data, atol=1e-5)
 
 
 def test_save_and_load_give_the_same_outputs(real_model, tmp_path):

@@ -2,7 +2,6 @@
 import asyncio
 import base64
 import math
-import socket
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ from t2p.notation import SignText, Vocabulary
 from t2p.pose import Skeleton, SkeletonComponent, _source_indices, read_pose, to_pose, to_sequence, write_pose
 from t2p.schedule import ScheduleConfig
 from t2p.serve import ServeConfig, build_app, decode_first_pose
+from ports import free_port
 
 CONFIGS = Path(__file__).parents[1] / "serve_configs"
 ESSEN = POSES / "lexicon_sgg" / "essen.pose"
@@ -46,16 +46,10 @@ def model(model_dir) -> T2PModel:
     return T2PModel.load(model_dir)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(ray_session, model_dir) -> str:
     from ray import serve
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"model": str(model_dir), **LIMITS}), name="t2p-test", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
@@ -164,12 +158,13 @@ def test_a_json_body_is_read_whatever_its_content_type(client):
 
 
 def test_texts_are_composed_into_one_sequence_at_the_asked_speed(client, model):
-    from t2p.compose import compose
+    from t2p.compose import compose_sentence
     body = {"texts": ["essen", "pizza", "kinder"], "language": "sgg", "steps": 2, "speed": 1.5}
     response = client.post("/v1/generate", json=body)
     assert response.status_code == 200, response.text
-    signs = [SignText(text, "text", "sgg") for text in body["texts"]]
-    expected = compose(model, signs, steps=2, speed=1.5, max_length=LIMITS["max_frames"])  # the replica's cap
+    # what `t2p generate --compose` calls too, capped at the replica's frames
+    expected = compose_sentence(model, body["texts"], "text", "sgg", steps=2, speed=1.5,
+                                max_length=LIMITS["max_frames"]).composition
     served, _ = _served_sequence(response.content, model, None)
     assert served.shape == expected.data.shape
     np.testing.assert_allclose(served, expected.data, atol=1e-4)
@@ -192,6 +187,12 @@ def test_a_recording_is_corrected_over_http_with_observed_values_kept(client, mo
     np.testing.assert_allclose(written.data[observed], recording.data[observed], atol=1e-3)
     assert (written.confidence[10:16] > 0).any()  # filled
     assert original.shape[0] == written.data.shape[0]
+    from t2p.correction import correct_pose  # what `t2p correct` calls too
+    sent = read_pose(base64.b64decode(_pose_b64(pose)))
+    expected = to_sequence(correct_pose(model, sent, SignText("essen", "text", "sgg")).pose, model.skeleton,
+                           normalize=False)
+    np.testing.assert_allclose(written.data, expected.data, atol=1e-3)
+    np.testing.assert_array_equal(written.confidence > 0, expected.confidence > 0)
     bad = client.post("/v1/correct", json={"pose": "@@"})
     assert bad.status_code == 422 and "pose is not valid base64" in bad.json()["detail"]
 

@@ -1,8 +1,9 @@
 """The `t2p` command: one verb per capability, each a thin parser over a library function.
 
-Verbs live in small modules by concern (`t2p.cli.pipeline`: prepare, train, tune, generate,
-quickstart; `t2p.cli.evaluation`: evaluate, compare, render; `t2p.cli.serving`: serve). Each module
-exposes `register(subparsers)`; a verb's handler returns an exit code. User mistakes raise
+Verbs live in small modules by concern (`t2p.cli.prepare`: prepare; `t2p.cli.training`: train, tune,
+quickstart; `t2p.cli.generation`: generate, correct; `t2p.cli.evaluation`: evaluate, compare,
+render; `t2p.cli.serving`: serve). Each module exposes `register(subparsers)`; a verb's handler
+parses, calls the library and prints; it returns an exit code. User mistakes raise
 `CommandError` (or a library ValueError/FileNotFoundError) and exit non-zero with one clear line.
 """
 from __future__ import annotations
@@ -11,15 +12,28 @@ import argparse
 import importlib
 import sys
 
-VERB_MODULES = ("t2p.cli.pipeline", "t2p.cli.evaluation", "t2p.cli.serving")
+VERB_MODULES = ("t2p.cli.prepare", "t2p.cli.training", "t2p.cli.generation", "t2p.cli.evaluation",
+                "t2p.cli.serving")
+DEFAULT_DATA = "data/fingerspelling"
+DEFAULT_RUN = "runs/default"
 
 
 class CommandError(Exception):
     """A user mistake on the command line: printed as one line, exit code 2."""
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written, and each option's default shown once: added as "(default: X)" only
+    where the help does not already name its default, and never for a default that says nothing
+    (None: the model's or the library's own; an off switch; an empty list or text)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        default = action.default
+        silent = default is None or default is argparse.SUPPRESS or default is False or default in ([], "")
+        if "default" in help.lower() or silent or not (action.option_strings or action.nargs in ("?", "*")):
+            return help
+        return help + " (default: %(default)s)"
 
 
 def add_verb(subparsers, name: str, help: str, example: str) -> argparse.ArgumentParser:

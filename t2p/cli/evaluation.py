@@ -124,8 +124,6 @@ def _evaluate_correction(args: argparse.Namespace) -> int:
 
 
 def _evaluate_composition(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     from t2p.compose import evaluate_composition
     from t2p.data import read_items
     from t2p.model import T2PModel
@@ -135,11 +133,7 @@ def _evaluate_composition(args: argparse.Namespace) -> int:
     report = evaluate_composition(model, items, steps=args.steps[0] if args.steps else None)
     if not report.sentences:
         raise CommandError(f"{args.data} has no language with three {args.split} items to compose")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "composition.json").write_text(json.dumps(asdict(report), indent=1))
-    text = (f"# Composition: {report.sentences} sentences of three {args.split} signs\n\nPeak frame-to-frame "
-            "velocity at each join over the signs' mean velocity (the issue asks <= 2):\n\n" + report.to_markdown() + "\n")
-    (args.out / "composition.md").write_text(text)
+    text = report.write(args.out, args.split)
     print(text + f"report: {args.out / 'composition.md'} and {args.out / 'composition.json'}")
     return 0
 

@@ -1,0 +1,219 @@
+"""Verbs that train: train (Ray Train), tune (Ray Tune), quickstart (prepare, train, generate)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from t2p.cli import DEFAULT_DATA, DEFAULT_RUN, CommandError, add_verb
+from t2p.cli.prepare import FINGERSPELLING_LENGTH_RATIO
+
+
+def register(subparsers) -> None:
+    _register_train(subparsers)
+    _register_tune(subparsers)
+    _register_quickstart(subparsers)
+
+
+# --- train ---------------------------------------------------------------------------------------
+
+# Defaults of the training flags; the parser's own defaults are None, so that a resumed run can tell
+# a flag the user gave (and must match the saved job) from one left out (the saved value stands).
+TRAINING_DEFAULTS = {"data": Path(DEFAULT_DATA), "workers": 1, "device": "cpu", "cpus_per_worker": 1.0,
+                     "max_failures": 1, "validation_items": 64, "validate_every": 0}
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    defaults = TRAINING_DEFAULTS
+    parser.add_argument("--data", type=Path, help=f"prepared shards (t2p prepare; default {defaults['data']})")
+    parser.add_argument("--workers", type=int, help=f"Ray Train workers (default {defaults['workers']})")
+    parser.add_argument("--gpu", action="store_true", help="one GPU per worker (the same as --device cuda)")
+    parser.add_argument("--device", choices=["cpu", "cuda"],
+                        help="where the workers train: cuda reserves one GPU per worker (default cpu)")
+    parser.add_argument("--cpus-per-worker", type=float,
+                        help="CPUs reserved per worker (default 1; on a local Ray, lowered to fit beside data loading)")
+    parser.add_argument("--max-failures", type=int, metavar="N",
+                        help=f"worker failures survived by restarting from the last checkpoint (default {defaults['max_failures']})")
+    parser.add_argument("--epochs", type=int, help="epochs (default: TrainConfig.epochs)")
+    parser.add_argument("--batch-size", type=int, help="batch size per worker")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any model, training or schedule setting, e.g. --set d_model=256 --set steps=20")
+    parser.add_argument("--validation-items", type=int,
+                        help=f"validation items scored at each validation, evenly spaced over the split (default {defaults['validation_items']})")
+    parser.add_argument("--validate-every", type=int, metavar="EPOCHS",
+                        help="epochs between validations and checkpoints (default 0: about 20 in a run)")
+    parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline without a key)")
+
+
+def _option(args: argparse.Namespace, name: str):
+    value = getattr(args, name)
+    return TRAINING_DEFAULTS[name] if value is None else value
+
+
+def _register_train(subparsers) -> None:
+    parser = add_verb(subparsers, "train", "Train with Ray Train on prepared shards (local Ray unless RAY_ADDRESS).",
+                      "t2p train --data data/fingerspelling --out runs/default --epochs 30 --set d_model=128")
+    _add_training_options(parser)
+    parser.add_argument("--out", type=Path, default=Path(DEFAULT_RUN), help="run folder: best/, metrics.csv, job.json")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    parser.set_defaults(handler=train_command)
+
+
+def training_job_from_args(args: argparse.Namespace):
+    from t2p.train import TrainingJob, route_settings
+    settings = {}
+    for pair in args.set:
+        if "=" not in pair:
+            raise CommandError(f"--set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        settings[key.strip()] = value.strip()
+    model, train, schedule = route_settings(settings)
+    if args.epochs is not None:
+        train["epochs"] = args.epochs
+    if args.batch_size is not None:
+        train["batch_size"] = args.batch_size
+    if _option(args, "workers") < 1:
+        raise CommandError("--workers must be >= 1")
+    if _option(args, "max_failures") < 0:
+        raise CommandError("--max-failures must be >= 0")
+    if _option(args, "validate_every") < 0 or _option(args, "validation_items") < 1:
+        raise CommandError("--validate-every must be >= 0 and --validation-items >= 1")
+    return TrainingJob(data=str(_option(args, "data")), out=str(args.out), workers=_option(args, "workers"),
+                       gpu=args.gpu or _option(args, "device") == "cuda",
+                       cpus_per_worker=_option(args, "cpus_per_worker"), model=model, train=train, schedule=schedule,
+                       validation_items=_option(args, "validation_items"),
+                       validate_every=_option(args, "validate_every"), wandb=args.wandb,
+                       max_failures=_option(args, "max_failures"))
+
+
+# the job fields `t2p.run_identity.changed_settings` names, as the flags that set them
+FLAGS = {"data": "--data", "workers": "--workers", "gpu": "--gpu/--device", "cpus_per_worker": "--cpus-per-worker",
+         "max_failures": "--max-failures", "validation_items": "--validation-items",
+         "validate_every": "--validate-every", "wandb": "--wandb", "batch_size": "--batch-size", "set": "--set"}
+
+
+def changed_flags(args: argparse.Namespace, saved, only_given: bool) -> list[str]:
+    """The flags whose value differs from the saved job's. With `only_given`, flags left out keep the
+    saved value (`--resume RUN`); without, every flag counts (re-running `t2p train --out RUN` into a
+    run that already has a job.json)."""
+    from t2p.run_identity import IDENTITY_FIELDS, changed_settings
+    given = None
+    if only_given:
+        given = {name for name in IDENTITY_FIELDS if getattr(args, name) not in (None, False)}
+        given |= {"gpu"} if args.device is not None else set()
+    return [FLAGS[name] for name in changed_settings(saved.to_dict(), training_job_from_args(args).to_dict(), given)]
+
+
+def train_command(args: argparse.Namespace) -> int:
+    import json
+
+    from t2p.train import TrainingJob, run_training
+    if args.resume is not None:
+        saved = args.resume / "job.json"
+        if not saved.is_file():
+            raise CommandError(f"{args.resume} is not a t2p run folder (no job.json)")
+        job = TrainingJob.from_dict(json.loads(saved.read_text())["job"])
+        changed = changed_flags(args, job, only_given=True)
+        if changed:
+            raise CommandError(f"--resume continues {args.resume} as it was started; {', '.join(changed)} "
+                               "differ(s) from its job.json: start a new run with --out instead")
+        if args.epochs is not None:
+            job.train["epochs"] = args.epochs
+        print(f"resuming {args.resume} (epochs: {job.train.get('epochs', 'default')})")
+    else:
+        job = training_job_from_args(args)
+        saved = Path(job.out) / "job.json"
+        if saved.is_file():  # the same command again (after Ctrl-C, a lost machine) continues that run
+            changed = changed_flags(args, TrainingJob.from_dict(json.loads(saved.read_text())["job"]),
+                                    only_given=False)
+            if changed:
+                raise CommandError(f"{job.out} holds a run started with other settings ({', '.join(changed)} "
+                                   "differ); continue it with --resume, or train into a new --out")
+            print(f"continuing the run in {job.out} from its last checkpoint")
+    best = run_training(job)
+    out = Path(job.out)
+    print(f"best epoch {best.get('epoch')}: validation DTW-MJE {best['val_dtw_mje']:.4f} "
+          f"(static baseline {best['val_static_dtw_mje']:.4f}); default generation: {best['steps']} steps, "
+          f"guidance {best['guidance']:g} (validation DTW-MJE {best['val_dtw_mje_chosen']:.4f})")
+    print(f"model: {out / 'best'}\nmetrics: {out / 'metrics.csv'}\nconfig: {out / 'job.json'}\n"
+          f"steps and guidance measured: {out / 'generation.json'}")
+    return 0
+
+
+# --- tune ----------------------------------------------------------------------------------------
+
+def _register_tune(subparsers) -> None:
+    parser = add_verb(subparsers, "tune", "Sweep refinement steps and loss weights with Ray Tune (one TorchTrainer per trial).",
+                      "t2p tune --data data/fingerspelling --out runs/sweep --samples 8 --epochs 10 "
+                      "--search steps=1,5,10 --search smoothness_weight=0.05:2")
+    _add_training_options(parser)
+    parser.add_argument("--out", type=Path, default=Path("runs/sweep"), help="sweep folder: trials/, best/, sweep.json")
+    parser.add_argument("--samples", type=int, default=4, help="trials")
+    parser.add_argument("--max-concurrent", type=int, default=1, help="trials at once")
+    parser.add_argument("--grace-period", type=int, default=1, metavar="VALIDATIONS",
+                        help="validations every trial runs before ASHA may stop it")
+    parser.add_argument("--search", action="append", default=[], metavar="KEY=SPEC",
+                        help="KEY=a,b,c (choice) or KEY=low:high (log-uniform); default: steps, smoothness_weight "
+                             "and length_weight")
+    parser.set_defaults(handler=tune_command)
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    from t2p.tune import METRIC, parse_search, run_sweep
+    if args.samples < 1:
+        raise CommandError("--samples must be >= 1")
+    job = training_job_from_args(args)
+    if args.grace_period < 1:
+        raise CommandError("--grace-period must be >= 1")
+    summary = run_sweep(job, samples=args.samples, space=parse_search(args.search) if args.search else None,
+                        max_concurrent=args.max_concurrent, grace_period=args.grace_period)
+    for trial in summary["trials"]:
+        score = "-" if trial[METRIC] is None else f"{trial[METRIC]:.4f}"
+        print(f"{trial['trial_id']}  {trial['status']:<14} {METRIC} {score}  {trial['config']}"
+              + ("   <- best" if trial["trial_id"] == summary["best_trial"] else ""))
+    print(f"model: {args.out / 'best'}\ntables: {args.out / 'trials.csv'}, {args.out / 'progress.csv'}\n"
+          f"plot: {args.out / 'progress.png'}\nsummary: {args.out / 'sweep.json'}")
+    return 0
+
+
+# --- quickstart ----------------------------------------------------------------------------------
+
+def _register_quickstart(subparsers) -> None:
+    parser = add_verb(subparsers, "quickstart",
+                      "The main job on the embedded data: prepare the fingerspelling lexicon, train, generate.",
+                      "t2p quickstart --epochs 5   # a shorter run")
+    parser.add_argument("--data", type=Path, default=Path(DEFAULT_DATA))
+    parser.add_argument("--out", type=Path, default=Path(DEFAULT_RUN))
+    parser.add_argument("--epochs", type=int, help="epochs (default: TrainConfig.epochs)")
+    parser.set_defaults(handler=quickstart_command)
+
+
+def quickstart_command(args: argparse.Namespace) -> int:
+    import time
+
+    from t2p import data
+    from t2p.generation import as_pose, generate
+    from t2p.model import T2PModel
+    from t2p.notation import SignText
+    from t2p.pose import write_pose
+    from t2p.train import TrainingJob, run_training
+
+    started = time.time()
+    if not (args.data / data.MANIFEST_FILE).is_file():
+        manifest = data.prepare(data.fingerspelling_items(), args.data, source="fingerspelling",
+                                max_length_ratio=FINGERSPELLING_LENGTH_RATIO)
+        print(f"prepared {sum(manifest['counts'].values())} fingerspelling sequences into {args.data}")
+    train = {"epochs": args.epochs} if args.epochs else {}
+    best = run_training(TrainingJob(data=str(args.data), out=str(args.out), train=train))
+    example = args.out / "examples" / "ase-A.pose"
+    model = T2PModel.load(args.out / "best")
+    (sequence,) = generate(model, [SignText("A", "text", "ase")])
+    write_pose(as_pose(model, sequence), example)
+    print(f"{example} ({len(sequence)} frames)")
+    print(f"\ndone in {time.time() - started:.0f} s")
+    print(f"  data:     {args.data}  (manifest.json, Parquet shards)")
+    print(f"  model:    {args.out / 'best'}  (validation DTW-MJE {best['val_dtw_mje_chosen']:.4f} at "
+          f"{best['steps']} steps, guidance {best['guidance']:g}; static baseline {best['val_static_dtw_mje']:.4f})")
+    print(f"  metrics:  {args.out / 'metrics.csv'}")
+    print(f"  example:  {example}")
+    print(f"next: t2p generate --model {args.out / 'best'} --text B --language ase -o b.pose")
+    return 0
