@@ -15,7 +15,8 @@ from t2p.data import Example, collate
 from t2p.model import T2PModel
 from t2p.notation import SignText, Vocabulary
 from t2p.pose import Skeleton, SkeletonComponent
-from t2p.train import TrainConfig, TrainingObjective, make_optimizer, train_step, unwrap
+from t2p.objective import TrainingObjective, unwrap
+from t2p.train import TrainConfig, make_optimizer, train_step
 
 SKELETON = Skeleton("toy", (SkeletonComponent("BODY", ("P", "Q"), (), ((255, 0, 0), (0, 255, 0)), "XYC"),), 2)
 STEPS = 5

@@ -12,7 +12,7 @@ from t2p.metrics import METRICS
 from t2p.model import T2PModel
 from t2p.notation import SignText
 from t2p.pose import Normalization, PoseSequence
-from t2p.train import model_config_from_manifest
+from t2p.data import model_config_from_manifest
 
 
 @pytest.fixture(scope="module")

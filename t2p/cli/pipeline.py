@@ -123,7 +123,7 @@ def _register_train(subparsers) -> None:
 
 
 def training_job_from_args(args: argparse.Namespace):
-    from t2p.train import TrainingJob, route_settings
+    from t2p.ray_train import TrainingJob, route_settings
     settings = {}
     for pair in args.set:
         if "=" not in pair:
@@ -179,7 +179,7 @@ def changed_settings(args: argparse.Namespace, saved, only_given: bool) -> list[
 def train_command(args: argparse.Namespace) -> int:
     import json
 
-    from t2p.train import TrainingJob, run_training
+    from t2p.ray_train import TrainingJob, run_training
     if args.resume is not None:
         saved = args.resume / "job.json"
         if not saved.is_file():
@@ -431,7 +431,7 @@ def quickstart_command(args: argparse.Namespace) -> int:
     from t2p.model import T2PModel
     from t2p.notation import SignText
     from t2p.pose import write_pose
-    from t2p.train import TrainingJob, run_training
+    from t2p.ray_train import TrainingJob, run_training
 
     started = time.time()
     if not (args.data / data.MANIFEST_FILE).is_file():
