@@ -17,7 +17,6 @@ import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from queue import Empty
 from typing import Iterator, Sequence
 
 import ray
@@ -315,16 +314,13 @@ class EpochPrinter(ray.train.UserCallback):
         self.queue.put(metrics[0])  # rank 0 validated; every report is a validated epoch
 
     @contextmanager
-    def printing(self) -> Iterator[None]:
+    def printing(self, interval: float = 1.0) -> Iterator[None]:
         """While the block runs (`fit`), and what is left when it ends; then the queue is closed."""
         done = threading.Event()
 
         def print_reports() -> None:
-            while not done.is_set():
-                try:
-                    self.print_epoch(self.queue.get(timeout=1.0))
-                except Empty:
-                    pass
+            while not done.wait(interval):
+                self._print_waiting()
 
         thread = threading.Thread(target=print_reports, daemon=True)
         thread.start()
@@ -333,9 +329,14 @@ class EpochPrinter(ray.train.UserCallback):
         finally:
             done.set()
             thread.join()
-            while not self.queue.empty():
-                self.print_epoch(self.queue.get_nowait())
+            self._print_waiting()  # reported after the thread's last look
             self.queue.shutdown()
+
+    def _print_waiting(self) -> None:
+        # how many first, then exactly those: a blocking get that times out raises inside the actor
+        waiting = self.queue.qsize()
+        for metrics in self.queue.get_nowait_batch(waiting) if waiting else []:
+            self.print_epoch(metrics)
 
     def print_epoch(self, metrics: dict) -> None:
         print(f"epoch {int(metrics['epoch']) + 1}/{self.epochs}: loss {metrics.get('train_loss', float('nan')):.4f}, "
