@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import httpx
 import pytest
 import yaml
 
+from conftest import free_port
 from t2p.data import fingerspelling_items
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,12 +35,6 @@ def test_cluster_yaml_passes_rays_own_schema():
         validate_config(prepare_config(broken))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _run(command: list[str], env: dict, timeout: int = 300) -> str:
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -52,7 +46,7 @@ def local_cluster(tmp_path):
     """A Ray head started by `ray start --head` in its own temp dir; its processes are stopped by that
     dir, so the test session's own Ray instance is left alone."""
     temp_dir = Path("/tmp") / f"t2p-cluster-{os.getpid()}"  # short: Ray's socket paths have a length limit
-    gcs_port, dashboard_port = _free_port(), _free_port()
+    gcs_port, dashboard_port = free_port(), free_port()
     # the job's `python` is this environment's, as a node's own install is on a real cluster (CI does
     # not activate the venv)
     # token authentication off: a cluster of this test only, on loopback (the test session's own Ray
@@ -89,7 +83,7 @@ def test_jobs_submitted_to_a_cluster_prepare_train_and_serve(local_cluster, tmp_
     assert (run / "best" / "model.safetensors").is_file()
 
     # serve run with the repository's own config, pointed at this model and a free port
-    port = _free_port()
+    port = free_port()
     config = yaml.safe_load((REPO / "serve_configs" / "local.yaml").read_text())
     config["http_options"]["port"] = port
     config["applications"][0]["args"]["model"] = str(run / "best")

@@ -3,14 +3,13 @@ Ray Train's `prepare_model` wraps it. No Ray here: the gradient path itself is u
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import tiny_model_config
+from conftest import free_port, tiny_model_config
 from t2p.data import Example, collate
 from t2p.model import T2PModel
 from t2p.notation import SignText, Vocabulary
@@ -46,16 +45,10 @@ def _worker(rank: int, port: int, results) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_data_parallel_workers_keep_identical_weights():
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_worker, args=(_free_port(), results), nprocs=2, join=True)
+        mp.spawn(_worker, args=(free_port(), results), nprocs=2, join=True)
         first, second = results[0], results[1]
     assert first.keys() == second.keys()
     trained = [name for name in first if "refiner" in name and name.endswith("weight")]
