@@ -18,6 +18,7 @@ from t2p.config import written_whole
 from t2p.model import pad_tokens
 
 if TYPE_CHECKING:
+    from t2p.model import ModelConfig
     from t2p.notation import SignText
     from t2p.pose import PoseSequence
 
@@ -478,3 +479,27 @@ class ShardExamples:
             item = row_to_item({name: values[i] for name, values in columns.items()}, self.skeleton_dims)
             examples.append(Example(self._vocabulary.encode(item.sign), item.sequence.data, item.sequence.confidence))
         return examples
+
+
+def training_texts(data_dir: str | Path) -> dict[str, list[str]]:
+    """language ("" for none) -> the texts of the training split, read from its shards."""
+    import pyarrow.parquet as pq
+    texts: dict[str, set[str]] = {}
+    for path in shard_paths(data_dir, "train"):
+        table = pq.read_table(path, columns=["text", "language"]).to_pydict()
+        for text, language in zip(table["text"], table["language"]):
+            texts.setdefault(language or "", set()).add(text)
+    return {language: sorted(values) for language, values in sorted(texts.items())}
+
+
+def model_config_from_manifest(manifest: dict, **overrides) -> ModelConfig:
+    """A model config for prepared data: vocabulary, skeleton, statistics and output space come
+    from the manifest; hyperparameters from `overrides` (any `ModelConfig` field)."""
+    from t2p.config import from_dict
+    from t2p.model import ModelConfig
+    settings = dict(vocabulary=manifest["vocabulary"], skeleton=manifest["skeleton"], fps=manifest["fps"],
+                    default_notation=manifest["notation"][0],
+                    output_normalization=manifest["output_normalization"],
+                    output_canvas=manifest["output_canvas"], **manifest["statistics"])
+    settings.update(overrides)
+    return from_dict(ModelConfig, settings, what="model config")

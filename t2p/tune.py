@@ -12,7 +12,8 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from t2p.train import TrainConfig, TrainingJob, ensure_ray, route_settings, run_training
+from t2p.ray_train import TrainingJob, ensure_ray, route_settings, run_training
+from t2p.train import TrainConfig
 
 METRIC = "val_dtw_mje"
 

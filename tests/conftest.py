@@ -1,7 +1,11 @@
 """Shared fixtures. Real data lives in tests/data (copied from shared/data, provenance in SOURCES.md)."""
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,55 @@ def ray_session():
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     yield ray
     ray.shutdown()
+
+
+TINY = ["--set", "d_model=32", "--set", "heads=2", "--set", "text_layers=1", "--set", "refiner_layers=1",
+        "--set", "steps=2"]
+
+
+@dataclass
+class CommandRun:
+    """What a CLI command made and printed."""
+    folder: Path
+    command: list[str]
+    output: str
+
+
+def run_command(command: list[str]) -> str:
+    """`t2p COMMAND` in this process, its exit code checked; returns what it printed (the epoch lines
+    included: the driver prints them from a thread, into the same sys.stdout)."""
+    from t2p.cli import main
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(command)
+    assert code == 0, printed.getvalue()
+    return printed.getvalue()
+
+
+@pytest.fixture(scope="session")
+def real_corpus(tmp_path_factory) -> CommandRun:
+    """32 real fingerspelling recordings (ase and gsg) as a generic index, prepared once by `t2p prepare`
+    (24 train, 8 validation rows). Training only reads it: every test may share it."""
+    from t2p.data import fingerspelling_items
+    folder = tmp_path_factory.mktemp("corpus")
+    items = [item for item in fingerspelling_items() if item.language in ("ase", "gsg")][:32]
+    index = folder / "index.jsonl"
+    index.write_text("\n".join(json.dumps({"path": str(item.path), "text": item.text, "notation": "text",
+                                           "language": item.language}) for item in items))
+    command = ["prepare", "--source", "index", "--index", str(index), "--out", str(folder / "data"),
+               "--split", "0.75,0.25,0"]
+    return CommandRun(folder / "data", command, run_command(command))
+
+
+@pytest.fixture(scope="session")
+def trained_run(ray_session, real_corpus, tmp_path_factory) -> CommandRun:
+    """One tiny model trained on `real_corpus` by `t2p train` (Ray Train, one worker, validated every
+    epoch, steps and guidance calibrated), for the tests that need *a* trained run. Read it, never
+    train into it: copy what a test changes."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    command = ["train", "--data", str(real_corpus.folder), "--out", str(run), "--epochs", "3", "--batch-size", "8",
+               "--validate-every", "1", *TINY]
+    return CommandRun(run, command, run_command(command))
 
 
 @pytest.fixture(autouse=True)

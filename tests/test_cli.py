@@ -5,7 +5,7 @@ import re
 import pytest
 
 from t2p.cli import build_parser, main
-from t2p.run_identity import changed_settings
+from t2p.ray_train import TrainingJob
 
 VERBS = ["prepare", "train", "tune", "quickstart", "generate", "correct", "evaluate", "compare", "render", "serve"]
 
@@ -39,7 +39,11 @@ def _job(**overrides):
     job = {"data": "data/fingerspelling", "out": "runs/a", "workers": 1, "gpu": False, "cpus_per_worker": 1.0,
            "model": {"d_model": 32}, "train": {"epochs": 2, "batch_size": 4}, "schedule": {}, "validation_items": 64,
            "validate_every": 0, "calibrate": True, "max_failures": 1, "wandb": False, "name": "ray"}
-    return {**job, **overrides}
+    return TrainingJob.from_dict({**job, **overrides})
+
+
+def changed_settings(saved: TrainingJob, asked: TrainingJob, given=None) -> list[str]:
+    return saved.changed_settings(asked, given)
 
 
 def test_a_run_is_the_same_run_whatever_its_epochs():

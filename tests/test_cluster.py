@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from t2p.data import fingerspelling_items
-from ports import free_port as _free_port
+from ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -46,7 +46,7 @@ def local_cluster(tmp_path):
     """A Ray head started by `ray start --head` in its own temp dir; its processes are stopped by that
     dir, so the test session's own Ray instance is left alone."""
     temp_dir = Path("/tmp") / f"t2p-cluster-{os.getpid()}"  # short: Ray's socket paths have a length limit
-    gcs_port, dashboard_port = _free_port(), _free_port()
+    gcs_port, dashboard_port = free_port(), free_port()
     # the job's `python` is this environment's, as a node's own install is on a real cluster (CI does
     # not activate the venv)
     # token authentication off: a cluster of this test only, on loopback (the test session's own Ray
@@ -83,7 +83,7 @@ def test_jobs_submitted_to_a_cluster_prepare_train_and_serve(local_cluster, tmp_
     assert (run / "best" / "model.safetensors").is_file()
 
     # serve run with the repository's own config, pointed at this model and a free port
-    port = _free_port()
+    port = free_port()
     config = yaml.safe_load((REPO / "serve_configs" / "local.yaml").read_text())
     config["http_options"]["port"] = port
     config["applications"][0]["args"]["model"] = str(run / "best")

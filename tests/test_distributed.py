@@ -10,12 +10,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import tiny_model_config
+from ports import free_port
 from t2p.data import Example, collate
 from t2p.model import T2PModel
 from t2p.notation import SignText, Vocabulary
 from t2p.pose import Skeleton, SkeletonComponent
-from t2p.train import TrainConfig, TrainingObjective, make_optimizer, train_step, unwrap
-from ports import free_port as _free_port
+from t2p.objective import TrainingObjective, unwrap
+from t2p.train import TrainConfig, make_optimizer, train_step
 
 SKELETON = Skeleton("toy", (SkeletonComponent("BODY", ("P", "Q"), (), ((255, 0, 0), (0, 255, 0)), "XYC"),), 2)
 STEPS = 5
@@ -48,7 +49,7 @@ def _worker(rank: int, port: int, results) -> None:
 def test_data_parallel_workers_keep_identical_weights():
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_worker, args=(_free_port(), results), nprocs=2, join=True)
+        mp.spawn(_worker, args=(free_port(), results), nprocs=2, join=True)
         first, second = results[0], results[1]
     assert first.keys() == second.keys()
     trained = [name for name in first if "refiner" in name and name.endswith("weight")]

@@ -11,8 +11,8 @@ from t2p.evaluate import SET_METRICS, STARTS, SYSTEMS, EvaluationConfig, evaluat
 from t2p.metrics import METRICS
 from t2p.model import T2PModel
 from t2p.notation import SignText
+from t2p.data import model_config_from_manifest
 from t2p.pose import Normalization, PoseSequence, start_from
-from t2p.train import model_config_from_manifest
 
 
 @pytest.fixture(scope="module")

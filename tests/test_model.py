@@ -11,7 +11,8 @@ from t2p.generation import as_pose, generate, iter_generate, Observed
 from t2p.model import T2PModel
 from t2p.notation import SignText, Vocabulary
 from t2p.pose import Skeleton, SkeletonComponent, load_sequence, read_pose, to_sequence, write_pose
-from t2p.train import TrainConfig, compute_losses, fit
+from t2p.objective import compute_losses
+from t2p.train import TrainConfig, fit
 
 TOY_SKELETON = Skeleton("toy", (SkeletonComponent("BODY", ("P",), (), ((255, 0, 0),), "XYC"),), 2)
 
@@ -256,7 +257,7 @@ def test_the_best_measured_steps_and_guidance_become_the_model_default(real_mode
     from dataclasses import replace
 
     from t2p.data import PreparedItem
-    from t2p.train import choose_generation_defaults
+    from t2p.validation import choose_generation_defaults
     _, signs, sequences = real_data
     items = [PreparedItem(str(i), str(i), "validation", sign, sign.text, sequence, "")
              for i, (sign, sequence) in enumerate(zip(signs, sequences))]

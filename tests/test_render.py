@@ -13,7 +13,7 @@ from t2p.model import T2PModel
 from t2p.notation import hamnosys_symbols
 from t2p.pose import Skeleton, load_sequence, read_pose, to_pose, write_pose
 from t2p.render import Panel, render, render_file, render_refinement
-from t2p.train import model_config_from_manifest
+from t2p.data import model_config_from_manifest
 
 ESSEN = POSES / "lexicon_sgg" / "essen.pose"    # 73 frames
 KINDER = POSES / "lexicon_sgg" / "kinder.pose"  # 45 frames

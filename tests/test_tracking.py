@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from t2p.schedule import ScheduleConfig
-from t2p.train import TrainConfig, TrainingJob, _wandb_logger
+from t2p.ray_train import TrainingJob, _wandb_logger
+from t2p.train import TrainConfig
 
 wandb = pytest.importorskip("wandb")
 

@@ -59,7 +59,7 @@ def _register_train(subparsers) -> None:
 
 
 def training_job_from_args(args: argparse.Namespace):
-    from t2p.train import TrainingJob, route_settings
+    from t2p.ray_train import TrainingJob, route_settings
     settings = {}
     for pair in args.set:
         if "=" not in pair:
@@ -85,7 +85,7 @@ def training_job_from_args(args: argparse.Namespace):
                        max_failures=_option(args, "max_failures"))
 
 
-# the job fields `t2p.run_identity.changed_settings` names, as the flags that set them
+# the job fields `TrainingJob.changed_settings` names, as the flags that set them
 FLAGS = {"data": "--data", "workers": "--workers", "gpu": "--gpu/--device", "cpus_per_worker": "--cpus-per-worker",
          "max_failures": "--max-failures", "validation_items": "--validation-items",
          "validate_every": "--validate-every", "wandb": "--wandb", "batch_size": "--batch-size", "set": "--set"}
@@ -95,18 +95,17 @@ def changed_flags(args: argparse.Namespace, saved, only_given: bool) -> list[str
     """The flags whose value differs from the saved job's. With `only_given`, flags left out keep the
     saved value (`--resume RUN`); without, every flag counts (re-running `t2p train --out RUN` into a
     run that already has a job.json)."""
-    from t2p.run_identity import IDENTITY_FIELDS, changed_settings
     given = None
     if only_given:
-        given = {name for name in IDENTITY_FIELDS if getattr(args, name) not in (None, False)}
+        given = {name for name in saved.IDENTITY_FIELDS if getattr(args, name) not in (None, False)}
         given |= {"gpu"} if args.device is not None else set()
-    return [FLAGS[name] for name in changed_settings(saved.to_dict(), training_job_from_args(args).to_dict(), given)]
+    return [FLAGS[name] for name in saved.changed_settings(training_job_from_args(args), given)]
 
 
 def train_command(args: argparse.Namespace) -> int:
     import json
 
-    from t2p.train import TrainingJob, run_training
+    from t2p.ray_train import TrainingJob, run_training
     if args.resume is not None:
         saved = args.resume / "job.json"
         if not saved.is_file():
@@ -195,7 +194,7 @@ def quickstart_command(args: argparse.Namespace) -> int:
     from t2p.model import T2PModel
     from t2p.notation import SignText
     from t2p.pose import write_pose
-    from t2p.train import TrainingJob, run_training
+    from t2p.ray_train import TrainingJob, run_training
 
     started = time.time()
     if not (args.data / data.MANIFEST_FILE).is_file():

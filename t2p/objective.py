@@ -1,0 +1,194 @@
+"""The training objective: every loss term of one batch, and the values given to the refiner.
+
+Loss = confidence-masked reconstruction of x_0 from x_t + presence (which joints are there) +
+length (median and spread of the log-length) + smoothness (velocities match the reference) +
+first-pose correction. Every term is masked by confidence and padding. `TrainingObjective` makes
+the losses a module's `forward`, which is what DistributedDataParallel wraps.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from t2p.data import LengthBatch, PoseBatch
+from t2p.model import Known, T2PModel, TextEncoding, interpolate_known
+from t2p.schedule import RefinementSchedule
+
+if TYPE_CHECKING:
+    from t2p.train import TrainConfig  # the loss weights; train.py runs this objective
+
+
+def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
+                   generator: torch.Generator | None = None,
+                   lengths: LengthBatch | None = None) -> dict[str, torch.Tensor]:
+    """Every loss term for one batch, and their weighted sum under "loss". The length predictor
+    learns from `lengths` (examples drawn at random) when given, else from the batch itself."""
+    schedule = RefinementSchedule(model.schedule_config)
+    device = batch.poses.device
+    size = batch.size
+    observed = (batch.confidence > 0) & batch.frame_mask.unsqueeze(-1)  # (batch, frames, joints)
+
+    # drop the text (keep only <bos>) for some examples: the unconditional half of guidance
+    dropped = _draw(size, config.text_dropout, generator, device)
+    token_mask = batch.token_mask.clone()
+    token_mask[dropped, 1:] = False
+    text = model.encode_text(_hide_symbols(model, batch.tokens, config.unknown_symbols, generator), token_mask)
+
+    first_pose, first_confidence = batch.poses[:, 0], batch.confidence[:, 0]
+    with torch.no_grad():
+        start = model.complete_first_pose(first_pose, first_confidence)
+    # some examples start from the neutral pose: then only the text says what is signed
+    neutral = _draw(size, config.first_pose_dropout, generator, device)
+    start = torch.where(neutral.view(-1, 1, 1), model.neutral_pose.expand_as(start), start)
+    frames = batch.poses.shape[1]
+    x_start = start.unsqueeze(1).expand(-1, frames, -1, -1)
+    # where the reference is missing, its clean value is taken as the start: nothing to learn there
+    clean = torch.where(observed.unsqueeze(-1), batch.poses, x_start)
+    # some examples have values given, as composition (the ends of a transition) and correction
+    # (dropped frames, a hand lost for a while) give them; their x_T is the straight path between
+    # the given values, as generation builds it
+    given = known_values(batch.lengths, observed, config.inpainting, _hand_joints(model), generator).to(device)
+    known = Known(clean, given) if config.inpainting > 0 else None
+    if known is not None:
+        x_start = interpolate_known(clean, given, start)
+    beta = schedule.sample_training_betas(size, generator, device)
+    x_t = schedule.noisy(x_start, clean, beta, generator)
+    refined = model.refine(x_t, start, beta, text, batch.frame_mask, known)
+    predicted = refined.poses
+
+    scale = model.pose_std
+    # given values come back exactly as given (generation restores them): copying them earns nothing, and
+    # every other value keeps its usual weight (dividing by the hidden count instead over-weighted the
+    # inpainting examples: correction on the six real signs of the tests went from 0.095 to 0.105)
+    weights = (observed & ~given).float()
+    squared = (((predicted - clean) / scale) ** 2).sum(-1)  # (batch, frames, joints)
+    reconstruction = (squared * weights).sum() / observed.float().sum().clamp(min=1)
+
+    real_frames = batch.frame_mask.unsqueeze(-1).expand_as(observed).float()
+    presence_error = F.binary_cross_entropy_with_logits(refined.presence_logits, observed.float(), reduction="none")
+    presence = (presence_error * real_frames).sum() / real_frames.sum().clamp(min=1)
+
+    seen = observed.float()  # motion into and out of a gap counts too
+    velocity_weights = seen[:, 1:] * seen[:, :-1]
+    velocity_error = ((((predicted[:, 1:] - predicted[:, :-1]) - (clean[:, 1:] - clean[:, :-1])) / scale) ** 2).sum(-1)
+    smoothness = (velocity_error * velocity_weights).sum() / velocity_weights.sum().clamp(min=1)
+
+    if lengths is None:
+        lengths = LengthBatch(batch.tokens, batch.token_mask, first_pose, first_confidence, batch.lengths)
+    length = _length_loss(model, lengths, config.length_unknown_symbols, generator)
+    first_pose_loss = _first_pose_loss(model, first_pose, first_confidence, generator)
+
+    total = (config.reconstruction_weight * reconstruction + config.presence_weight * presence
+             + config.length_weight * length + config.smoothness_weight * smoothness
+             + config.first_pose_weight * first_pose_loss)
+    return {"loss": total, "reconstruction": reconstruction, "presence": presence, "length": length,
+            "smoothness": smoothness, "first_pose": first_pose_loss}
+
+
+def known_values(lengths: torch.Tensor, observed: torch.Tensor, probability: float, hands: Sequence[list[int]],
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Which values of each example are given to the refiner: none for most; for `probability` of
+    them, either the first and last 1-4 frames (a transition between two signs), or all but runs
+    of 1-6 dropped frames (10-60% of the frames), with one hand also lost for 5-15 frames half the
+    time (a recording to correct). Only observed values can be given."""
+    # lengths: (batch,); observed: (batch, frames, joints) -> (batch, frames, joints) bool
+    size, frames, joints = observed.shape
+    given = torch.zeros(size, frames, joints, dtype=torch.bool)
+    draw = lambda high: int(torch.randint(high, (1,), generator=generator))  # noqa: E731
+    for i in (torch.rand(size, generator=generator) < probability).nonzero().flatten().tolist():
+        length = int(lengths[i])
+        frame_given = torch.ones(length, dtype=torch.bool)
+        if draw(2) == 0:
+            frame_given[1 + draw(4):max(length - 1 - draw(4), 1)] = False
+        else:
+            dropped = 0.1 + 0.5 * float(torch.rand(1, generator=generator))
+            while frame_given.float().mean() > 1 - dropped:
+                begin = draw(length)
+                frame_given[begin:begin + 1 + draw(6)] = False
+        example = frame_given.unsqueeze(1).expand(length, joints).clone()
+        if hands and draw(2) == 0:
+            run = 5 + draw(11)
+            begin = draw(max(1, length - run))
+            example[begin:begin + run, hands[draw(len(hands))]] = False
+        given[i, :length] = example
+    return given & observed.cpu()
+
+
+def _hand_joints(model: T2PModel) -> list[list[int]]:
+    joints, offset = [], 0
+    for component in model.skeleton.components:
+        if "hand" in component.name.lower():
+            joints.append(list(range(offset, offset + len(component.points))))
+        offset += len(component.points)
+    return joints
+
+
+def _draw(size: int, probability: float, generator: torch.Generator | None, device) -> torch.Tensor:
+    """`size` coin flips with this probability of True, drawn on the (CPU) generator."""
+    return (torch.rand(size, generator=generator) < probability).to(device)
+
+
+def _hide_symbols(model: T2PModel, tokens: torch.Tensor, share: float,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    """Some symbols become <unk>, as characters never seen in training are at inference."""
+    # tokens: (batch, tokens)
+    hidden = model.symbol_tokens[tokens] & (torch.rand(tokens.shape, generator=generator) < share).to(tokens.device)
+    return torch.where(hidden, torch.full_like(tokens, model.vocabulary.unknown_id), tokens)
+
+
+def _length_loss(model: T2PModel, batch: LengthBatch, unknown_symbols: float,
+                 generator: torch.Generator | None) -> torch.Tensor:
+    """Absolute error of the log-length (its minimiser is the median, which minimises the length
+    MAE), plus the Laplace NLL of the spread around the detached location. Both have bounded
+    gradients: the Gaussian NLL used before shrank its variance until its gradients were 50x the
+    reconstruction's, and global gradient clipping then starved every other term. The text is
+    never dropped here: the length is predicted from the text (guidance drops it for the refiner)."""
+    tokens = _hide_symbols(model, batch.tokens, unknown_symbols, generator)
+    text = TextEncoding(None, batch.token_mask, tokens)  # the length predictor reads the tokens themselves
+    with torch.no_grad():
+        start = model.complete_first_pose(batch.first_pose, batch.first_confidence)
+    location, log_variance = model.predict_length(text, start, batch.first_confidence)
+    lengths = batch.lengths
+    target = lengths.float().clamp(min=1).log()
+    log_variance = log_variance.clamp(min=math.log(0.01 ** 2))  # a spread of at least 1%
+    scaled_error = (target - location.detach()).abs() / torch.exp(0.5 * log_variance)
+    per_example = (target - location).abs() + 0.5 * log_variance + scaled_error  # (batch,)
+    return per_example.mean()
+
+
+def _first_pose_loss(model: T2PModel, pose: torch.Tensor, confidence: torch.Tensor,
+                     generator: torch.Generator | None) -> torch.Tensor:
+    """Hide each keypoint of the real first poses with probability 0.3, each drawn on its own (no
+    whole hand is hidden on purpose); the corrector predicts the observed ones among them back."""
+    # pose: (batch, joints, dims); confidence: (batch, joints)
+    device = pose.device
+    hide = (torch.rand(confidence.shape, generator=generator) < 0.3).to(device)
+    hidden_confidence = torch.where(hide, torch.zeros_like(confidence), confidence)
+    predicted = model.first_pose_corrector(model.standardize(pose), hidden_confidence)
+    weights = (hide & (confidence > 0)).float()
+    error = ((predicted - model.standardize(pose)) ** 2).sum(-1)
+    return (error * weights).sum() / weights.sum().clamp(min=1)
+
+
+class TrainingObjective(torch.nn.Module):
+    """The model with its losses as `forward`: what DistributedDataParallel wraps.
+
+    DDP arms its gradient all-reduce in its own `forward`; calling the losses on the unwrapped
+    model (as an earlier version did) trained one diverging copy per worker."""
+
+    def __init__(self, model: T2PModel, config: TrainConfig):
+        super().__init__()
+        self.model = model
+        self.config = config
+
+    def forward(self, batch: PoseBatch, generator: torch.Generator | None = None,
+                lengths: LengthBatch | None = None) -> dict[str, torch.Tensor]:
+        return compute_losses(self.model, batch, self.config, generator, lengths)
+
+
+def unwrap(objective: torch.nn.Module) -> T2PModel:
+    """The T2PModel inside a (possibly DDP-wrapped) TrainingObjective."""
+    return (objective.module if hasattr(objective, "module") else objective).model
