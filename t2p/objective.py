@@ -38,11 +38,7 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
     text = model.encode_text(_hide_symbols(model, batch.tokens, config.unknown_symbols, generator), token_mask)
 
     first_pose, first_confidence = batch.poses[:, 0], batch.confidence[:, 0]
-    with torch.no_grad():
-        start = model.complete_first_pose(first_pose, first_confidence)
-    # some examples start from the neutral pose: then only the text says what is signed
-    neutral = _draw(size, config.first_pose_dropout, generator, device)
-    start = torch.where(neutral.view(-1, 1, 1), model.neutral_pose.expand_as(start), start)
+    start = training_starts(model, batch, config, generator)
     frames = batch.poses.shape[1]
     x_start = start.unsqueeze(1).expand(-1, frames, -1, -1)
     # where the reference is missing, its clean value is taken as the start: nothing to learn there
@@ -59,17 +55,21 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
     refined = model.refine(x_t, start, beta, text, batch.frame_mask, known)
     predicted = refined.poses
 
+    # scored in the refiner's own space (`standardize`: with `hand_relative`, a finger relative to its hand)
+    standard_predicted, standard_clean = model.standardize(predicted), model.standardize(clean)
     scale = model.pose_std
     # given values come back exactly as given (generation restores them): copying them earns nothing, and
     # every other value keeps its usual weight (dividing by the hidden count instead over-weighted the
     # inpainting examples: correction on the six real signs of the tests went from 0.095 to 0.105)
     weights = (observed & ~given).float()
-    squared = (((predicted - clean) / scale) ** 2).sum(-1)  # (batch, frames, joints)
+    squared = ((standard_predicted - standard_clean) ** 2).sum(-1)  # (batch, frames, joints)
     reconstruction = (squared * weights).sum() / observed.float().sum().clamp(min=1)
 
     real_frames = batch.frame_mask.unsqueeze(-1).expand_as(observed).float()
     presence_error = F.binary_cross_entropy_with_logits(refined.presence_logits, observed.float(), reduction="none")
     presence = (presence_error * real_frames).sum() / real_frames.sum().clamp(min=1)
+
+    hand_shape = hand_shape_loss(predicted, clean, observed & ~given, observed, _hand_wrists(model))
 
     seen = observed.float()  # motion into and out of a gap counts too
     velocity_weights = seen[:, 1:] * seen[:, :-1]
@@ -78,14 +78,62 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
 
     if lengths is None:
         lengths = LengthBatch(batch.tokens, batch.token_mask, first_pose, first_confidence, batch.lengths)
-    length = _length_loss(model, lengths, config.length_unknown_symbols, generator)
+    length = _length_loss(model, lengths, config.length_unknown_symbols, generator, config.neutral_start)
     first_pose_loss = _first_pose_loss(model, first_pose, first_confidence, generator)
 
     total = (config.reconstruction_weight * reconstruction + config.presence_weight * presence
              + config.length_weight * length + config.smoothness_weight * smoothness
-             + config.first_pose_weight * first_pose_loss)
+             + config.first_pose_weight * first_pose_loss + config.hand_weight * hand_shape)
     return {"loss": total, "reconstruction": reconstruction, "presence": presence, "length": length,
-            "smoothness": smoothness, "first_pose": first_pose_loss}
+            "smoothness": smoothness, "first_pose": first_pose_loss, "hand_shape": hand_shape}
+
+
+def training_starts(model: T2PModel, batch: PoseBatch, config: TrainConfig,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """The pose each example's refinement starts from: its own first frame (completed), or, for
+    the configured shares, the neutral pose, another example's first frame or another example's
+    last frame. The target stays the example's own recording: from any start, the text alone
+    says what is signed. (batch, joints, dims)"""
+    size = batch.size
+    device = batch.poses.device
+    last = (batch.lengths - 1).clamp(min=0).to(device)
+    rows = torch.arange(size, device=device)
+    with torch.no_grad():
+        own = model.complete_first_pose(batch.poses[:, 0], batch.confidence[:, 0])
+        last_frames = model.complete_first_pose(batch.poses[rows, last], batch.confidence[rows, last])
+    # another example of the batch: a random other row (itself only in a batch of one)
+    shift = torch.randint(1, max(size, 2), (size,), generator=generator).to(device)
+    other = (rows + shift) % size
+    kind = torch.rand(size, generator=generator).to(device)
+    neutral_until = config.neutral_start
+    other_until = neutral_until + config.other_start
+    last_until = other_until + config.last_frame_start
+    start = own
+    start = torch.where((kind < neutral_until).view(-1, 1, 1), model.neutral_pose.expand_as(own), start)
+    start = torch.where(((kind >= neutral_until) & (kind < other_until)).view(-1, 1, 1), own[other], start)
+    start = torch.where(((kind >= other_until) & (kind < last_until)).view(-1, 1, 1), last_frames[other], start)
+    return start
+
+
+def hand_shape_loss(predicted: torch.Tensor, clean: torch.Tensor, scored: torch.Tensor, observed: torch.Tensor,
+                    hands: Sequence[tuple[int, list[int]]]) -> torch.Tensor:
+    """Squared error of every hand joint relative to its wrist, in units of the reference hand's
+    size (its joints' mean distance from the wrist): the handshape, whatever the arm does."""
+    # predicted, clean: (batch, frames, joints, dims); scored, observed: (batch, frames, joints) bool
+    total = predicted.new_zeros(())
+    count = predicted.new_zeros(())
+    for wrist, joints in hands:
+        predicted_shape = predicted[:, :, joints] - predicted[:, :, wrist:wrist + 1]
+        reference_shape = clean[:, :, joints] - clean[:, :, wrist:wrist + 1]
+        seen = (observed[:, :, joints] & observed[:, :, wrist:wrist + 1]).float()  # (batch, frames, hand joints)
+        reach = (reference_shape.norm(dim=-1) * seen).sum((1, 2)) / seen.sum((1, 2)).clamp(min=1)  # (batch,)
+        error = ((predicted_shape - reference_shape) ** 2).sum(-1) / reach.clamp(min=1e-3).view(-1, 1, 1) ** 2
+        weights = (scored[:, :, joints] & observed[:, :, wrist:wrist + 1]).float()
+        total = total + (error * weights).sum()
+        count = count + weights.sum()
+    return total / count.clamp(min=1)
+
+
 
 
 def known_values(lengths: torch.Tensor, observed: torch.Tensor, probability: float, hands: Sequence[list[int]],
@@ -117,6 +165,17 @@ def known_values(lengths: torch.Tensor, observed: torch.Tensor, probability: flo
     return given & observed.cpu()
 
 
+def _hand_wrists(model: T2PModel) -> list[tuple[int, list[int]]]:
+    """(wrist, the hand's other joints) for every hand of the skeleton with a wrist point."""
+    hands = []
+    for component in model.skeleton.components:
+        if "hand" in component.name.lower() and "WRIST" in component.points:
+            offset = model.skeleton.joints.index((component.name, component.points[0]))
+            wrist = offset + component.points.index("WRIST")
+            hands.append((wrist, [offset + i for i, point in enumerate(component.points) if point != "WRIST"]))
+    return hands
+
+
 def _hand_joints(model: T2PModel) -> list[list[int]]:
     joints, offset = [], 0
     for component in model.skeleton.components:
@@ -140,7 +199,7 @@ def _hide_symbols(model: T2PModel, tokens: torch.Tensor, share: float,
 
 
 def _length_loss(model: T2PModel, batch: LengthBatch, unknown_symbols: float,
-                 generator: torch.Generator | None) -> torch.Tensor:
+                 generator: torch.Generator | None, neutral_start: float = 0.0) -> torch.Tensor:
     """Absolute error of the log-length (its minimiser is the median, which minimises the length
     MAE), plus the Laplace NLL of the spread around the detached location. Both have bounded
     gradients: the Gaussian NLL used before shrank its variance until its gradients were 50x the
@@ -150,7 +209,12 @@ def _length_loss(model: T2PModel, batch: LengthBatch, unknown_symbols: float,
     text = TextEncoding(None, batch.token_mask, tokens)  # the length predictor reads the tokens themselves
     with torch.no_grad():
         start = model.complete_first_pose(batch.first_pose, batch.first_confidence)
-    location, log_variance = model.predict_length(text, start, batch.first_confidence)
+    # as for the refiner, some lengths are predicted from the neutral pose, which a user without a
+    # first pose starts from
+    neutral = _draw(len(start), neutral_start, generator, start.device)
+    start = torch.where(neutral.view(-1, 1, 1), model.neutral_pose.expand_as(start), start)
+    confidence = torch.where(neutral.view(-1, 1), torch.ones_like(batch.first_confidence), batch.first_confidence)
+    location, log_variance = model.predict_length(text, start, confidence)
     lengths = batch.lengths
     target = lengths.float().clamp(min=1).log()
     log_variance = log_variance.clamp(min=math.log(0.01 ** 2))  # a spread of at least 1%

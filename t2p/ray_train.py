@@ -375,7 +375,9 @@ class EpochPrinter(ray.train.UserCallback):
         print(f"epoch {int(metrics['epoch']) + 1}/{self.epochs}: loss {metrics.get('train_loss', float('nan')):.4f}, "
               f"validation DTW-MJE {metrics.get('val_dtw_mje', float('nan')):.4f} "
               f"(static {metrics.get('val_static_dtw_mje', float('nan')):.4f}), "
-              f"length error {metrics.get('val_length_error', float('nan')):.2f} frames", flush=True)
+              f"length error {metrics.get('val_length_error', float('nan')):.2f} frames; from the neutral start "
+              f"DTW-MJE {metrics.get('val_neutral_dtw_mje', float('nan')):.4f}, "
+              f"handshape {metrics.get('val_neutral_handshape', float('nan')):.3f}", flush=True)
 
 
 def _wandb_logger(job: TrainingJob, config: dict):

@@ -9,7 +9,8 @@ import numpy as np
 
 from t2p.baselines import static_baseline
 from t2p.generation import generate
-from t2p.metrics import dtw_mje, length_error
+from t2p.handshape import handshape_distance
+from t2p.metrics import JointGroups, dtw_mje, length_error
 from t2p.model import T2PModel
 
 if TYPE_CHECKING:
@@ -27,15 +28,18 @@ def evenly_spaced(items: Sequence, count: int) -> list:
 def validation_metrics(model: T2PModel, items: Sequence["PreparedItem"], steps: int, guidance: float | None = None,
                        batch_size: int = 64) -> dict[str, float]:
     """Mean DTW-MJE of generated vs reference sequences (reference first pose, predicted length),
-    the same for the static baseline, and the mean absolute length error in frames."""
+    the same for the static baseline, the mean absolute length error in frames, and DTW-MJE and
+    the handshape distance from the neutral start (no first pose: only the text tells the signs apart)."""
     if not items:
         return {}
-    errors, static_errors, length_errors = [], [], []
+    hands = JointGroups.of(model.skeleton).hand_shapes
+    errors, static_errors, length_errors, neutral_errors, neutral_shapes = [], [], [], [], []
     for begin in range(0, len(items), batch_size):
         chunk = items[begin:begin + batch_size]
-        generated = generate(model, [item.sign for item in chunk], [item.sequence for item in chunk], steps=steps,
-                             guidance=guidance)
-        for item, sequence in zip(chunk, generated):
+        signs = [item.sign for item in chunk]
+        generated = generate(model, signs, [item.sequence for item in chunk], steps=steps, guidance=guidance)
+        from_neutral = generate(model, signs, steps=steps, guidance=guidance)
+        for item, sequence, neutral in zip(chunk, generated, from_neutral):
             reference = item.sequence
             # as `t2p evaluate` scores it: joints the model predicts absent are not trajectories
             errors.append(dtw_mje(sequence.data, reference.data, reference.confidence,
@@ -43,8 +47,15 @@ def validation_metrics(model: T2PModel, items: Sequence["PreparedItem"], steps: 
             static, _ = static_baseline(reference.data[0], reference.num_frames)
             static_errors.append(dtw_mje(static, reference.data, reference.confidence))
             length_errors.append(length_error(sequence.data, reference.data))
+            neutral_errors.append(dtw_mje(neutral.data, reference.data, reference.confidence,
+                                          predicted_confidence=neutral.confidence))
+            neutral_shapes.append(handshape_distance(neutral.data, reference.data, hands, reference.confidence,
+                                                     neutral.confidence))
     return {"val_dtw_mje": float(np.nanmean(errors)), "val_static_dtw_mje": float(np.nanmean(static_errors)),
-            "val_length_error": float(np.mean(length_errors))}
+            "val_length_error": float(np.mean(length_errors)),
+            "val_neutral_dtw_mje": float(np.nanmean(neutral_errors)),
+            "val_neutral_handshape": float(np.nanmean(neutral_shapes)) if np.isfinite(neutral_shapes).any()
+            else float("nan")}
 
 
 CALIBRATION_STEPS = (1, 3, 10)
