@@ -176,6 +176,17 @@ def ndtw_mje(predicted: np.ndarray, reference: np.ndarray, joints: Sequence[int]
 
     Not reproduced: Ham2Pose's dataset-specific steps (mirroring left-handed PJM videos, pruning
     leading/trailing frames without face or hands).
+
+    Not for ranking outputs of different lengths against one reference. The path sum grows with
+    the prediction's length (the warping path has at least max(predicted, reference) pairs): on
+    206 held-out fingerspelling triplets where SignWriting spells a second recording as the same
+    letter (docs/quality.md, "nDTW-MJE on real recordings"), it put that recording closer than
+    another letter in 39% of the triplets where the other letter was shorter and in 65% where it
+    was longer. Dividing each path sum by its path length reverses the bias (60% / 34%) and is no
+    better overall (47% against 51%), so t2p keeps Ham2Pose's number for comparison with papers
+    and does not rank with it. DTW-MJE, which `t2p evaluate` ranks with, shares the dependence
+    (48% / 64%): its division by the reference's length is the same for every output scored
+    against that reference; read it beside `length_error`.
     """
     from fastdtw import fastdtw
 
@@ -483,7 +494,9 @@ METRICS: dict[str, MetricInfo] = {
                           "keypoints; masked reference points skipped", "DTW-MJE (Huang et al. 2021), dtaidistance C",
                           "lower"),
     "dtw_mje_sum": MetricInfo("as dtw_mje, the DTW path sum", "DTW-MJE, dtaidistance C", "lower"),
-    "ndtw_mje": MetricInfo("Ham2Pose's nDTW-MJE: shoulder-normalised (no focus, see ndtw_mje), upper body and hands, fastdtw with masked_euclidean",
+    "ndtw_mje": MetricInfo("Ham2Pose's nDTW-MJE: shoulder-normalised (no focus, see ndtw_mje), upper body and hands, "
+                           "fastdtw with masked_euclidean; a path sum that grows with the output's length, reported "
+                           "for comparison with papers, not for ranking outputs of different lengths",
                            "rotem-shalev/Ham2Pose metrics.py@2e269c5", "lower"),
     "dtwp": MetricInfo("pose-evaluation's DTWp: trimmed, unnormalised, hands only, masked = 10.0",
                        "sign-language-processing/pose-evaluation", "lower"),
