@@ -126,12 +126,24 @@ def test_generation_applies_every_requested_step(real_model, steps):
     assert len(updates) == steps
 
 
-def test_the_last_step_returns_the_refiner_output_itself(real_model, real_data):
-    _, signs, _ = real_data
-    first, last = None, None
-    for last in iter_generate(real_model, signs[:1], steps=1):
-        first = first or last
-    assert first is last  # one step: x0_hat of x_T is the result
+def test_one_step_returns_the_refiners_estimate_itself(real_model, real_data, monkeypatch):
+    """One step goes from the start (beta 1) to beta 0: the output is the refiner's x0_hat where it
+    says a joint is there, and nothing else (no leftover mix with the starting sequence)."""
+    _, signs, sequences = real_data
+    estimates = []
+    refine = real_model.refine
+    monkeypatch.setattr(real_model, "refine", lambda *args: estimates.append(refine(*args)) or estimates[-1])
+    updates = list(iter_generate(real_model, signs[:1], first_poses=[sequences[0]], steps=1, guidance=1.0))
+    assert len(updates) == 1 and len(estimates) == 1
+    (output,) = updates[0]
+    poses = estimates[0].poses[0].numpy()                       # (frames, joints, dims)
+    present = estimates[0].presence_logits[0].numpy() > 0       # (frames, joints)
+    np.testing.assert_array_equal(output.confidence, present.astype(np.float32))
+    np.testing.assert_allclose(output.data[present], poses[present], atol=1e-5)
+    # the estimate is not the start held still, so equality with it is a claim about the step
+    assert np.abs(poses[present] - sequences[0].data[0][None].repeat(len(poses), 0)[present]).max() > 0.1
+    (generated,) = generate(real_model, signs[:1], first_poses=[sequences[0]], steps=1, guidance=1.0)
+    np.testing.assert_array_equal(generated.data, output.data)  # generate returns that same last step
 
 
 def test_text_is_encoded_once_per_call_not_per_step(real_model, monkeypatch):
