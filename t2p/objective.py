@@ -38,15 +38,17 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
     text = model.encode_text(_hide_symbols(model, batch.tokens, config.unknown_symbols, generator), token_mask)
 
     first_pose, first_confidence = batch.poses[:, 0], batch.confidence[:, 0]
-    start = training_starts(model, batch, config, generator)
+    # some examples have values given, as composition (the ends of a transition) and correction
+    # (dropped frames, a hand lost for a while) give them; their x_T is the straight path between
+    # the given values, as generation builds it, and they start from their own first frame, as a
+    # recording being corrected does (started elsewhere too, correction of the six real test signs
+    # fell behind linear interpolation: 0.108 against 0.104)
+    given = known_values(batch.lengths, observed, config.inpainting, _hand_joints(model), generator).to(device)
+    start = training_starts(model, batch, config, generator, keep_own=given.flatten(1).any(1))
     frames = batch.poses.shape[1]
     x_start = start.unsqueeze(1).expand(-1, frames, -1, -1)
     # where the reference is missing, its clean value is taken as the start: nothing to learn there
     clean = torch.where(observed.unsqueeze(-1), batch.poses, x_start)
-    # some examples have values given, as composition (the ends of a transition) and correction
-    # (dropped frames, a hand lost for a while) give them; their x_T is the straight path between
-    # the given values, as generation builds it
-    given = known_values(batch.lengths, observed, config.inpainting, _hand_joints(model), generator).to(device)
     known = Known(clean, given) if config.inpainting > 0 else None
     if known is not None:
         x_start = interpolate_known(clean, given, start)
@@ -89,11 +91,11 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
 
 
 def training_starts(model: T2PModel, batch: PoseBatch, config: TrainConfig,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, keep_own: torch.Tensor | None = None) -> torch.Tensor:
     """The pose each example's refinement starts from: its own first frame (completed), or, for
     the configured shares, the neutral pose, another example's first frame or another example's
-    last frame. The target stays the example's own recording: from any start, the text alone
-    says what is signed. (batch, joints, dims)"""
+    last frame; rows of `keep_own` (batch,) always their own. The target stays the example's own
+    recording: from any start, the text alone says what is signed. (batch, joints, dims)"""
     size = batch.size
     device = batch.poses.device
     last = (batch.lengths - 1).clamp(min=0).to(device)
@@ -112,6 +114,8 @@ def training_starts(model: T2PModel, batch: PoseBatch, config: TrainConfig,
     start = torch.where((kind < neutral_until).view(-1, 1, 1), model.neutral_pose.expand_as(own), start)
     start = torch.where(((kind >= neutral_until) & (kind < other_until)).view(-1, 1, 1), own[other], start)
     start = torch.where(((kind >= other_until) & (kind < last_until)).view(-1, 1, 1), last_frames[other], start)
+    if keep_own is not None:
+        start = torch.where(keep_own.view(-1, 1, 1), own, start)
     return start
 
 

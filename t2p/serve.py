@@ -1,7 +1,7 @@
 """Ray Serve: `generate` over HTTP, with concurrent requests sharing one refinement pass per step.
 
 ```
-POST /v1/generate  {text | texts, notation?, language?, steps?, length?, guidance?, seed?, first_pose?,
+POST /v1/generate  {text | texts, notation?, language?, steps?, length?, guidance?, first_pose?,
                     speed?, keep_proportions?, spoken_language?, format?}
                    -> .pose bytes (application/octet-stream) or JSON {fps, components, points, frames, confidence}
                    ("texts": the signs composed in order with generated transitions, unknown glosses fingerspelled)
@@ -13,8 +13,9 @@ GET  /v1/stats     -> batch sizes this replica has seen (read by the tests and b
 ```
 Every request is validated where it arrives (tokenised, its first pose decoded and mapped onto the
 skeleton) before it joins a batch, so a bad request is a 4xx for its sender alone. `@serve.batch`
-then hands the waiting requests to one `generate` call: texts, lengths, step counts, guidance and
-seeds may all differ, and each item equals generating it alone.
+then hands the waiting requests to one `generate` call: texts, lengths, step counts and guidance
+may all differ, and each item equals generating it alone. (Generation is deterministic: there is
+no seed to give, and a request naming one is refused as an unknown field.)
 "texts" and /v1/correct call the library's `compose.compose_sentence` and `correction.correct_pose`,
 as `t2p generate --compose` and `t2p correct` do (Serve takes no lexicon: unknown glosses are
 fingerspelled).
@@ -125,7 +126,6 @@ class GenerateRequest(BaseModel):
     steps: int | None = None              # default: the model's schedule
     length: int | None = None             # frames; default: the predicted length
     guidance: float | None = Field(None, allow_inf_nan=False)
-    seed: int | None = Field(None, ge=0, lt=2 ** 63)
     first_pose: str | None = None         # base64 of a .pose file: who signs
     speed: float = Field(1.0, ge=0.5, le=2.0)  # signing speed; the frame rate stays
     keep_proportions: bool = False        # hold bones within 4% of the first pose's lengths
@@ -153,7 +153,6 @@ class Job:
     steps: int
     length: int | None
     guidance: float | None
-    seed: int | None
     speed: float = 1.0
     keep_proportions: bool = False
 
@@ -185,7 +184,7 @@ def validate_request(request: GenerateRequest, model: T2PModel, limits: ServeCon
     first_pose = None
     if request.first_pose is not None:
         first_pose = decode_first_pose(request.first_pose, model.skeleton, limits.max_first_pose_bytes)
-    return Job(sign, first_pose, steps, request.length, request.guidance, request.seed, request.speed,
+    return Job(sign, first_pose, steps, request.length, request.guidance, request.speed,
                request.keep_proportions)
 
 
@@ -408,7 +407,7 @@ class T2PServer:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.05)  # both replaced from the config in __init__
     async def _generate_batch(self, jobs: list[Job]) -> list[Generated | ValueError]:
-        """All waiting requests in one `generate` call (each with its own seed), off the event loop so
+        """All waiting requests in one `generate` call, off the event loop so
         more requests can arrive and queue for the next batch meanwhile."""
         outputs = await asyncio.to_thread(self._generate_jobs, jobs)
         self.stats.record(len(jobs), calls=1)
@@ -419,7 +418,7 @@ class T2PServer:
         try:
             return generate(self.model, [job.sign for job in jobs], first_poses=[job.first_pose for job in jobs],
                             steps=[job.steps for job in jobs], lengths=[job.length for job in jobs],
-                            guidance=[job.guidance for job in jobs], seed=[job.seed for job in jobs],
+                            guidance=[job.guidance for job in jobs],
                             max_length=self.limits.max_frames, keep_proportions=[job.keep_proportions for job in jobs])
         except ValueError as error:
             if len(jobs) == 1:

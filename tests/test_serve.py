@@ -101,9 +101,9 @@ def test_concurrent_requests_share_batches_and_equal_generating_alone(server, mo
         {"text": "pizza", "language": "sgg", "steps": 3, "length": 7, "guidance": 2.0},
         {"text": "hamflathand,hamextfingeru", "notation": "hamnosys", "steps": 2, "length": 20},
         {"text": "M518x529S14c20481x471", "notation": "signwriting", "length": 9, "first_pose": openpose},
-        {"text": "", "steps": 4, "length": 15, "seed": 7},
+        {"text": "", "steps": 4, "length": 15},
         {"text": "kleine", "steps": 2},  # predicted length (~50 frames), capped at max_frames
-        {"text": "essen", "steps": 5, "length": 40, "guidance": 1.5, "seed": 7},
+        {"text": "essen", "steps": 5, "length": 40, "guidance": 1.5},
     ]
 
     async def send_all():
@@ -121,8 +121,7 @@ def test_concurrent_requests_share_batches_and_equal_generating_alone(server, mo
         first_sequence = to_sequence(read_pose(base64.b64decode(first)), model.skeleton) if first else None
         sign = SignText(body["text"], body.get("notation", "text"), body.get("language"))
         (alone,) = generate(model, [sign], first_poses=[first_sequence], steps=body.get("steps"),
-                            lengths=[body.get("length", LIMITS["max_frames"])], guidance=[body.get("guidance")],
-                            seed=body.get("seed"))
+                            lengths=[body.get("length", LIMITS["max_frames"])], guidance=[body.get("guidance")])
         served, served_confidence = _served_sequence(response.content, model, first)
         assert served.shape[:2] == alone.data.shape[:2]
         np.testing.assert_allclose(served, alone.data[..., :served.shape[-1]], atol=1e-4)
@@ -133,7 +132,7 @@ def test_concurrent_requests_share_batches_and_equal_generating_alone(server, mo
     assert after["requests"] - before["requests"] == len(requests)
     assert after["batches"] - before["batches"] < len(requests)
     assert max(after["recent_batch_sizes"]) > 1
-    # one refinement call per batch, though the requests' seeds differ
+    # one refinement call per batch, though the requests' settings differ
     assert after["generate_calls"] - before["generate_calls"] == after["batches"] - before["batches"]
 
 
@@ -236,7 +235,7 @@ BAD_REQUESTS = [
     ("guidance over the limit", {"json": {"text": "essen", "guidance": 1e6}}, 422, "guidance must be in -20.0..20.0"),
     ("guidance NaN", {"content": b'{"text": "essen", "guidance": NaN}', "headers": {"content-type": "application/json"}},
      422, "guidance: Input should be a finite number"),
-    ("negative seed", {"json": {"text": "essen", "seed": -1}}, 422, "seed: Input should be greater than or equal to 0"),
+    ("a seed (generation is deterministic)", {"json": {"text": "essen", "seed": 7}}, 422, "seed: Extra inputs are not permitted"),
     ("unknown format", {"json": {"text": "essen", "format": "gif"}}, 422, "format: Input should be 'pose' or 'json'"),
     ("first_pose not base64", {"json": {"text": "essen", "first_pose": "@@not base64@@"}}, 422,
      "first_pose is not valid base64"),

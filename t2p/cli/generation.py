@@ -29,7 +29,6 @@ def _register_generate(subparsers) -> None:
     parser.add_argument("--steps", type=int, help="refinement steps (default: the model's)")
     parser.add_argument("--length", type=int, help="frames (default: predicted)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = off)")
-    parser.add_argument("--seed", type=int)
     parser.add_argument("--speed", type=float, default=1.0, help="signing speed, 0.5..2 (the frame rate stays)")
     parser.add_argument("--keep-proportions", action="store_true",
                         help="hold every bone within 4%% of its length in the first pose (costs some accuracy: "
@@ -79,7 +78,7 @@ def generate_command(args: argparse.Namespace) -> int:
         return _compose_command(args, model, texts, notation, first)
     signs = [SignText(text, notation, args.language) for text in texts]
     sequences = generate(model, signs, first_poses=[first] * len(signs), steps=args.steps, lengths=args.length,
-                         guidance=args.guidance, seed=args.seed, keep_proportions=args.keep_proportions)
+                         guidance=args.guidance, keep_proportions=args.keep_proportions)
     sequences = [change_speed(sequence, args.speed) for sequence in sequences]
     if len(signs) == 1 and args.output.suffix == ".pose":
         destinations = [args.output]
