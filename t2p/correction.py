@@ -200,8 +200,7 @@ def evaluate_correction(model: T2PModel, items: Sequence, seed: int = 0, steps: 
     and report the mean joint error (shoulder widths) on the hidden values."""
     from tqdm import tqdm
     skeleton = model.skeleton
-    hands = {c.name: [skeleton.joint_index(c.name, p) for p in c.points] for c in skeleton.components
-             if "HAND" in c.name.upper() or "hand" in c.name}
+    hands = skeleton.hands()
     rng = np.random.default_rng(seed)
     errors: dict[str, dict[str, list[float]]] = {m: {"frames": [], "hand": []}
                                                  for m in ("model", "linear interpolation", "nearest frame")}

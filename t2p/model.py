@@ -404,14 +404,10 @@ class T2PModel(nn.Module):
 
 
 def _hand_frames(skeleton: Skeleton, pose_mean: torch.Tensor) -> tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor]:
-    """(finger joint, its wrist) for every hand with a WRIST point, each finger joint's mean offset
-    from the wrist and the hand's size (the mean length of those offsets), from the mean pose."""
+    """(finger joint, its wrist) for every hand, each finger joint's mean offset from the wrist and
+    the hand's size (the mean length of those offsets), from the mean pose."""
     # pose_mean: (joints, dims)
-    pairs = []
-    for component in skeleton.components:
-        if "WRIST" in component.points and "hand" in component.name.lower():
-            wrist = skeleton.joint_index(component.name, "WRIST")
-            pairs += [(skeleton.joint_index(component.name, point), wrist) for point in component.points if point != "WRIST"]
+    pairs = [(joint, joints[0]) for joints in skeleton.hands().values() for joint in joints[1:]]
     if not pairs:
         return [], pose_mean.new_zeros(0, pose_mean.shape[1]), pose_mean.new_ones(0, 1)
     joints, wrists = [joint for joint, _ in pairs], [wrist for _, wrist in pairs]

@@ -43,7 +43,7 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
     # the given values, as generation builds it, and they start from their own first frame, as a
     # recording being corrected does (started elsewhere too, correction of the six real test signs
     # fell behind linear interpolation: 0.108 against 0.104)
-    given = known_values(batch.lengths, observed, config.inpainting, _hand_joints(model), generator).to(device)
+    given = known_values(batch.lengths, observed, config.inpainting, list(model.skeleton.hands().values()), generator).to(device)
     start = training_starts(model, batch, config, generator, keep_own=given.flatten(1).any(1))
     frames = batch.poses.shape[1]
     x_start = start.unsqueeze(1).expand(-1, frames, -1, -1)
@@ -71,7 +71,8 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
     presence_error = F.binary_cross_entropy_with_logits(refined.presence_logits, observed.float(), reduction="none")
     presence = (presence_error * real_frames).sum() / real_frames.sum().clamp(min=1)
 
-    hand_shape = hand_shape_loss(predicted, clean, observed & ~given, observed, _hand_wrists(model))
+    hand_shape = hand_shape_loss(predicted, clean, observed & ~given, observed,
+                                 [(joints[0], joints[1:]) for joints in model.skeleton.hands().values()])
 
     seen = observed.float()  # motion into and out of a gap counts too
     velocity_weights = seen[:, 1:] * seen[:, :-1]
@@ -167,26 +168,6 @@ def known_values(lengths: torch.Tensor, observed: torch.Tensor, probability: flo
             example[begin:begin + run, hands[draw(len(hands))]] = False
         given[i, :length] = example
     return given & observed.cpu()
-
-
-def _hand_wrists(model: T2PModel) -> list[tuple[int, list[int]]]:
-    """(wrist, the hand's other joints) for every hand of the skeleton with a wrist point."""
-    hands = []
-    for component in model.skeleton.components:
-        if "hand" in component.name.lower() and "WRIST" in component.points:
-            offset = model.skeleton.joints.index((component.name, component.points[0]))
-            wrist = offset + component.points.index("WRIST")
-            hands.append((wrist, [offset + i for i, point in enumerate(component.points) if point != "WRIST"]))
-    return hands
-
-
-def _hand_joints(model: T2PModel) -> list[list[int]]:
-    joints, offset = [], 0
-    for component in model.skeleton.components:
-        if "hand" in component.name.lower():
-            joints.append(list(range(offset, offset + len(component.points))))
-        offset += len(component.points)
-    return joints
 
 
 def _draw(size: int, probability: float, generator: torch.Generator | None, device) -> torch.Tensor:

@@ -111,6 +111,16 @@ class Skeleton:
                 return index
         raise KeyError(f"skeleton {self.name!r} has no point {component}/{point}")
 
+    def hands(self) -> dict[str, list[int]]:
+        """Component name -> joint indices of each hand component (MediaPipe's LEFT/RIGHT_HAND_LANDMARKS,
+        OpenPose's hand_left/right_keypoints_2d), in point order: the first is the wrist in both layouts."""
+        hands, offset = {}, 0
+        for component in self.components:
+            if "hand" in component.name.lower():
+                hands[component.name] = list(range(offset, offset + len(component.points)))
+            offset += len(component.points)
+        return hands
+
     def bone_tree(self) -> list[tuple[int, int]]:
         """(parent, child) joint indices of a spanning tree of each component's limbs, parents first:
         from the first point of each component (a shoulder, a wrist) outwards."""

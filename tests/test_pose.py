@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from conftest import ALL_POSE_FILES, POSES
-from t2p.pose import (PoseFormatError, Skeleton, load_sequence, read_pose, to_pose, to_sequence,
+from t2p.pose import (ALIASES, PoseFormatError, Skeleton, load_sequence, read_pose, to_pose, to_sequence,
                       write_pose)
 
 
@@ -88,3 +88,14 @@ def test_unreadable_file_names_the_file(tmp_path):
         read_pose(bad)
     with pytest.raises(PoseFormatError, match="no such"):
         read_pose(tmp_path / "absent.pose")
+
+
+@pytest.mark.parametrize("layout", ["mediapipe", "openpose"])
+def test_each_hand_is_found_with_its_wrist_first(layout):
+    skeleton = Skeleton.from_pose(read_pose(POSES / "layouts" / f"{layout}.pose"))
+    hands = skeleton.hands()
+    assert len(hands) == 2 and all(len(joints) == 21 for joints in hands.values())
+    for name, joints in hands.items():
+        wrist = skeleton.joints[joints[0]]
+        assert wrist[0] == name
+        assert any(point == "WRIST" for _, point in ALIASES.get(wrist, (wrist,)))  # OpenPose's by alias
