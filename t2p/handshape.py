@@ -15,7 +15,7 @@ when the hand turns, moves or is nearer the camera:
 - the mean over the reference's signing hands: those observed in at least half its frames (a
   one-handed letter is judged on its one hand, the idle or untracked hand is left out).
 
-Validated on real recordings in tests/test_metrics.py: the same letter signed in two languages
+Validated on real recordings in tests/test_handshape.py: the same letter signed in two languages
 is closer than different letters in most pairs.
 """
 from __future__ import annotations
