@@ -133,7 +133,8 @@ def statistics(sequences: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict:
 
 SPLITS = ("train", "validation", "test")
 MANIFEST_FILE = "manifest.json"
-SHARD_FORMAT_VERSION = 2  # 2: the vocabulary holds decomposed (NFD) text characters
+SHARD_FORMAT_VERSION = 3  # 2: the vocabulary holds decomposed (NFD) text characters; 3: a signer column
+SPLIT_BY = ("key", "signer")
 
 
 @dataclass
@@ -146,6 +147,10 @@ class SourceItem:
     key: str                 # items with the same key always land in the same split
     gloss: str = ""          # the plain word/letter, for retrieval baselines
     split: str | None = None  # fixed by the index, or assigned by `prepare`
+    signer: str | None = None  # who signed it, where the source says
+    start_ms: int = 0        # the sign's segment of the recording (spoken-to-signed's start/end); 0 = whole
+    end_ms: int = 0
+    mirror: bool = False     # a left-handed signer's recording, mirrored to the right hand (pose.mirror)
 
 
 def fingerspelling_lexicon_dir() -> Path:
@@ -186,17 +191,42 @@ def fingerspelling_items(notation: str = "text") -> list[SourceItem]:
 
 def lexicon_items(index: str | Path) -> list[SourceItem]:
     """A folder in the spoken-to-signed lexicon format: path, spoken_language, signed_language,
-    start, end, words, glosses, priority. The text is the `words` column."""
+    start, end, words, glosses, priority[, signer]. The text is the `words` column; `start`/`end`
+    (milliseconds, 0 = whole file) cut the sign out of its recording as spoken-to-signed does."""
     index = Path(index)
     rows = _read_rows(index)
     _require_columns(index, rows, ["path", "signed_language", "words"])
-    return [SourceItem(index.parent / row["path"], row["words"], "text", row["signed_language"] or None,
-                       f"{row['signed_language']}:{row['words']}", row.get("glosses") or row["words"])
-            for row in rows]
+    items = []
+    for number, row in enumerate(rows, start=2 if index.suffix == ".csv" else 1):
+        start_ms, end_ms = (_milliseconds(index, number, row, column) for column in ("start", "end"))
+        if end_ms and end_ms <= start_ms:
+            raise ValueError(f"{index}:{number}: end {end_ms} ms is not after start {start_ms} ms (0 = to the end)")
+        items.append(SourceItem(index.parent / row["path"], row["words"], "text", row["signed_language"] or None,
+                                f"{row['signed_language']}:{row['words']}", row.get("glosses") or row["words"],
+                                signer=_signer(row), start_ms=start_ms, end_ms=end_ms))
+    return items
+
+
+def _signer(row: dict) -> str | None:
+    value = row.get("signer")
+    return None if value is None or str(value).strip() == "" else str(value).strip()
+
+
+def _milliseconds(index: Path, number: int, row: dict, column: str) -> int:
+    value = row.get(column)
+    if value in (None, ""):
+        return 0
+    try:
+        milliseconds = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{index}:{number}: {column} must be whole milliseconds, got {value!r}") from None
+    if milliseconds < 0:
+        raise ValueError(f"{index}:{number}: {column} must be >= 0 milliseconds, got {milliseconds}")
+    return milliseconds
 
 
 def index_items(index: str | Path) -> list[SourceItem]:
-    """A generic index (.csv or .jsonl): path, text, notation, language[, split]; paths relative to it."""
+    """A generic index (.csv or .jsonl): path, text, notation, language[, split, signer]; paths relative to it."""
     index = Path(index)
     rows = _read_rows(index)
     _require_columns(index, rows, ["path", "text", "notation", "language"])
@@ -207,7 +237,7 @@ def index_items(index: str | Path) -> list[SourceItem]:
             raise ValueError(f"{index}:{number}: split must be one of {', '.join(SPLITS)}, got {split!r}")
         language = row.get("language") or None
         items.append(SourceItem(index.parent / row["path"], row["text"], row["notation"] or "text", language,
-                                f"{language}:{row['text']}", row["text"], split))
+                                f"{language}:{row['text']}", row["text"], split, signer=_signer(row)))
     return items
 
 
@@ -249,14 +279,21 @@ class PreparedItem:
     gloss: str
     sequence: "PoseSequence"
     source_path: str
+    signer: str | None = None
 
 
 def assign_splits(items: Sequence[SourceItem], fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-                  seed: int = 0) -> list[str]:
-    """Deterministic splits that hold out whole keys; an item's own split (from its index) wins."""
+                  seed: int = 0, by: str = "key") -> list[str]:
+    """Deterministic splits that hold out whole keys (the same sign), or with `by="signer"` whole
+    signers (fractions of signers; every item needs one); an item's own split (from its index) wins,
+    and with `by="signer"` it carries the signer's other items along (two such splits for one signer raise)."""
     import random
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    if by == "signer":
+        return _assign_by_signer(items, fractions, seed)
+    if by != "key":
+        raise ValueError(f"split by one of {', '.join(SPLIT_BY)}, not {by!r}")
     keys = sorted({item.key for item in items if item.split is None})
     random.Random(seed).shuffle(keys)
     train_end = round(len(keys) * fractions[0])
@@ -268,9 +305,26 @@ def assign_splits(items: Sequence[SourceItem], fractions: tuple[float, float, fl
     return [item.split or by_key[item.key] for item in items]
 
 
+def _assign_by_signer(items: Sequence[SourceItem], fractions: tuple[float, float, float], seed: int) -> list[str]:
+    unsigned = [item for item in items if item.signer is None]
+    if unsigned:
+        raise ValueError(f"splitting by signer needs a signer for every item; {len(unsigned)} of {len(items)} have "
+                         f"none (the first: {unsigned[0].path})")
+    fixed: dict[str, str] = {}
+    for item in items:
+        if item.split is not None and fixed.setdefault(item.signer, item.split) != item.split:
+            raise ValueError(f"signer {item.signer!r} is fixed to both {fixed[item.signer]} and {item.split} by the "
+                             "index; a signer-independent split keeps every signer in one split")
+    signers = [SourceItem(Path(), "", "text", None, signer, split=fixed.get(signer))
+               for signer in sorted({item.signer for item in items})]
+    by_signer = dict(zip((s.key for s in signers), assign_splits(signers, fractions, seed)))
+    return [by_signer[item.signer] for item in items]
+
+
 def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, skeleton: str = "upper_body",
             fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0, skip_bad: bool = False,
-            shard_rows: int = 256, progress: bool = True, max_length_ratio: float | None = None) -> dict:
+            shard_rows: int = 256, progress: bool = True, max_length_ratio: float | None = None,
+            split_by: str = "key", missing: Sequence[str] = ()) -> dict:
     """Read every item's `.pose` onto one skeleton and write Parquet shards per split + manifest.json.
 
     A missing or corrupt file raises `PreparationError` naming it, unless `skip_bad`, in which case
@@ -280,6 +334,12 @@ def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, sk
     the median example's, a few batches that made the training loss jump tenfold); every skip is
     listed in the manifest. Shards are written under a temporary name and renamed when complete;
     the manifest is written last, so it never lists a half-written shard.
+
+    An item's `start_ms`/`end_ms` cut its segment out of the recording (`pose.segment`) and `mirror`
+    flips a left-handed signer's recording (`pose.mirror`) before it is mapped onto the skeleton.
+    `split_by` "signer" holds out whole signers (`assign_splits`); the manifest counts rows and
+    signers per split. `missing` names index entries the source found no recording for (Ham2Pose's
+    ids without a file); they are counted and listed in the manifest.
     """
     import json
 
@@ -288,23 +348,28 @@ def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, sk
     from tqdm import tqdm
 
     from t2p.notation import Vocabulary, SignText, tokenize
-    from t2p.pose import PoseFormatError, Skeleton, read_pose, to_sequence
+    from t2p.pose import PoseFormatError, Skeleton, mirror, read_pose, segment, to_sequence
 
     if not items:
         raise ValueError("nothing to prepare: the source has no items")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    splits = assign_splits(items, fractions, seed)
+    splits = assign_splits(items, fractions, seed, by=split_by)
     chosen_skeleton = None
     rows: dict[str, list[dict]] = {name: [] for name in SPLITS}
     skipped: list[dict] = []
     train_sequences, train_signs = [], []
+    mirrored = 0  # rows prepared from a mirrored recording
     for number, (item, split) in enumerate(tqdm(list(zip(items, splits)), desc="prepare", unit="pose",
                                                 disable=not progress)):
         sign = SignText(item.text, item.notation, item.language)
         try:
             tokenize(sign)
             pose = read_pose(item.path)
+            if item.start_ms or item.end_ms:
+                pose = segment(pose, item.start_ms, item.end_ms)
+            if item.mirror:
+                pose = mirror(pose)
             chosen_skeleton = chosen_skeleton or Skeleton.from_pose(pose, skeleton)
             sequence = to_sequence(pose, chosen_skeleton)
         except (PoseFormatError, ValueError) as error:
@@ -315,9 +380,10 @@ def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, sk
             skipped.append({"path": str(item.path), "reason": str(error)})
             continue
         row_id = f"{number:06d}"
+        mirrored += item.mirror
         rows[split].append({
             "id": row_id, "key": item.key, "split": split, "text": item.text, "notation": item.notation,
-            "language": item.language, "gloss": item.gloss, "source_path": str(item.path),
+            "language": item.language, "gloss": item.gloss, "source_path": str(item.path), "signer": item.signer,
             "frames": sequence.num_frames, "fps": sequence.fps,
             "poses": sequence.data.astype(np.float32).tobytes(),
             "confidence": sequence.confidence.astype(np.float32).tobytes(),
@@ -357,8 +423,12 @@ def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, sk
         "fps": float(np.median([r["fps"] for split_rows in rows.values() for r in split_rows])),
         "shards": shards,
         "counts": {split: len(split_rows) for split, split_rows in rows.items()},
-        "splits": {"fractions": list(fractions), "seed": seed, "held_out_by": "key"},
+        "signers": {split: len({r["signer"] for r in split_rows if r["signer"] is not None})
+                    for split, split_rows in rows.items()},
+        "splits": {"fractions": list(fractions), "seed": seed, "held_out_by": split_by},
         "skipped": skipped,
+        "missing": {"count": len(missing), "ids": sorted(missing)},
+        "mirrored": mirrored,
         "statistics": statistics(train_sequences),
         "vocabulary": list(Vocabulary.build(train_signs).tokens),
         "output_normalization": {
@@ -399,7 +469,7 @@ def _shard_schema():
     return pa.schema([
         ("id", pa.string()), ("key", pa.string()), ("split", pa.string()), ("text", pa.string()),
         ("notation", pa.string()), ("language", pa.string()), ("gloss", pa.string()),
-        ("source_path", pa.string()), ("frames", pa.int32()), ("fps", pa.float32()),
+        ("source_path", pa.string()), ("signer", pa.string()), ("frames", pa.int32()), ("fps", pa.float32()),
         ("poses", pa.binary()), ("confidence", pa.binary()),
         ("norm_center", pa.list_(pa.float32())), ("norm_scale", pa.float32()), ("canvas", pa.list_(pa.int32())),
     ])
@@ -440,7 +510,7 @@ def row_to_item(row: dict, skeleton_dims: tuple[int, int]) -> PreparedItem:
                             Normalization(np.asarray(row["norm_center"], np.float32), float(row["norm_scale"])),
                             tuple(int(v) for v in row["canvas"]))
     return PreparedItem(row["id"], row["key"], row["split"], SignText(row["text"], row["notation"], row["language"]),
-                        row["gloss"], sequence, row["source_path"])
+                        row["gloss"], sequence, row["source_path"], row.get("signer"))
 
 
 def read_items(data_dir: str | Path, split: str, limit: int | None = None) -> list[PreparedItem]:

@@ -13,6 +13,7 @@ confidence `(frames, joints)` in which 0 means missing, on a named `Skeleton`.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -263,6 +264,83 @@ def read_pose(source: Union[str, Path, bytes, BinaryIO]) -> Pose:
         raise PoseFormatError(f"{label}: the pose has no frames")
     _layout_family(pose.header)
     return pose
+
+
+def segment(pose: Pose, start_ms: int, end_ms: int) -> Pose:
+    """The frames from `start_ms` to `end_ms` milliseconds (a sign in a longer recording), cut as
+    spoken-to-signed's lexicon lookup cuts them (`PoseLookup.get_pose`: `floor(ms // (1000 / fps))`
+    at both ends, the end exclusive), except that `end_ms` 0 runs to the end of the file where the
+    package's `-1` drops the last frame. An end past the file is the file's end, as there."""
+    if start_ms < 0 or end_ms < 0 or (end_ms and end_ms <= start_ms):
+        raise ValueError(f"segment {start_ms}-{end_ms} ms: start and end must be >= 0 and end > start (0 = to the end)")
+    frame_time = 1000 / pose.body.fps
+    start_frame = math.floor(start_ms // frame_time)
+    end_frame = math.floor(end_ms // frame_time) if end_ms > 0 else None
+    frames = pose.body.data.shape[0]
+    if start_frame >= (frames if end_frame is None else min(end_frame, frames)):
+        raise ValueError(f"segment {start_ms}-{end_ms} ms is empty: the recording has {frames} frames at "
+                         f"{pose.body.fps:g} fps ({frames * frame_time:.0f} ms)")
+    return Pose(pose.header, pose.body[start_frame:end_frame])
+
+
+# OpenPose's 70 face points (FB_0 ... FB_69) and their mirror images (jaw, brows, eyes, nose, mouth,
+# pupils): the table of Ham2Pose's `flip_pose`, which mirrors its left-handed PJM signers.
+_OPENPOSE_FACE_MIRROR = dict(
+    [(i, 16 - i) for i in range(8)] + [(i, 43 - i) for i in range(17, 22)]
+    + [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46), (31, 35), (32, 34), (48, 54), (49, 53),
+       (50, 52), (55, 59), (56, 58), (60, 64), (61, 63), (65, 67), (68, 69)])
+_OPENPOSE_FACE_MIRROR.update({b: a for a, b in list(_OPENPOSE_FACE_MIRROR.items())})
+_MIRRORED_COMPONENTS = {"LEFT_HAND_LANDMARKS": "RIGHT_HAND_LANDMARKS", "RIGHT_HAND_LANDMARKS": "LEFT_HAND_LANDMARKS",
+                        "hand_left_keypoints_2d": "hand_right_keypoints_2d",
+                        "hand_right_keypoints_2d": "hand_left_keypoints_2d"}
+
+
+def _mirrored_point(component: str, point: str) -> str | None:
+    """The name of a point's mirror image in its component; None where it is not known."""
+    if component == "face_keypoints_2d":
+        number = int(point.split("_")[-1])
+        return f"FB_{_OPENPOSE_FACE_MIRROR.get(number, number)}"
+    if component == "FACE_LANDMARKS":
+        return None  # MediaPipe's face-mesh mirror table lives in pose_format.utils.holistic, which needs mediapipe
+    if component == "pose_keypoints_2d" and point[:1] in ("L", "R") and point[1:2].isupper():  # LShoulder
+        return {"L": "R", "R": "L"}[point[0]] + point[1:]
+    if component == "POSE_LANDMARKS":  # LEFT_SHOULDER, MOUTH_LEFT
+        for this, other in (("LEFT", "RIGHT"), ("RIGHT", "LEFT")):
+            if point.startswith(this + "_"):
+                return other + point[len(this):]
+            if point.endswith("_" + this):
+                return point[:-len(this)] + other
+    return point  # hands keep their point names (the component swaps); centre points are their own image
+
+
+def mirror(pose: Pose) -> Pose:
+    """A left-handed signer's recording as if a right-handed one had signed it: the image flipped
+    left to right (x -> width - x) and left and right swapped (body points by name, the two hands,
+    OpenPose's face by Ham2Pose's table), as pose-format's `mirror_horizontal` does for Holistic.
+    That one needs mediapipe, so Holistic goes through this one too; its face mesh, whose mirror
+    table is mediapipe's, becomes missing (confidence 0). World landmarks are not flipped (as there)."""
+    _layout_family(pose.header)
+    offsets, points, start = {}, {}, 0
+    for component in pose.header.components:
+        offsets[component.name] = start
+        points[component.name] = {name: i for i, name in enumerate(component.points)}
+        start += len(component.points)
+    permutation, flip_x, unknown = [], [], []
+    for component in pose.header.components:
+        world = "WORLD" in component.name
+        source = _MIRRORED_COMPONENTS.get(component.name, component.name)
+        source = source if source in points and not world else component.name
+        for i, point in enumerate(component.points):
+            partner = point if world else _mirrored_point(component.name, point)
+            unknown.append(partner is None)
+            index = points[source].get(partner) if partner is not None else None
+            permutation.append(offsets[component.name] + i if index is None else offsets[source] + index)
+            flip_x.append(not world)
+    data = pose.body.data[:, :, permutation, :].copy()  # (frames, people, points, dims), masked
+    data[:, :, flip_x, 0] = pose.header.dimensions.width - data[:, :, flip_x, 0]
+    confidence = np.asarray(pose.body.confidence)[:, :, permutation].copy()
+    confidence[:, :, np.asarray(unknown)] = 0.0
+    return Pose(pose.header, type(pose.body)(fps=pose.body.fps, data=data, confidence=confidence))
 
 
 def normalization_of(pose: Pose) -> Normalization:

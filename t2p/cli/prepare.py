@@ -1,5 +1,5 @@
-"""`t2p prepare`: .pose recordings (the shipped fingerspelling lexicon, a lexicon folder, an index)
-into Parquet shards + manifest.json (`t2p.data.prepare`)."""
+"""`t2p prepare`: .pose recordings (the shipped fingerspelling lexicon, a lexicon folder, an index,
+Ham2Pose's layout) into Parquet shards + manifest.json (`t2p.data.prepare`)."""
 from __future__ import annotations
 
 import argparse
@@ -12,17 +12,28 @@ FINGERSPELLING_LENGTH_RATIO = 4.0  # the shipped lexicon has two badly trimmed f
 
 def register(subparsers) -> None:
     parser = add_verb(subparsers, "prepare", "Read .pose recordings into Parquet shards + manifest.json.",
-                      "t2p prepare --source lexicon --index my_lexicon/index.csv --out data/mine")
-    parser.add_argument("--source", choices=["fingerspelling", "lexicon", "index"], default="fingerspelling",
+                      "t2p prepare --source lexicon --index my_lexicon/index.csv --out data/mine\n"
+                      "  t2p prepare --source ham2pose --index data.json --poses poses/ --mirror-list "
+                      "pjm_left_videos.json --out data/ham2pose")
+    parser.add_argument("--source", choices=["fingerspelling", "lexicon", "index", "ham2pose"], default="fingerspelling",
                         help="fingerspelling: the lexicon shipped in the spoken-to-signed package; lexicon: a "
-                             "spoken-to-signed lexicon folder; index: a csv/jsonl with path,text,notation,language[,split]")
-    parser.add_argument("--index", type=Path, help="index file for --source lexicon/index")
+                             "spoken-to-signed lexicon folder (start/end ms cut segments; optional signer column); "
+                             "index: a csv/jsonl with path,text,notation,language[,split,signer]; ham2pose: "
+                             "Ham2Pose's data.json (--index) and a folder of <id>.pose files (--poses)")
+    parser.add_argument("--index", type=Path, help="index file for --source lexicon/index/ham2pose")
+    parser.add_argument("--poses", type=Path, help="folder of <id>.pose files for --source ham2pose")
+    parser.add_argument("--mirror-list", type=Path, metavar="FILE",
+                        help="--source ham2pose: ids of left-handed signers' recordings to mirror (a JSON list, "
+                             "as Ham2Pose's data/pjm_left_videos.json, or one id per line)")
     parser.add_argument("--notation", choices=["text", "signwriting"], default="text",
                         help="text per fingerspelling row: the letter, or its SignWriting where the signwriting "
                              "package can spell it")
     parser.add_argument("--skeleton", choices=["upper_body", "upper_body_face"], default="upper_body")
     parser.add_argument("--out", type=Path, default=Path(DEFAULT_DATA), help="output folder")
     parser.add_argument("--split", default="0.8,0.1,0.1", help="train,validation,test fractions (by item)")
+    parser.add_argument("--split-by", choices=["key", "signer"], default="key",
+                        help="key: hold out whole signs (same text and language); signer: hold out whole signers "
+                             "(fractions of signers; every item needs a signer)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split assignment")
     parser.add_argument("--skip-bad", action="store_true", help="skip missing/corrupt files instead of failing")
     parser.add_argument("--shard-rows", type=int, default=256, help="rows per Parquet shard")
@@ -38,14 +49,19 @@ def prepare_command(args: argparse.Namespace) -> int:
         fractions = tuple(float(part) for part in args.split.split(","))
     except ValueError:
         raise CommandError(f"--split must be three numbers like 0.8,0.1,0.1, got {args.split!r}") from None
+    if args.source != "ham2pose" and (args.poses is not None or args.mirror_list is not None):
+        raise CommandError("--poses and --mirror-list are for --source ham2pose")
+    missing: list[str] = []
     if args.source == "fingerspelling":
         items = data.fingerspelling_items(args.notation)
     elif args.index is None:
         raise CommandError(f"--source {args.source} needs --index PATH")
     elif args.source == "lexicon":
         items = data.lexicon_items(args.index)
-    else:
+    elif args.source == "index":
         items = data.index_items(args.index)
+    else:
+        items, missing = _ham2pose(args)
     try:
         ratio = args.max_length_ratio
         if ratio is None and args.source == "fingerspelling":
@@ -54,12 +70,35 @@ def prepare_command(args: argparse.Namespace) -> int:
             raise CommandError(f"--max-length-ratio must be > 1, got {ratio:g}")
         manifest = data.prepare(items, args.out, source=args.source, skeleton=args.skeleton, fractions=fractions,
                                 seed=args.seed, skip_bad=args.skip_bad, shard_rows=args.shard_rows,
-                                max_length_ratio=ratio)
+                                max_length_ratio=ratio, split_by=args.split_by, missing=missing)
     except data.PreparationError as error:
         raise CommandError(str(error)) from None
     counts = manifest["counts"]
     print(f"prepared {sum(counts.values())} sequences into {args.out}: "
           + ", ".join(f"{split} {count}" for split, count in counts.items()))
+    if args.split_by == "signer":
+        print("signers per split: " + ", ".join(f"{split} {count}" for split, count in manifest["signers"].items()))
     if manifest["skipped"]:
         print(f"skipped {len(manifest['skipped'])} item(s) (unreadable or too long); listed in {args.out}/manifest.json")
     return 0
+
+
+def _ham2pose(args: argparse.Namespace):
+    from t2p.ham2pose import ham2pose_items
+    if args.poses is None:
+        raise CommandError("--source ham2pose needs --poses DIR, the folder of <id>.pose files")
+    source = ham2pose_items(args.index, args.poses, args.mirror_list)
+    total = len(source.items) + len(source.missing)
+    print(f"ham2pose: {len(source.items)} of {total} ids in {args.index} have a .pose in {args.poses}"
+          + (f"; {len(source.missing)} without one are left out (listed in the manifest)" if source.missing else ""))
+    if source.unindexed:
+        print(f"ham2pose: {len(source.unindexed)} .pose file(s) whose id {args.index} lacks are ignored "
+              f"(the first: {source.unindexed[0]}.pose)")
+    if args.mirror_list is not None:
+        print(f"ham2pose: {sum(item.mirror for item in source.items)} recording(s) mirrored"
+              + (f"; {len(source.unknown_mirrors)} id(s) of {args.mirror_list} are not in {args.index}"
+                 if source.unknown_mirrors else ""))
+    if not source.items:
+        raise CommandError(f"no id of {args.index} has a .pose file in {args.poses} (expected <id>.pose, e.g. "
+                           f"{source.missing[0]}.pose)")
+    return source.items, source.missing
