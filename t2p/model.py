@@ -55,11 +55,11 @@ class ModelConfig:
     output_canvas: list[int] = field(default_factory=lambda: [500, 500, 0])
     # language ("" for none) -> the texts trained on: a gloss outside them is fingerspelled when composing
     known_texts: dict[str, list[str]] = field(default_factory=dict)
-    # the refiner sees (and is scored on) each finger joint relative to its wrist, in hand sizes,
-    # instead of in body coordinates, where a finger is a few hundredths of the spread all joints
-    # share. Off by default: on validation it made the neutral start's hands closer (handshape 0.74
-    # -> 0.68) but the arm's path much worse (DTW-MJE 0.18 -> 0.26) in the same budget (docs/quality.md)
-    hand_relative: bool = False
+    # the refiner sees and predicts each finger joint as its offset from its wrist, in hand sizes,
+    # instead of in body coordinates: there a hand is 21 points that must each follow the wrist,
+    # and averaged over where the wrist may be they gave the same small closed hand for every
+    # letter (docs/quality.md, Round III). The wrist itself stays in body coordinates.
+    hand_relative: bool = True
 
     def __post_init__(self):
         if self.d_model % self.heads:

@@ -57,8 +57,12 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
     refined = model.refine(x_t, start, beta, text, batch.frame_mask, known)
     predicted = refined.poses
 
-    # scored in the refiner's own space (`standardize`: with `hand_relative`, a finger relative to its hand)
-    standard_predicted, standard_clean = model.standardize(predicted), model.standardize(clean)
+    # scored in body coordinates, or in the refiner's own space (`TrainConfig.reconstruction_space`)
+    if config.reconstruction_space == "body":
+        standard_predicted = (predicted - model.pose_mean) / model.pose_std
+        standard_clean = (clean - model.pose_mean) / model.pose_std
+    else:
+        standard_predicted, standard_clean = model.standardize(predicted), model.standardize(clean)
     scale = model.pose_std
     # given values come back exactly as given (generation restores them): copying them earns nothing, and
     # every other value keeps its usual weight (dividing by the hidden count instead over-weighted the

@@ -22,7 +22,7 @@ from t2p.objective import TrainingObjective
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
+    epochs: int = 100
     batch_size: int = 32
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
@@ -45,11 +45,16 @@ class TrainConfig:
     presence_weight: float = 0.1
     length_weight: float = 0.1
     smoothness_weight: float = 0.5
-    # the fingers relative to their wrist, in hand sizes: a wrong finger costs as much as a wrong
-    # wrist (in body coordinates a finger is a few hundredths of a shoulder width). Off by default:
-    # at 1.0 the neutral start's handshape on validation went from 0.74 to 0.84 (docs/quality.md)
-    hand_weight: float = 0.0
+    # the fingers relative to their wrist, in hand sizes (`objective.hand_shape_loss`): a wrong
+    # finger costs as much as a wrong wrist, where in body coordinates a finger is a tenth of
+    # the spread all joints share (docs/quality.md, Round III)
+    hand_weight: float = 1.0
     first_pose_weight: float = 0.1
+    # where the reconstruction is scored: "body" (every joint standardised in body coordinates, so
+    # a hand's place weighs as much as its 21 joints, as DTW-MJE weighs it) or "refiner" (the
+    # model's own space, `T2PModel.standardize`: with wrist-relative fingers the wrist was one
+    # joint in 50 and the arm's path fell behind, DTW-MJE 0.23 against 0.15 on validation)
+    reconstruction_space: str = "body"
     ema_decay: float = 0.95        # weight average validated and exported by `t2p train` (0: the raw weights)
     seed: int = 0
 
@@ -64,6 +69,8 @@ class TrainConfig:
         if self.neutral_start + self.other_start + self.last_frame_start > 1:
             raise ValueError("neutral_start + other_start + last_frame_start must be at most 1 (the rest start from "
                              "their own first frame)")
+        if self.reconstruction_space not in ("refiner", "body"):
+            raise ValueError(f"reconstruction_space must be 'refiner' or 'body', got {self.reconstruction_space!r}")
         if self.learning_rate <= 0:
             raise ValueError("learning_rate must be > 0")
         if not 0 <= self.ema_decay < 1:
