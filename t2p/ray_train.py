@@ -291,15 +291,23 @@ def restore_weights(model: T2PModel, resume_from: str | None) -> SavedTraining |
     if not checkpoint:
         return None
     with checkpoint.as_directory() as directory:
-        try:
-            state = torch.load(Path(directory) / TRAIN_STATE_FILE, weights_only=True)
-            history = json.loads((Path(directory) / HISTORY_FILE).read_text())
-            model.load_state_dict(state["weights"])
-        except Exception as error:  # never skipped silently: the run would restart from scratch
-            raise RuntimeError(f"{CHECKPOINT_ERROR} {checkpoint.path} cannot be read ({type(error).__name__}: "
-                               f"{str(error)[:200]}); move it away to resume from the one before, or train "
-                               "into a new --out") from None
+        state, history = read_checkpoint(Path(directory), checkpoint.path, load=model.load_state_dict)
     return SavedTraining(int(state["epoch"]), state, history)
+
+
+def read_checkpoint(directory: Path, name: str, load=None, map_location=None) -> tuple[dict, list[dict]]:
+    """A checkpoint's train state and history, `load` called on its weights; a RuntimeError naming
+    `name` if any of it cannot be read (never skipped silently: the run would restart from scratch)."""
+    try:
+        state = torch.load(directory / TRAIN_STATE_FILE, weights_only=True, map_location=map_location)
+        history = json.loads((directory / HISTORY_FILE).read_text())
+        if load is not None:
+            load(state["weights"])
+    except Exception as error:
+        raise RuntimeError(f"{CHECKPOINT_ERROR} {name} cannot be read ({type(error).__name__}: "
+                           f"{str(error)[:200]}); move it away to resume from the one before, or train "
+                           "into a new --out") from None
+    return state, history
 
 
 def save_checkpoint(directory: Path, learner: Learner, epoch: int, history: list[dict]) -> ray.train.Checkpoint:
@@ -486,13 +494,19 @@ def run_training(job: TrainingJob, callbacks: Sequence = (), inject_failure: dic
         # num_cpus: beside 1-CPU workers on a small machine it was never scheduled and training hung
         context.use_datasource_v2 = False
     train_data = ray.data.read_parquet(shard_paths(data, "train"), num_cpus=DATA_CPUS, shuffle=file_order)
+    resume_from = latest_checkpoint(out / job.name)
+    if resume_from:  # read here first: a damaged one fails in a second, not after the workers started twice
+        try:
+            read_checkpoint(Path(resume_from), resume_from, map_location="cpu")
+        except RuntimeError as error:
+            raise ValueError(str(error)) from None
     printer = EpochPrinter(train_config.epochs)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.to_dict(), "model_config": asdict(model_config),
                            "train_config": train_config.to_dict(), "schedule_config": schedule_config.to_dict(),
                            "train_rows": manifest["counts"]["train"], "inject_failure": inject_failure,
-                           "resume_from": latest_checkpoint(out / job.name)},
+                           "resume_from": resume_from},
         scaling_config=ray.train.ScalingConfig(num_workers=job.workers, use_gpu=job.gpu,
                                                resources_per_worker={"CPU": job.cpus_per_worker}),
         datasets={"train": train_data},

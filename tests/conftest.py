@@ -19,6 +19,12 @@ ALL_POSE_FILES = sorted(POSES.glob("*/*.pose"))
 os.environ.setdefault("RAY_ACCEPT_CALLABLE_NONE", "1")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+# Ray Train's controller polls its workers every 2 s by default, and a report waits for that poll: a
+# tiny test epoch lasted 2 s whatever it computed, and each run's end waited for one more poll. Set
+# before Ray starts, so every Ray of the session (ray_session, the cluster of test_cluster) has it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+# the watcher of cloud preemption notices is an actor of its own, started with every run
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 @pytest.fixture(scope="session")

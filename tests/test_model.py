@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import POSES, tiny_model_config
-from t2p.data import Example, collate, statistics
+from t2p.data import Example, collate
 from t2p.generation import as_pose, generate, iter_generate, Observed
 from t2p.model import T2PModel
 from t2p.notation import SignText, Vocabulary
@@ -71,16 +71,10 @@ def real_data():
 
 
 @pytest.fixture(scope="module")
-def real_model(real_data):
-    skeleton, signs, sequences = real_data
-    torch.manual_seed(0)
-    vocabulary = Vocabulary.build(signs)
-    config = tiny_model_config(vocabulary, skeleton, d_model=64, heads=4,
-                               **statistics([(s.data, s.confidence) for s in sequences]))
-    model = T2PModel(config)
-    examples = [Example(vocabulary.encode(g), s.data, s.confidence) for g, s in zip(signs, sequences)]
-    fit(model, examples, TrainConfig(batch_size=4, text_dropout=0.0, learning_rate=2e-3, warmup_steps=20),
-        iterations=600)
+def real_model(six_real_signs_model):
+    """The session's model fitted to the six real signs (conftest), these four among them: any real
+    model trained to reproduce its signs serves here, and training one more cost 20 s."""
+    model, _, _ = six_real_signs_model
     return model
 
 
