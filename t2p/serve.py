@@ -46,8 +46,8 @@ from t2p.model import CONFIG_FILE, WEIGHTS_FILE, T2PModel
 from t2p.notation import NOTATIONS
 from t2p.pose import PoseSequence
 from t2p.serve_http import create_api, load_token, require_token_if_exposed, serve_proxy_host
-from t2p.serve_requests import (CompositionJob, CorrectRequest, GenerateRequest, Job, decode_first_pose,  # noqa: F401
-                                decode_pose, validate_request)
+from t2p.serve_requests import (CompositionJob, CorrectRequest, GenerateRequest, Job, check_work,  # noqa: F401
+                                decode_first_pose, decode_pose, validate_request)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = "runs/default/best"
@@ -212,14 +212,15 @@ class T2PServer:
 
     async def correct(self, request: CorrectRequest) -> Pose:
         """The recording of a /v1/correct request completed (`correction.correct_pose`)."""
-        from t2p.correction import correct_pose
+        from t2p.correction import CORRECTION_STEPS, correct_pose
         recording = decode_pose(request.pose, self.limits.max_first_pose_bytes, field="pose")
         # checked first, for a message naming the field: the model's keypoints are in the recording
         decode_first_pose(request.pose, self.model.skeleton, self.limits.max_first_pose_bytes, field="pose",
                           pose=recording)
         job = validate_request(GenerateRequest(text=request.text or "", notation=request.notation,
-                                               language=request.language, steps=request.steps),
+                                               language=request.language, steps=request.steps, length=1),
                                self.model, self.limits)
+        check_work(request.steps or CORRECTION_STEPS, len(recording.body.data), self.limits)  # every frame, windowed
         corrected = await asyncio.to_thread(correct_pose, self.model, recording, job.sign, request.steps)
         return corrected.pose
 

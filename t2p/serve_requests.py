@@ -107,7 +107,7 @@ def validate_request(request: GenerateRequest, model: T2PModel, limits: "ServeCo
     steps = _checked_steps(request.steps, model, limits)
     if request.length is not None and not 1 <= request.length <= limits.max_frames:
         raise ValueError(f"length must be in 1..{limits.max_frames}, got {request.length}")
-    _check_work(steps, request.length or limits.max_frames, limits)
+    check_work(steps, request.length or limits.max_frames, limits)
     if request.guidance is not None and abs(request.guidance) > limits.max_guidance:
         raise ValueError(f"guidance must be in -{limits.max_guidance}..{limits.max_guidance}, got {request.guidance}")
     first_pose = None
@@ -137,7 +137,7 @@ def _checked_steps(steps: int | None, model: T2PModel, limits: "ServeConfig") ->
     return steps
 
 
-def _check_work(steps: int, frames: int, limits: "ServeConfig") -> None:
+def check_work(steps: int, frames: int, limits: "ServeConfig") -> None:
     """A request's cost is its refiner calls times the frames they refine; refused above the cap."""
     if steps * frames > limits.max_step_frames:
         raise ValueError(f"{steps} steps x up to {frames} frames is {steps * frames} step-frames; the limit is "
@@ -186,7 +186,7 @@ def validate_composition(request: GenerateRequest, model: T2PModel, limits: "Ser
         _checked_sign(sign.text, notation, request.language, model, limits)
     generated = sum(sign.source != "lexicon" for sign in plan.signs)
     window = min(model.config.max_frames, 2 * TRANSITION_CONTEXT + MAX_TRANSITION)  # one transition's frames
-    _check_work(steps, generated * limits.max_frames + (len(plan.signs) - 1) * window, limits)
+    check_work(steps, generated * limits.max_frames + (len(plan.signs) - 1) * window, limits)
     if request.guidance is not None and abs(request.guidance) > limits.max_guidance:
         raise ValueError(f"guidance must be in -{limits.max_guidance}..{limits.max_guidance}, got {request.guidance}")
     first_pose = None

@@ -457,6 +457,15 @@ def test_caps_are_checked_before_any_work_with_a_message(sgg_model_dir, name, bo
         assert client.post("/v1/generate", json=SENTENCE).status_code == 200
 
 
+def test_a_correction_longer_than_the_step_frames_cap_is_refused_before_any_work(model_dir):
+    frames = len(read_pose(ESSEN).body.data)
+    with in_process(model_dir, max_step_frames=frames - 1) as client:
+        response = client.post("/v1/correct", json={"pose": base64.b64encode(ESSEN.read_bytes()).decode()})
+        assert response.status_code == 422
+        assert f"1 steps x up to {frames} frames is {frames} step-frames" in response.json()["detail"]
+        assert client.post("/v1/generate", json=SENTENCE).status_code == 200
+
+
 def test_a_body_sent_without_its_length_is_cut_off_at_the_limit(model_dir):
     def chunks():
         yield b'{"text": "'
