@@ -16,6 +16,7 @@ import http.client
 import ipaddress
 import itertools
 import json
+import os
 import sys
 import threading
 import time
@@ -48,6 +49,8 @@ class Endpoint:
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
         payload = None if body is None else json.dumps(body).encode()
         headers = {"content-type": "application/json"} if payload is not None else {}
+        if os.environ.get("T2P_API_TOKEN"):  # a server with a token (t2p.serve_http)
+            headers["authorization"] = f"Bearer {os.environ['T2P_API_TOKEN']}"
         for attempt in range(2):  # a dropped keep-alive connection is retried once on a fresh one
             connection = getattr(self.local, "connection", None)
             if connection is None:

@@ -1,8 +1,8 @@
 """Sentences and repairs, built on the one refinement loop (`generation.generate`).
 
 - `compose_sentence`: the one entry point of the CLI (`t2p generate --compose`) and Serve
-  (`"texts"`): glosses or texts -> planned signs (`plan_sentence`) -> recordings of the signs a
-  lexicon has -> `compose`.
+  (`"texts"`, `"spoken_text"`): spoken text and/or glosses -> planned signs (`plan_sentence`) ->
+  recordings of the signs a lexicon has -> `compose`; each sign's segment says where it came from.
 - `compose`: several signs in a row. Each sign is generated as it would be alone (same signer,
   same first pose); the frames between two signs are *inpainted* by the same model: a window of
   the first sign's last frames, empty frames, and the next sign's first frames, with the known
@@ -10,7 +10,9 @@
   one to the next. The inpainted path is then re-timed (`pace_transition`) to the signs' own
   speed: the joins move at 0.92x the signs' velocity, median (docs/quality.md, "Joins").
 - `plan_signs`: which signs a gloss sequence becomes; a gloss neither the model nor a lexicon knows
-  is fingerspelled, letter by letter, with spoken-to-signed's fingerspelling alphabet.
+  is fingerspelled, letter by letter, with spoken-to-signed's fingerspelling alphabet (or left to
+  the model: `fallback="model"`); the spoken language is inferred where the signed language has
+  one alphabet (`infer_spoken_language`).
 - `change_speed`: signing speed without changing the frame rate.
 
 Completing a recording with gaps is `t2p.correction`.
@@ -44,6 +46,8 @@ class Segment:
     begin: int
     end: int
     kind: str  # "sign" or "transition"
+    source: str = "model"  # where a sign came from: "model", "lexicon" or "fingerspelled" (transitions: "model")
+    word: str = ""         # the spoken word it stands for, where known (the word spelled, for fingerspelling)
 
 
 @dataclass
@@ -180,11 +184,15 @@ def join_velocity_ratios(composition: Composition) -> list[float]:
 
 # --- a sentence: the one entry point of the CLI and Serve ----------------------------------------
 
+FALLBACKS = ("fingerspell", "model")
+
+
 @dataclass
 class Sentence:
     """A composed sentence and the signs it was planned as (model, lexicon or fingerspelling)."""
     composition: Composition
     signs: list["PlannedSign"]
+    spoken_language: str | None = None  # as given, or inferred (`infer_spoken_language`)
 
     @property
     def from_lexicon(self) -> int:
@@ -196,35 +204,87 @@ class Sentence:
         return sorted({sign.source.split(":", 1)[1] for sign in self.signs if sign.source.startswith("fingerspelling:")})
 
 
-def plan_sentence(model: T2PModel, texts: Sequence[str | tuple[str, str]], notation: str, language: str | None,
-                  spoken_language: str = "en", lexicon: str | Path | None = None) -> list["PlannedSign"]:
-    """The signs `texts` become: glosses (notation "text") as `plan_signs` plans them; a text in a
-    notation (HamNoSys, SignWriting) is the model's to sign as written."""
-    if notation == "text":
-        return plan_signs(model, texts, language, spoken_language, str(lexicon) if lexicon else None)
-    return [PlannedSign(text, "model") for text in texts]
+def infer_spoken_language(signed_language: str | None, lexicon: str | Path | None = None) -> str | None:
+    """The spoken language of a signed language's glosses where there is only one to choose: the one
+    spoken-to-signed has a fingerspelling alphabet for (de for sgg), else the one the lexicon pairs
+    it with; None where there are none or several (the caller must then be told)."""
+    from spoken_to_signed.gloss_to_pose.lookup.fingerspelling_lookup import FingerspellingPoseLookup
+    alphabets = _fingerspelling_alphabets(FingerspellingPoseLookup)
+    spoken = [language for language, signed in alphabets.items() if (signed_language or "") in signed]
+    if not spoken and lexicon is not None:
+        spoken = sorted(lexicon_spoken_languages(str(lexicon), signed_language))
+    return spoken[0] if len(spoken) == 1 else None
 
 
-def compose_sentence(model: T2PModel, texts: Sequence[str | tuple[str, str]], notation: str | None = None,
-                     language: str | None = None, first_pose: FirstPoseLike = None, *, spoken_language: str = "en",
-                     lexicon: str | Path | None = None, planned: Sequence["PlannedSign"] | None = None,
-                     steps: int | None = None, guidance: float | None = None, speed: float = 1.0,
-                     keep_proportions: bool = False, max_length: int | None = None) -> Sentence:
-    """Texts or glosses (or (word, gloss) pairs, `text_to_glosses`) as one signed sentence: planned
-    (`plan_sentence`: a lexicon's recordings, the model's signs, fingerspelling for the rest), the
-    lexicon's signs read from its recordings, and all of them composed in order (`compose`).
-    `planned`: the plan itself, when the caller already made it (Serve checks each planned sign
-    before it composes). `notation`: default, the model's."""
+@dataclass
+class SentencePlan:
+    """What a sentence becomes, decided before any refinement: its planned signs and the spoken
+    language they were read in."""
+    signs: list["PlannedSign"]
+    spoken_language: str | None
+
+
+def plan_sentence(model: T2PModel, texts: Sequence[str | tuple[str, str]] = (), notation: str | None = None,
+                  language: str | None = None, spoken_language: str | None = None,
+                  lexicon: str | Path | None = None, *, spoken_text: str | None = None,
+                  fallback: str = "fingerspell", max_signs: int | None = None) -> SentencePlan:
+    """The signs `texts` (and `spoken_text`, turned into glosses by `text_to_glosses`) become.
+    Glosses (notation "text") are planned by `plan_signs`; a text in a notation (HamNoSys,
+    SignWriting) is the model's to sign as written. `spoken_language`: default inferred from the
+    signed language (`infer_spoken_language`). `max_signs`: checked on the glosses before any is
+    fingerspelled, and on the signs after."""
     notation = notation or model.config.default_notation
-    if planned is None:
-        planned = plan_sentence(model, texts, notation, language, spoken_language, lexicon)
-    planned = list(planned)
-    recorded = {index: lexicon_sign(model, str(lexicon), sign, spoken_language, language, first_pose)
+    if fallback not in FALLBACKS:
+        raise ValueError(f"fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
+    spoken_language = spoken_language or infer_spoken_language(language, lexicon)
+    entries = list(texts)
+    if spoken_text is not None:
+        if notation != "text":
+            raise ValueError(f"spoken text becomes glosses (notation text), not {notation}")
+        if spoken_language is None:
+            raise ValueError(f"give the spoken language of the text: {_no_spoken_language(language)}")
+        entries += text_to_glosses(spoken_text, spoken_language)
+    if max_signs is not None and len(entries) > max_signs:
+        raise ValueError(f"{len(entries)} signs; the limit is {max_signs}")
+    if notation == "text":
+        planned = plan_signs(model, entries, language, spoken_language, str(lexicon) if lexicon else None, fallback)
+    else:
+        planned = [PlannedSign(text, "model") for text in entries]
+    if not planned:
+        raise ValueError("nothing to sign: give at least one sign")
+    if max_signs is not None and len(planned) > max_signs:
+        spelled = sorted({sign.source.split(":", 1)[1] for sign in planned if sign.source.startswith("fingerspelling:")})
+        raise ValueError(f"{len(planned)} signs after fingerspelling {', '.join(spelled)}; the limit is {max_signs}")
+    return SentencePlan(planned, spoken_language)
+
+
+def compose_sentence(model: T2PModel, texts: Sequence[str | tuple[str, str]] = (), notation: str | None = None,
+                     language: str | None = None, first_pose: FirstPoseLike = None, *,
+                     spoken_language: str | None = None, spoken_text: str | None = None,
+                     lexicon: str | Path | None = None, fallback: str = "fingerspell",
+                     plan: SentencePlan | None = None, steps: int | None = None, guidance: float | None = None,
+                     speed: float = 1.0, keep_proportions: bool = False, max_length: int | None = None) -> Sentence:
+    """Texts or glosses (or (word, gloss) pairs, `text_to_glosses`), and/or spoken text, as one
+    signed sentence: planned (`plan_sentence`: a lexicon's recordings, the model's signs, and for
+    the rest fingerspelling or, with `fallback="model"`, the model's best guess), the lexicon's
+    signs read from its recordings, and all of them composed in order (`compose`). Each sign
+    segment says where it came from. `plan`: the plan itself, when the caller already made it
+    (Serve checks it before it composes). `notation`: default, the model's."""
+    notation = notation or model.config.default_notation
+    if plan is None:
+        plan = plan_sentence(model, texts, notation, language, spoken_language, lexicon, spoken_text=spoken_text,
+                             fallback=fallback)
+    planned = list(plan.signs)
+    recorded = {index: lexicon_sign(model, str(lexicon), sign, plan.spoken_language, language, first_pose)
                 for index, sign in enumerate(planned) if sign.source == "lexicon"}
     composition = compose(model, [SignText(sign.text, notation, language) for sign in planned], first_pose,
                           steps=steps, guidance=guidance, speed=speed, keep_proportions=keep_proportions,
                           max_length=max_length, recorded=recorded)
-    return Sentence(composition, planned)
+    for segment, sign in zip([s for s in composition.segments if s.kind == "sign"], planned):
+        spelled = sign.source.startswith("fingerspelling:")
+        segment.source = "fingerspelled" if spelled else sign.source
+        segment.word = sign.source.split(":", 1)[1] if spelled else sign.word
+    return Sentence(composition, planned, plan.spoken_language)
 
 
 def write_segments(segments: Sequence[Segment], path: str | Path) -> Path:
@@ -276,7 +336,7 @@ def text_to_glosses(text: str, spoken_language: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def lexicon_sign(model: T2PModel, lexicon: str, sign: PlannedSign, spoken_language: str, signed_language: str | None,
+def lexicon_sign(model: T2PModel, lexicon: str, sign: PlannedSign, spoken_language: str | None, signed_language: str | None,
                  first_pose: FirstPoseLike = None) -> Generated:
     """A lexicon's recording of this sign (spoken-to-signed's lookup: by word, then gloss), its
     signing span only, on the model's skeleton, moved to start at the signer's starting pose."""
@@ -285,7 +345,7 @@ def lexicon_sign(model: T2PModel, lexicon: str, sign: PlannedSign, spoken_langua
     from t2p.generation import starting_poses
     from t2p.pose import start_from, to_sequence
     try:
-        result = CSVPoseLookup(str(lexicon)).lookup(sign.word or sign.text, sign.text, spoken_language,
+        result = CSVPoseLookup(str(lexicon)).lookup(sign.word or sign.text, sign.text, spoken_language or "",
                                                     signed_language or "")
     except FileNotFoundError:
         raise ValueError(f"{sign.text!r} is not in the lexicon {lexicon} for {spoken_language}->{signed_language}") \
@@ -306,12 +366,15 @@ def known_texts(model: T2PModel, language: str | None) -> set[str] | None:
 
 
 def plan_signs(model: T2PModel, glosses: Sequence[str | tuple[str, str]], language: str | None,
-               spoken_language: str = "en", lexicon: str | None = None) -> list[PlannedSign]:
+               spoken_language: str | None = None, lexicon: str | None = None,
+               fallback: str = "fingerspell") -> list[PlannedSign]:
     """Each gloss (or (word, gloss) pair, see `text_to_glosses`) as the lexicon (spoken-to-signed's
-    format: its recording is used) or the model knows it, else fingerspelled with the
-    fingerspelling alphabet of this (spoken, signed) language pair."""
+    format: its recording is used) or the model knows it; else fingerspelled with the
+    fingerspelling alphabet of this (spoken, signed) language pair, or with `fallback="model"`
+    generated by the model all the same. `spoken_language`: default inferred."""
     known = known_texts(model, language)
-    words = _lexicon_words(lexicon, spoken_language, language) if lexicon else set()
+    spoken_language = spoken_language or infer_spoken_language(language, lexicon)
+    words = _lexicon_words(lexicon, spoken_language, language) if lexicon and spoken_language else set()
     planned = []
     for entry in glosses:
         word, gloss = entry if isinstance(entry, tuple) else ("", entry)
@@ -319,15 +382,28 @@ def plan_signs(model: T2PModel, glosses: Sequence[str | tuple[str, str]], langua
             continue
         if words and (word.lower() in words or gloss.lower() in words):
             planned.append(PlannedSign(gloss, "lexicon", word))
-        elif known is None or gloss in known:
+        elif known is None or gloss in known or fallback == "model":
             planned.append(PlannedSign(gloss, "model", word))
         else:
             spelled = word or gloss  # the word as written, not its lemma
+            if spoken_language is None:
+                raise ValueError(f"{spelled!r} is not a sign the model knows and is fingerspelled: "
+                                 f"{_no_spoken_language(language)} (or fallback model)")
             planned += [PlannedSign(letter, f"fingerspelling:{spelled}")
                         for letter in fingerspell(spelled, spoken_language, language, known)]
     if not planned:
         raise ValueError("nothing to sign: every gloss is empty")
     return planned
+
+
+def _no_spoken_language(signed_language: str | None) -> str:
+    """Why the spoken language could not be inferred, and what to do."""
+    from spoken_to_signed.gloss_to_pose.lookup.fingerspelling_lookup import FingerspellingPoseLookup
+    alphabets = _fingerspelling_alphabets(FingerspellingPoseLookup)
+    spoken = sorted(language for language, signed in alphabets.items() if (signed_language or "") in signed)
+    if spoken:
+        return f"{signed_language} has fingerspelling alphabets for {', '.join(spoken)}; name one as spoken language"
+    return f"no fingerspelling alphabet is for {signed_language or 'no language'}; name the spoken language"
 
 
 def fingerspell(word: str, spoken_language: str, signed_language: str | None, known: set[str] | None) -> list[str]:
@@ -359,6 +435,13 @@ def _fingerspelling_alphabets(lookup_class) -> dict:
     if _ALPHABETS is None:
         _ALPHABETS = lookup_class().alphabets  # spoken -> signed -> letters, longest first
     return _ALPHABETS
+
+
+def lexicon_spoken_languages(lexicon: str, signed_language: str | None) -> set[str]:
+    """The spoken languages a lexicon pairs with this signed language."""
+    from spoken_to_signed.gloss_to_pose.lookup.csv_lookup import CSVPoseLookup
+    lookup = CSVPoseLookup(str(lexicon))
+    return {spoken for spoken, by in lookup.words_index.items() if (signed_language or "") in by}
 
 
 def _lexicon_words(lexicon: str, spoken_language: str, signed_language: str | None) -> set[str]:

@@ -108,6 +108,13 @@ def test_an_unknown_gloss_is_fingerspelled_with_the_languages_alphabet(six_real_
         fingerspell("abc", "en", "xyz", None)
 
 
+def test_the_spoken_language_is_inferred_where_the_signed_language_has_one_alphabet():
+    from t2p.compose import infer_spoken_language
+    assert [infer_spoken_language(language) for language in ("sgg", "gsg", "ase", "fsl")] == ["de", "de", "en", "fr"]
+    assert infer_spoken_language("xyz") is None and infer_spoken_language(None) is None
+    assert infer_spoken_language("sgg", POSES / "lexicon_sgg") == "de"
+
+
 @pytest.mark.parametrize("layout", ["mediapipe.pose", "openpose.pose"])
 def test_output_keeps_the_signers_bone_lengths(six_real_signs_model, layout):
     model, signs, _ = six_real_signs_model

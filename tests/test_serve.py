@@ -1,7 +1,10 @@
-"""Ray Serve endpoint: a tiny model served on 127.0.0.1, spoken to over HTTP."""
+"""Ray Serve endpoint: a tiny model served on 127.0.0.1 (with a token, as an exposed one would be),
+spoken to over HTTP; the API's own features also in-process (`create_api` over a `T2PServer`)."""
 import asyncio
 import base64
+import json
 import math
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import httpx
@@ -22,7 +25,10 @@ from ports import free_port
 CONFIGS = Path(__file__).parents[1] / "serve_configs"
 ESSEN = POSES / "lexicon_sgg" / "essen.pose"
 OPENPOSE = POSES / "layouts" / "openpose.pose"
-LIMITS = dict(max_text_length=32, max_frames=40, max_steps=5, max_batch_size=8, batch_wait_timeout_s=0.2)
+LIMITS = dict(max_text_length=32, max_frames=40, max_steps=5, max_batch_size=8, batch_wait_timeout_s=0.2,
+              max_body_bytes=1 << 20, cors_origins="https://app.example")
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MODEL_MAX_FRAMES, MODEL_MAX_TOKENS, PREDICTED_FRAMES = 64, 16, 50
 
 
@@ -47,18 +53,26 @@ def model(model_dir) -> T2PModel:
 
 
 @pytest.fixture(scope="module")
-def server(ray_session, model_dir) -> str:
+def token_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("token") / "token"
+    path.write_text(TOKEN + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(ray_session, model_dir, token_file) -> str:
     from ray import serve
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"model": str(model_dir), **LIMITS}), name="t2p-test", route_prefix="/")
+    serve.run(build_app({"model": str(model_dir), "auth_token_file": str(token_file), **LIMITS}), name="t2p-test",
+              route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
 
 
 @pytest.fixture
 def client(server):
-    with httpx.Client(base_url=server, trust_env=False, timeout=60) as client:
+    with httpx.Client(base_url=server, trust_env=False, timeout=60, headers=AUTH) as client:
         yield client
 
 
@@ -87,7 +101,8 @@ def test_health_and_model_description(client, model):
     assert described["languages"] == ["sgg"]
     assert described["notations"] == ["hamnosys", "signwriting", "text"]
     assert [c["name"] for c in described["skeleton"]["components"]] == [c.name for c in model.skeleton.components]
-    assert described["limits"] | LIMITS == described["limits"]
+    assert described["limits"] | LIMITS == described["limits"] and "auth_token_file" not in described["limits"]
+    assert described["auth"] is True and described["lexicon"] is None
     assert described["limits"]["max_text_tokens"] == MODEL_MAX_TOKENS
     assert described["limits"]["default_steps"] == 3
 
@@ -107,12 +122,12 @@ def test_concurrent_requests_share_batches_and_equal_generating_alone(server, mo
     ]
 
     async def send_all():
-        async with httpx.AsyncClient(base_url=server, trust_env=False, timeout=60) as client:
+        async with httpx.AsyncClient(base_url=server, trust_env=False, timeout=60, headers=AUTH) as client:
             return await asyncio.gather(*(client.post("/v1/generate", json=body) for body in requests))
 
-    before = httpx.get(f"{server}/v1/stats", trust_env=False).json()
+    before = httpx.get(f"{server}/v1/stats", trust_env=False, headers=AUTH).json()
     responses = asyncio.run(send_all())
-    after = httpx.get(f"{server}/v1/stats", trust_env=False).json()
+    after = httpx.get(f"{server}/v1/stats", trust_env=False, headers=AUTH).json()
 
     for body, response in zip(requests, responses):
         assert response.status_code == 200, response.text
@@ -276,6 +291,9 @@ def test_serve_configs_are_valid_and_let_a_replica_fill_its_batches(name):
     limits = ServeConfig.from_args({k: v for k, v in application["args"].items() if k != "model"})
     (deployment,) = application["deployments"]
     assert deployment["max_ongoing_requests"] >= limits.max_batch_size
+    from t2p.serve_http import is_loopback
+    if not is_loopback(raw["http_options"]["host"]):  # reachable from elsewhere: a token, from a file
+        assert application["args"]["auth_token_file"].startswith("/")
     if name == "gpu.yaml":
         assert 0 < deployment["ray_actor_options"]["num_gpus"] < 1
         assert deployment["autoscaling_config"]["min_replicas"] < deployment["autoscaling_config"]["max_replicas"]
@@ -308,3 +326,193 @@ def test_t2p_serve_offers_every_serve_limit_as_a_flag():
     from dataclasses import fields
     from t2p.cli.serving import LIMIT_FLAGS
     assert list(LIMIT_FLAGS) == [spec.name for spec in fields(ServeConfig)]
+
+
+# --- safe to expose: over HTTP, through Serve's proxy --------------------------------------------
+
+def test_the_served_api_refuses_each_unsafe_request_with_its_status_and_stays_healthy(server):
+    with httpx.Client(base_url=server, trust_env=False, timeout=60) as anonymous:
+        assert anonymous.get("/healthz").json() == {"status": "ok"}  # for load balancers: no token
+        for headers in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": f"Basic {TOKEN}"}):
+            refused = anonymous.post("/v1/generate", json={"text": "essen"}, headers=headers)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+            assert "bearer token is required" in refused.json()["detail"]
+        assert anonymous.get("/v1/model").status_code == 401
+        too_large = anonymous.post("/v1/generate", content=b" " * (LIMITS["max_body_bytes"] + 1), headers=AUTH)
+        assert too_large.status_code == 413 and "the limit is 1048576 (max_body_bytes)" in too_large.json()["detail"]
+        preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+        allowed = anonymous.options("/v1/generate", headers={"Origin": "https://app.example", **preflight})
+        assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://app.example"
+        foreign = anonymous.options("/v1/generate", headers={"Origin": "https://elsewhere.example", **preflight})
+        assert foreign.status_code == 400 and "access-control-allow-origin" not in foreign.headers
+        good = anonymous.post("/v1/generate", json={"text": "essen", "steps": 1, "length": 2},
+                              headers={"Origin": "https://app.example", **AUTH})
+        assert good.status_code == 200 and good.headers["access-control-allow-origin"] == "https://app.example"
+        assert anonymous.get("/healthz").status_code == 200
+
+
+# --- in-process: the same app over a replica object, without Serve --------------------------------
+
+LEXICON = POSES / "lexicon_sgg"
+
+
+@pytest.fixture(scope="module")
+def sgg_model_dir(model, tmp_path_factory) -> Path:
+    """The tiny model as training on the four-sign lexicon_sgg folder leaves it: pizza and kleine held
+    out, so its known texts are kinder and essen."""
+    held_out = T2PModel(replace(model.config, known_texts={"sgg": ["essen", "kinder"]}), model.schedule_config)
+    held_out.load_state_dict(model.state_dict())
+    return held_out.save(tmp_path_factory.mktemp("sgg") / "model")
+
+
+def in_process(model_dir, lexicon=None, http_host="127.0.0.1", server_out: list | None = None, **config):
+    """A TestClient over `create_api` and a `T2PServer` made in this process (appended to `server_out`).
+    `@serve.batch` needs a Serve replica, so one-sign requests are for the served tests; sentences
+    and everything refused before the batch work here."""
+    from fastapi.testclient import TestClient
+
+    from t2p.serve import T2PServer
+    from t2p.serve_http import create_api
+    limits = ServeConfig(**{**LIMITS, **config})
+    server = T2PServer(str(model_dir), asdict(limits), lexicon, http_host=http_host)
+    if server_out is not None:
+        server_out.append(server)
+    return TestClient(create_api(limits, lambda: server))
+
+
+SENTENCE = {"texts": ["essen"], "language": "sgg", "steps": 1, "format": "json"}  # no batch: the in-process server's sign of health
+
+
+def test_spoken_text_is_one_sentence_of_lexicon_signs_and_fingerspelling_with_its_segments(sgg_model_dir):
+    from t2p.compose import compose_sentence
+    model = T2PModel.load(sgg_model_dir)
+    body = {"spoken_text": "Die Kinder essen Pizza", "language": "sgg", "steps": 1}
+    with in_process(sgg_model_dir, lexicon=str(LEXICON)) as client:
+        as_json = client.post("/v1/generate", json=body | {"format": "json"})
+        as_file = client.post("/v1/generate", json=body)
+        described = client.get("/v1/model").json()
+    assert as_json.status_code == as_file.status_code == 200, as_json.text
+    # the spoken language inferred (sgg has one alphabet: de's); the same library call as `t2p generate --compose`
+    expected = compose_sentence(model, spoken_text=body["spoken_text"], language="sgg", lexicon=LEXICON, steps=1,
+                                max_length=LIMITS["max_frames"])
+    assert as_json.json()["spoken_language"] == expected.spoken_language == "de"
+    segments = as_json.json()["segments"]
+    assert segments == [asdict(segment) for segment in expected.composition.segments]
+    assert json.loads(as_file.headers["x-t2p-segments"]) == segments
+    signs = [(s["text"], s["source"], s["word"]) for s in segments if s["kind"] == "sign"]
+    assert signs == [("D", "fingerspelled", "die"), ("I", "fingerspelled", "die"), ("E", "fingerspelled", "die"),
+                     ("kind", "lexicon", "kinder"), ("essen", "lexicon", "essen"), ("pizza", "lexicon", "pizza")]
+    assert [s["kind"] for s in segments] == ["sign", "transition"] * 5 + ["sign"]
+    assert segments[-1]["end"] == len(as_json.json()["frames"])
+    served, _ = _served_sequence(as_file.content, model, None)
+    np.testing.assert_allclose(served, expected.composition.data, atol=1e-4)
+    assert described["lexicon"] == {"spoken_languages": {"sgg": ["de"]}}
+
+
+def test_a_gloss_the_model_lacks_is_fingerspelled_or_left_to_the_model(sgg_model_dir):
+    body = {"texts": ["kinder", "essen", "pizza"], "language": "sgg", "steps": 1, "format": "json"}
+    with in_process(sgg_model_dir) as client:
+        spelled = client.post("/v1/generate", json=body).json()["segments"]
+        modelled = client.post("/v1/generate", json=body | {"fallback": "model"}).json()["segments"]
+        unknown = client.post("/v1/generate", json=body | {"fallback": "guess"})
+    assert [(s["text"], s["source"]) for s in spelled if s["kind"] == "sign"] == \
+        [("kinder", "model"), ("essen", "model")] + [(letter, "fingerspelled") for letter in "PIZZA"]
+    assert [(s["text"], s["source"]) for s in modelled if s["kind"] == "sign"] == \
+        [("kinder", "model"), ("essen", "model"), ("pizza", "model")]
+    assert unknown.status_code == 422 and "fallback: Input should be 'fingerspell' or 'model'" in unknown.json()["detail"]
+
+
+def test_the_issues_sgg_example_composes_from_the_cli_as_over_http(sgg_model_dir, tmp_path, capsys):
+    from t2p.cli import main
+    out = tmp_path / "sentence.pose"
+    assert main(["generate", "--model", str(sgg_model_dir), "--text", "kinder", "--text", "essen", "--text", "pizza",
+                 "--language", "sgg", "--compose", "--steps", "1", "-o", str(out)]) == 0
+    assert "fingerspelled pizza" in capsys.readouterr().out
+    written = json.loads(out.with_suffix(".segments.json").read_text())
+    with in_process(sgg_model_dir, max_frames=MODEL_MAX_FRAMES) as client:  # the CLI's frames: the model's
+        served = client.post("/v1/generate", json={"texts": ["kinder", "essen", "pizza"], "language": "sgg",
+                                                    "steps": 1, "format": "json"}).json()["segments"]
+    assert written == served
+
+
+CAPPED = [
+    ("texts over max_signs, before fingerspelling", {"texts": ["essen"] * 5}, "5 texts; the limit is 4 signs"),
+    ("fingerspelling past max_signs", {"texts": ["kinder", "pizza"]},
+     "6 signs after fingerspelling pizza; the limit is 4"),
+    ("spoken text over its length", {"spoken_text": "a" * 41}, "spoken_text has 41 characters; the limit is 40"),
+    ("steps x frames over the cap", {"text": "essen", "steps": 5, "length": 40},
+     "5 steps x up to 40 frames is 200 step-frames; the limit is 100"),
+    ("a sentence's steps x frames", {"texts": ["kinder", "essen"], "steps": 2},
+     "2 steps x up to 144 frames is 288 step-frames; the limit is 100"),
+    ("spoken text without a language to infer", {"spoken_text": "hallo", "language": None},
+     "give the spoken language of the text: no fingerspelling alphabet is for no language"),
+]
+
+
+@pytest.mark.parametrize("name, body, message", CAPPED, ids=[case[0] for case in CAPPED])
+def test_caps_are_checked_before_any_work_with_a_message(sgg_model_dir, name, body, message):
+    with in_process(sgg_model_dir, max_signs=4, max_spoken_text_length=40, max_step_frames=100) as client:
+        response = client.post("/v1/generate", json={"language": "sgg", **body} if "language" not in body else body)
+        assert response.status_code == 422 and message in response.json()["detail"], response.text
+        assert client.post("/v1/generate", json=SENTENCE).status_code == 200
+
+
+def test_a_correction_longer_than_the_step_frames_cap_is_refused_before_any_work(model_dir):
+    frames = len(read_pose(ESSEN).body.data)
+    with in_process(model_dir, max_step_frames=frames - 1) as client:
+        response = client.post("/v1/correct", json={"pose": base64.b64encode(ESSEN.read_bytes()).decode()})
+        assert response.status_code == 422
+        assert f"1 steps x up to {frames} frames is {frames} step-frames" in response.json()["detail"]
+        assert client.post("/v1/generate", json=SENTENCE).status_code == 200
+
+
+def test_a_body_sent_without_its_length_is_cut_off_at_the_limit(model_dir):
+    def chunks():
+        yield b'{"text": "'
+        yield b"a" * 2000
+        yield b'"}'
+    with in_process(model_dir, max_body_bytes=1000) as client:
+        response = client.post("/v1/generate", content=chunks(), headers={"content-type": "application/json"})
+        assert response.status_code == 413 and "more than 1000 bytes" in response.json()["detail"]
+        assert client.post("/v1/generate", json=SENTENCE).status_code == 200
+
+
+def test_a_request_past_its_timeout_is_a_504_with_a_message(model_dir):
+    servers = []
+    with in_process(model_dir, request_timeout_s=0.2, server_out=servers) as client:
+        composed = servers[0].compose
+
+        async def slow_compose(sentence):  # a sentence that outlasts the timeout
+            await asyncio.sleep(2)
+            return await composed(sentence)
+        servers[0].compose = slow_compose
+        response = client.post("/v1/generate", json=SENTENCE)
+        assert response.status_code == 504
+        assert response.json()["detail"].startswith("the request took longer than 0.2 s (request_timeout_s)")
+        servers[0].compose = composed
+        assert client.get("/healthz").status_code == 200 and client.post("/v1/generate", json=SENTENCE).status_code == 200
+
+
+def test_a_token_is_required_beyond_loopback_and_checked_in_constant_time(model_dir, token_file, monkeypatch):
+    from t2p.serve import T2PServer
+    monkeypatch.delenv("T2P_API_TOKEN", raising=False)
+    for host in ("0.0.0.0", "::", "", "192.168.1.5", "example.org"):
+        with pytest.raises(ValueError, match="set \\$T2P_API_TOKEN or auth_token_file"):
+            T2PServer(str(model_dir), asdict(ServeConfig(**LIMITS)), http_host=host)
+    for host in ("127.0.0.1", "::1", "localhost"):
+        T2PServer(str(model_dir), asdict(ServeConfig(**LIMITS)), http_host=host)
+    monkeypatch.setenv("T2P_API_TOKEN", "from-the-environment")
+    with in_process(model_dir, http_host="0.0.0.0") as client:
+        assert client.get("/v1/model", headers={"Authorization": "Bearer from-the-environment"}).status_code == 200
+        assert client.get("/v1/model", headers={"Authorization": "Bearer from-the-environmenT"}).status_code == 401
+    with in_process(model_dir, http_host="0.0.0.0", auth_token_file=str(token_file)) as client:  # the file first
+        assert client.get("/v1/model", headers=AUTH).status_code == 200
+
+
+def test_t2p_serve_refuses_to_listen_beyond_loopback_without_a_token(model_dir, monkeypatch, capsys):
+    from t2p.cli import main
+    monkeypatch.delenv("T2P_API_TOKEN", raising=False)
+    assert main(["serve", "--model", str(model_dir), "--host", "0.0.0.0", "--port", "8011"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("t2p serve: error: the server listens on '0.0.0.0', beyond this machine: set "
+                            "$T2P_API_TOKEN or auth_token_file") and "\n" not in error

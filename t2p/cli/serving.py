@@ -12,17 +12,25 @@ from pathlib import Path
 from t2p.cli import CommandError, add_verb
 
 APP_NAME = "t2p"
+TOKEN_ENV = "T2P_API_TOKEN"  # t2p.serve_http.TOKEN_ENV (not imported: --help stays fast)
 
 
 # the limits of t2p.serve.ServeConfig; unset flags keep its defaults (GET /v1/model lists them)
 LIMIT_FLAGS = {
-    "max_text_length": (int, "characters of text per request"),
-    "max_frames": (int, "frames per output, asked for or predicted"),
+    "max_text_length": (int, "characters of text (and of each of texts) per request"),
+    "max_spoken_text_length": (int, "characters of spoken_text per request"),
+    "max_signs": (int, "signs of a sentence, before and after fingerspelling"),
+    "max_frames": (int, "frames per sign, asked for or predicted"),
     "max_steps": (int, "refinement steps per request"),
+    "max_step_frames": (int, "steps x frames of one request"),
     "max_batch_size": (int, "requests per generate call"),
     "batch_wait_timeout_s": (float, "seconds a batch waits to fill"),
     "max_guidance": (float, "largest |guidance|"),
     "max_first_pose_bytes": (int, "size of a first_pose .pose file"),
+    "max_body_bytes": (int, "size of a request body (larger: 413)"),
+    "request_timeout_s": (float, "seconds a request may take (longer: 504)"),
+    "cors_origins": (str, "comma-separated origins browsers may call from, e.g. https://app.example"),
+    "auth_token_file": (Path, f"file holding the bearer token (else ${TOKEN_ENV}); required unless --host is loopback"),
     "device": (str, "auto, cpu or cuda[:N]"),
     "threads": (int, "CPU threads of the replica (0: every core)"),
 }
@@ -31,10 +39,15 @@ LIMIT_FLAGS = {
 def register(subparsers) -> None:
     parser = add_verb(subparsers, "serve",
                       "Serve a model over HTTP with Ray Serve: POST /v1/generate, GET /healthz, GET /v1/model.",
-                      "t2p serve --model runs/default/best --port 8000 &\n"
-                      "  curl -s localhost:8000/v1/generate -d '{\"text\": \"hallo\"}' -o hallo.pose")
+                      "t2p serve --model runs/default/best --lexicon my_lexicon --port 8000 &\n"
+                      "  curl -s localhost:8000/v1/generate -d '{\"text\": \"hallo\"}' -o hallo.pose\n"
+                      "  curl -s localhost:8000/v1/generate -d '{\"spoken_text\": \"Die Kinder essen Pizza\", "
+                      "\"language\": \"sgg\", \"format\": \"json\"}'\n"
+                      f"  {TOKEN_ENV}=$(openssl rand -hex 32) t2p serve --host 0.0.0.0   # beyond loopback: a token")
     parser.add_argument("--model", default=argparse.SUPPRESS,
                         help="model folder (default: $T2P_MODEL, else runs/default/best in the repo)")
+    parser.add_argument("--lexicon", type=Path,
+                        help="a spoken-to-signed lexicon folder (index.csv): its recordings sign the glosses it has")
     parser.add_argument("--host", default="127.0.0.1", help="address the HTTP proxy listens on")
     parser.add_argument("--port", type=int, default=8000, help="port the HTTP proxy listens on")
     for name, (kind, help) in LIMIT_FLAGS.items():
@@ -44,11 +57,16 @@ def register(subparsers) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from t2p.serve import ServeConfig, build_app, resolve_model_dir
+    from t2p.serve import ServeConfig, build_app, resolve_lexicon_dir, resolve_model_dir
+    from t2p.serve_http import load_token, require_token_if_exposed
 
     given = vars(args)
     model_dir = resolve_model_dir(given["model"], base=Path.cwd()) if "model" in given else resolve_model_dir(None)
+    lexicon = resolve_lexicon_dir(args.lexicon, base=Path.cwd()) if args.lexicon else None
+    if "auth_token_file" in given:
+        given["auth_token_file"] = str(given["auth_token_file"].resolve())
     limits = ServeConfig(**{name: given[name] for name in LIMIT_FLAGS if name in given})
+    require_token_if_exposed(args.host, load_token(limits.auth_token_file))  # before Ray starts
     _check_port_free(args.host, args.port)
 
     import ray
@@ -62,7 +80,8 @@ def serve_command(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(build_app({"model": str(model_dir), **asdict(limits)}), name=APP_NAME, route_prefix="/")
+        app_args = {"model": str(model_dir), **asdict(limits), **({"lexicon": str(lexicon)} if lexicon else {})}
+        serve.run(build_app(app_args), name=APP_NAME, route_prefix="/")
         if not stop.is_set():
             print(f"t2p serve: {model_dir} on http://{args.host}:{args.port} "
                   "(POST /v1/generate, GET /healthz, GET /v1/model); Ctrl-C to stop", flush=True)
