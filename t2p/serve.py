@@ -261,8 +261,10 @@ def build_app(args: dict[str, Any]) -> Application:
     deployment = serve.deployment(serve.ingress(create_api(config))(T2PServer), name="T2PServer",
                                   ray_actor_options={"num_cpus": 1})
     # a replica only takes max_ongoing_requests at once: room for a full batch running and one filling
+    # where the proxy listens is asked of Serve once, here, not through a Serve client in every
+    # replica (suspected of keeping `serve run` from exiting on Ctrl-C in the full suite)
     return deployment.options(max_ongoing_requests=2 * config.max_batch_size).bind(
-        str(model_dir), asdict(config), lexicon)
+        str(model_dir), asdict(config), lexicon, serve_proxy_host())
 
 
 def resolve_path(value: str | os.PathLike, base: Path = REPO_ROOT) -> Path:
