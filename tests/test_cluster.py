@@ -126,4 +126,10 @@ def test_jobs_submitted_to_a_cluster_prepare_train_and_serve(local_cluster, tmp_
         assert len(response.json()["frames"]) >= 1
     finally:
         os.killpg(server.pid, signal.SIGINT)
-        server.wait(timeout=120)  # Serve drains its replicas first: slower on a loaded 2-core machine
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            # in the full suite (never alone) `serve run` has not exited on Ctrl-C within minutes since
+            # stop 17; an open issue, noted there. Stopped here so no later test shares the cores with it
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
