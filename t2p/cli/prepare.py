@@ -44,7 +44,7 @@ def register(subparsers) -> None:
 
 
 def prepare_command(args: argparse.Namespace) -> int:
-    from t2p import data
+    from t2p import data, sources
     try:
         fractions = tuple(float(part) for part in args.split.split(","))
     except ValueError:
@@ -53,13 +53,13 @@ def prepare_command(args: argparse.Namespace) -> int:
         raise CommandError("--poses and --mirror-list are for --source ham2pose")
     missing: list[str] = []
     if args.source == "fingerspelling":
-        items = data.fingerspelling_items(args.notation)
+        items = sources.fingerspelling_items(args.notation)
     elif args.index is None:
         raise CommandError(f"--source {args.source} needs --index PATH")
     elif args.source == "lexicon":
-        items = data.lexicon_items(args.index)
+        items = sources.lexicon_items(args.index)
     elif args.source == "index":
-        items = data.index_items(args.index)
+        items = sources.index_items(args.index)
     else:
         items, missing = _ham2pose(args)
     try:
