@@ -257,7 +257,7 @@ def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, sk
         readable.append((number, item, split))
         rates.append(float(pose.body.fps))
         dimensions.append(num_dims(pose))
-        first = first or pose
+        first = pose if first is None else first
     if first is None:
         raise PreparationError(f"no readable item among {len(items)}")
     target_fps = float(fps) if fps is not None else float(median_low(rates))
