@@ -379,12 +379,13 @@ def resample(sequence: PoseSequence, fps: float) -> PoseSequence:
     if sequence.num_frames == 1:  # a still: one frame at any rate
         return PoseSequence(sequence.data, sequence.confidence, float(fps), sequence.normalization, sequence.canvas,
                             sequence.layout)
-    missing = np.broadcast_to((sequence.confidence == 0)[:, None, :, None], (sequence.num_frames, 1, *sequence.data.shape[1:]))
+    frames, joints, dims = sequence.data.shape
+    missing = np.broadcast_to((sequence.confidence == 0)[:, None, :, None], (frames, 1, joints, dims))
     body = NumPyPoseBody(fps=sequence.fps, data=np.ma.masked_array(sequence.data[:, None], mask=missing),
                          confidence=sequence.confidence[:, None])
     moved = np.ma.filled(np.ma.asarray(body.interpolate(new_fps=fps).data[:, 0]), 0.0)  # (new frames, joints, dims)
     # where each new frame falls between recorded ones, on pose-format's grid (linspace from first to last)
-    position = np.round(np.linspace(0, sequence.num_frames - 1, moved.shape[0]), 9)
+    position = np.round(np.linspace(0, frames - 1, moved.shape[0]), 9)
     before, after = np.floor(position).astype(int), np.ceil(position).astype(int)
     weight = (position - before)[:, None]
     recorded = sequence.confidence
