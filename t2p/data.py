@@ -16,6 +16,9 @@ import torch
 
 from t2p.config import written_whole
 from t2p.model import pad_tokens
+# the sources' loaders, also reachable from here as before they had a module of their own
+from t2p.sources import (SPLITS, SourceItem, fingerspelling_items, fingerspelling_lexicon_dir,  # noqa: F401
+                         index_items, lexicon_items)
 
 if TYPE_CHECKING:
     from t2p.model import ModelConfig
@@ -129,145 +132,12 @@ def statistics(sequences: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict:
             "log_length_prior": float(np.mean(log_lengths))}
 
 
-# --- Sources: real corpora as lists of items --------------------------------------------------
+# --- Preparation: Parquet shards + manifest.json ---------------------------------------------
 
-SPLITS = ("train", "validation", "test")
 MANIFEST_FILE = "manifest.json"
-SHARD_FORMAT_VERSION = 3  # 2: the vocabulary holds decomposed (NFD) text characters; 3: a signer column
+SHARD_FORMAT_VERSION = 4  # 2: decomposed (NFD) text characters; 3: a signer column; 4: one frame rate, 2D kept 2D
 SPLIT_BY = ("key", "signer")
 
-
-@dataclass
-class SourceItem:
-    """One recording and what it signs, before preparation."""
-    path: Path
-    text: str
-    notation: str
-    language: str | None
-    key: str                 # items with the same key always land in the same split
-    gloss: str = ""          # the plain word/letter, for retrieval baselines
-    split: str | None = None  # fixed by the index, or assigned by `prepare`
-    signer: str | None = None  # who signed it, where the source says
-    start_ms: int = 0        # the sign's segment of the recording (spoken-to-signed's start/end); 0 = whole
-    end_ms: int = 0
-    mirror: bool = False     # a left-handed signer's recording, mirrored to the right hand (pose.mirror)
-
-
-def fingerspelling_lexicon_dir() -> Path:
-    """The fingerspelling lexicon shipped inside the `spoken-to-signed` package."""
-    from importlib.resources import files
-    path = Path(str(files("spoken_to_signed").joinpath("assets", "fingerspelling_lexicon")))
-    if not (path / "index.csv").is_file():
-        raise FileNotFoundError(f"{path}/index.csv not found: is spoken-to-signed>=0.4 installed?")
-    return path
-
-
-def fingerspelling_items(notation: str = "text") -> list[SourceItem]:
-    """The 600 fingerspelled letters of the spoken-to-signed lexicon (19 sign languages).
-
-    The 26 `fsl` rows point at the `ase` recordings and are dropped. With notation "signwriting",
-    only letters the `signwriting` package can spell for their language are kept.
-    """
-    from signwriting.fingerspelling.fingerspelling import spell
-    root = fingerspelling_lexicon_dir()
-    items = []
-    for row in _read_rows(root / "index.csv"):
-        language, letter = row["signed_language"], row["words"]
-        if language == "fsl":
-            continue
-        text = letter
-        if notation == "signwriting":
-            try:
-                text = spell(letter, language)
-            except Exception:  # the package raises for languages it has no alphabet for
-                text = None
-            if not text:
-                continue
-        elif notation != "text":
-            raise ValueError(f"the fingerspelling source offers notations text and signwriting, not {notation!r}")
-        items.append(SourceItem(root / row["path"], text, notation, language, f"{language}:{letter}", letter))
-    return items
-
-
-def lexicon_items(index: str | Path) -> list[SourceItem]:
-    """A folder in the spoken-to-signed lexicon format: path, spoken_language, signed_language,
-    start, end, words, glosses, priority[, signer]. The text is the `words` column; `start`/`end`
-    (milliseconds, 0 = whole file) cut the sign out of its recording as spoken-to-signed does."""
-    index = Path(index)
-    rows = _read_rows(index)
-    _require_columns(index, rows, ["path", "signed_language", "words"])
-    items = []
-    for number, row in enumerate(rows, start=2 if index.suffix == ".csv" else 1):
-        start_ms, end_ms = (_milliseconds(index, number, row, column) for column in ("start", "end"))
-        if end_ms and end_ms <= start_ms:
-            raise ValueError(f"{index}:{number}: end {end_ms} ms is not after start {start_ms} ms (0 = to the end)")
-        items.append(SourceItem(index.parent / row["path"], row["words"], "text", row["signed_language"] or None,
-                                f"{row['signed_language']}:{row['words']}", row.get("glosses") or row["words"],
-                                signer=_signer(row), start_ms=start_ms, end_ms=end_ms))
-    return items
-
-
-def _signer(row: dict) -> str | None:
-    value = row.get("signer")
-    return None if value is None or str(value).strip() == "" else str(value).strip()
-
-
-def _milliseconds(index: Path, number: int, row: dict, column: str) -> int:
-    value = row.get(column)
-    if value in (None, ""):
-        return 0
-    try:
-        milliseconds = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{index}:{number}: {column} must be whole milliseconds, got {value!r}") from None
-    if milliseconds < 0:
-        raise ValueError(f"{index}:{number}: {column} must be >= 0 milliseconds, got {milliseconds}")
-    return milliseconds
-
-
-def index_items(index: str | Path) -> list[SourceItem]:
-    """A generic index (.csv or .jsonl): path, text, notation, language[, split, signer]; paths relative to it."""
-    index = Path(index)
-    rows = _read_rows(index)
-    _require_columns(index, rows, ["path", "text", "notation", "language"])
-    items = []
-    for number, row in enumerate(rows, start=2 if index.suffix == ".csv" else 1):
-        split = row.get("split") or None
-        if split is not None and split not in SPLITS:
-            raise ValueError(f"{index}:{number}: split must be one of {', '.join(SPLITS)}, got {split!r}")
-        language = row.get("language") or None
-        items.append(SourceItem(index.parent / row["path"], row["text"], row["notation"] or "text", language,
-                                f"{language}:{row['text']}", row["text"], split, signer=_signer(row)))
-    return items
-
-
-def _read_rows(index: Path) -> list[dict]:
-    import csv
-    import json
-    if not index.is_file():
-        raise FileNotFoundError(f"index {index} not found")
-    if index.suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(index.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{index}:{number}: not valid JSON ({error.msg})") from None
-        return rows
-    with open(index, encoding="utf-8", newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _require_columns(index: Path, rows: list[dict], columns: list[str]) -> None:
-    if not rows:
-        raise ValueError(f"{index} has no rows")
-    missing = [c for c in columns if c not in rows[0]]
-    if missing:
-        raise ValueError(f"{index} lacks column(s) {', '.join(missing)}; it has {', '.join(rows[0])}")
-
-
-# --- Preparation: Parquet shards + manifest.json ---------------------------------------------
 
 @dataclass
 class PreparedItem:
@@ -324,7 +194,7 @@ def _assign_by_signer(items: Sequence[SourceItem], fractions: tuple[float, float
 def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, skeleton: str = "upper_body",
             fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0, skip_bad: bool = False,
             shard_rows: int = 256, progress: bool = True, max_length_ratio: float | None = None,
-            split_by: str = "key", missing: Sequence[str] = ()) -> dict:
+            split_by: str = "key", missing: Sequence[str] = (), fps: float | None = None) -> dict:
     """Read every item's `.pose` onto one skeleton and write Parquet shards per split + manifest.json.
 
     A missing or corrupt file raises `PreparationError` naming it, unless `skip_bad`, in which case
@@ -340,47 +210,75 @@ def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, sk
     `split_by` "signer" holds out whole signers (`assign_splits`); the manifest counts rows and
     signers per split. `missing` names index entries the source found no recording for (Ham2Pose's
     ids without a file); they are counted and listed in the manifest.
+
+    One clock and one dimensionality for the corpus, both decided from every readable recording
+    before any is converted: each sequence is resampled to `fps` (default the recordings' median
+    rate, the lower one of an even count, so that no frames are made up between two rates) by
+    pose-format's interpolation (`pose.resample`), and the skeleton is 2D if any recording is 2D (a
+    3D one then loses its depth: a 2D recording's depth is unknown, and one missing axis would need
+    a per-axis mask the model does not have). The manifest's `frame_rate` and `dimensions` say
+    what was found and done.
     """
     import json
+    from statistics import median_low
 
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
     from t2p.notation import Vocabulary, SignText, tokenize
-    from t2p.pose import PoseFormatError, Skeleton, mirror, read_pose, segment, to_sequence
+    from t2p.pose import PoseFormatError, Skeleton, num_dims, resample, to_sequence
 
     if not items:
         raise ValueError("nothing to prepare: the source has no items")
+    if fps is not None and not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps:g}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = assign_splits(items, fractions, seed, by=split_by)
-    chosen_skeleton = None
-    rows: dict[str, list[dict]] = {name: [] for name in SPLITS}
     skipped: list[dict] = []
-    train_sequences, train_signs = [], []
-    mirrored = 0  # rows prepared from a mirrored recording
-    for number, (item, split) in enumerate(tqdm(list(zip(items, splits)), desc="prepare", unit="pose",
+
+    def failed(item: SourceItem, error: Exception) -> None:
+        if not skip_bad:
+            # read_pose's errors already name the file; the others get it in front
+            message = str(error) if str(item.path) in str(error) else f"{item.path}: {error}"
+            raise PreparationError(f"{message} (use --skip-bad to skip unreadable items)") from None
+        skipped.append({"path": str(item.path), "reason": str(error)})
+
+    # pass 1: every readable recording's frame rate and dimensionality (nothing kept but those)
+    readable, rates, dimensions, first = [], [], [], None
+    for number, (item, split) in enumerate(tqdm(list(zip(items, splits)), desc="scan", unit="pose",
                                                 disable=not progress)):
+        try:
+            pose = _recording(item)
+        except (PoseFormatError, ValueError) as error:
+            failed(item, error)
+            continue
+        readable.append((number, item, split))
+        rates.append(float(pose.body.fps))
+        dimensions.append(num_dims(pose))
+        first = pose if first is None else first
+    if first is None:
+        raise PreparationError(f"no readable item among {len(items)}")
+    target_fps = float(fps) if fps is not None else float(median_low(rates))
+    chosen_skeleton = Skeleton.from_pose(first, skeleton, dims=min(dimensions))
+
+    # pass 2: each recording onto the skeleton, at the corpus's rate
+    rows: dict[str, list[dict]] = {name: [] for name in SPLITS}
+    train_sequences, train_signs = [], []
+    mirrored = resampled = 0  # rows prepared from a mirrored recording / at another rate than recorded
+    for number, item, split in tqdm(readable, desc="prepare", unit="pose", disable=not progress):
         sign = SignText(item.text, item.notation, item.language)
         try:
             tokenize(sign)
-            pose = read_pose(item.path)
-            if item.start_ms or item.end_ms:
-                pose = segment(pose, item.start_ms, item.end_ms)
-            if item.mirror:
-                pose = mirror(pose)
-            chosen_skeleton = chosen_skeleton or Skeleton.from_pose(pose, skeleton)
-            sequence = to_sequence(pose, chosen_skeleton)
+            recorded = to_sequence(_recording(item), chosen_skeleton)
+            sequence = resample(recorded, target_fps)
         except (PoseFormatError, ValueError) as error:
-            if not skip_bad:
-                # read_pose's errors already name the file; the others get it in front
-                message = str(error) if str(item.path) in str(error) else f"{item.path}: {error}"
-                raise PreparationError(f"{message} (use --skip-bad to skip unreadable items)") from None
-            skipped.append({"path": str(item.path), "reason": str(error)})
+            failed(item, error)
             continue
         row_id = f"{number:06d}"
         mirrored += item.mirror
+        resampled += sequence is not recorded
         rows[split].append({
             "id": row_id, "key": item.key, "split": split, "text": item.text, "notation": item.notation,
             "language": item.language, "gloss": item.gloss, "source_path": str(item.path), "signer": item.signer,
@@ -396,8 +294,6 @@ def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, sk
     if max_length_ratio is not None:
         rows, train_sequences, train_signs = _drop_long_outliers(rows, train_sequences, train_signs, max_length_ratio,
                                                                  skipped)
-    if chosen_skeleton is None:
-        raise PreparationError(f"no readable item among {len(items)}")
     if not train_sequences:
         raise PreparationError("the training split is empty: give more items or other split fractions")
 
@@ -420,7 +316,12 @@ def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, sk
         "source": source,
         "notation": sorted({item.notation for item in items}),
         "skeleton": chosen_skeleton.to_dict(),
-        "fps": float(np.median([r["fps"] for split_rows in rows.values() for r in split_rows])),
+        "fps": target_fps,
+        "frame_rate": {"fps": target_fps, "chosen": "given" if fps is not None else "median",
+                       "recordings": _counts(f"{round(rate, 3):g}" for rate in rates), "resampled": resampled},
+        "dimensions": {"skeleton": chosen_skeleton.dims, "recordings": _counts(str(d) for d in dimensions),
+                       "mixed": len(set(dimensions)) > 1,
+                       "depth_dropped": sum(d > chosen_skeleton.dims for d in dimensions)},
         "shards": shards,
         "counts": {split: len(split_rows) for split, split_rows in rows.items()},
         "signers": {split: len({r["signer"] for r in split_rows if r["signer"] is not None})
@@ -439,6 +340,21 @@ def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, sk
     with written_whole(out_dir / MANIFEST_FILE) as partial:
         partial.write_text(json.dumps(manifest, ensure_ascii=False, indent=1))
     return manifest
+
+
+def _recording(item: SourceItem):
+    """An item's recording as pose-format reads it: its segment, mirrored where the source says."""
+    from t2p.pose import mirror, read_pose, segment
+    pose = read_pose(item.path)
+    if item.start_ms or item.end_ms:
+        pose = segment(pose, item.start_ms, item.end_ms)
+    return mirror(pose) if item.mirror else pose
+
+
+def _counts(values) -> dict[str, int]:
+    """value -> how many times it occurs, in sorted order of the values."""
+    from collections import Counter
+    return dict(sorted(Counter(values).items()))
 
 
 def _drop_long_outliers(rows: dict[str, list[dict]], train_sequences: list, train_signs: list, ratio: float,

@@ -306,11 +306,12 @@ def as_pose(model: T2PModel, sequence: Generated, first_pose: PoseSequence | Non
             hide_resting_hands: bool = True) -> Pose:
     """A generated sequence as a pose-format `Pose`, in the space and file layout of the first pose
     it started from (or the model's skeleton in the training data's space when it started from the
-    neutral pose); joints predicted absent
-    are written with confidence 0, and so is a hand resting low outside the signing space
-    (spoken-to-signed's `hide_lowered_hands`), rather than drawn floating."""
+    neutral pose), at the model's frame rate whatever the first pose's (its frames are the model's:
+    a 50 fps first pose gives a 25 fps model's sign the same duration as a 25 fps one); joints
+    predicted absent are written with confidence 0, and so is a hand resting low outside the signing
+    space (spoken-to-signed's `hide_lowered_hands`), rather than drawn floating."""
     if first_pose is not None:
-        pose = to_pose(sequence.data, model.skeleton, first_pose.fps, first_pose.normalization,
+        pose = to_pose(sequence.data, model.skeleton, model.config.fps, first_pose.normalization,
                        sequence.confidence, canvas=first_pose.canvas)
     else:
         pose = to_pose(sequence.data, model.skeleton, model.config.fps, model.output_normalization,

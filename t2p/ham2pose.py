@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from t2p.data import SourceItem
+from t2p.sources import SourceItem
 
 # Ham2Pose's sources -> ISO 639-3 codes of their sign languages
 LANGUAGES = {"dgs": "gsg", "gsl": "gss", "lsf": "fsl", "pjm": "pso"}

@@ -166,10 +166,13 @@ class Skeleton:
         return cls(name=data["name"], components=components, dims=int(data["dims"]))
 
     @classmethod
-    def from_pose(cls, pose: Pose, preset: str = "upper_body") -> "Skeleton":
-        """Choose the preset's points from a real pose, keeping its limbs and colours."""
+    def from_pose(cls, pose: Pose, preset: str = "upper_body", dims: int | None = None) -> "Skeleton":
+        """Choose the preset's points from a real pose, keeping its limbs and colours; `dims` 2 makes
+        a 2D skeleton of a 3D pose (a corpus with 2D recordings: `t2p.data.prepare`)."""
         if preset not in SKELETON_PRESETS:
             raise ValueError(f"unknown skeleton {preset!r}; choose one of {sorted(SKELETON_PRESETS)}")
+        if dims is not None:
+            pose = with_dims(pose, dims)
         family = _layout_family(pose.header)
         selection = dict(SKELETON_PRESETS[preset][family])
         if selection.get("FACE_LANDMARKS") == "contours":
@@ -343,6 +346,56 @@ def mirror(pose: Pose) -> Pose:
     return Pose(pose.header, type(pose.body)(fps=pose.body.fps, data=data, confidence=confidence))
 
 
+def num_dims(pose: Pose) -> int:
+    """Coordinates per point: 2 for OpenPose (XYC), 3 for MediaPipe Holistic (XYZC)."""
+    return len(pose.header.components[0].format) - 1
+
+
+def with_dims(pose: Pose, dims: int) -> Pose:
+    """`pose` with only its first `dims` coordinates: a 3D recording as 2D (x, y) for a 2D skeleton.
+    More dimensions than the pose has are not made up: a 2D pose stays 2D."""
+    if not 2 <= dims <= 3:
+        raise ValueError(f"dims must be 2 or 3, got {dims}")
+    if dims >= num_dims(pose):
+        return pose
+    components = [PoseHeaderComponent(c.name, c.points, c.limbs, c.colors, c.format[:dims] + c.format[-1])
+                  for c in pose.header.components]
+    header = PoseHeader(pose.header.version, pose.header.dimensions, components, pose.header.is_bbox)
+    return Pose(header, type(pose.body)(fps=pose.body.fps, data=pose.body.data[..., :dims],
+                                        confidence=pose.body.confidence))
+
+
+def resample(sequence: PoseSequence, fps: float) -> PoseSequence:
+    """`sequence` at `fps` frames per second over the same duration, by pose-format's own
+    interpolation (`NumPyPoseBody.interpolate`, cubic: round(frames * fps / sequence.fps) frames,
+    the first and last kept). A resampled value is observed only where the recorded frames on both
+    sides of it are, with their confidence interpolated linearly, so that a gap the tracker left
+    stays missing rather than filled by the spline."""
+    # data: (frames, joints, dims); confidence: (frames, joints)
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if math.isclose(sequence.fps, fps, rel_tol=1e-6):
+        return sequence
+    if sequence.num_frames == 1:  # a still: one frame at any rate
+        return PoseSequence(sequence.data, sequence.confidence, float(fps), sequence.normalization, sequence.canvas,
+                            sequence.layout)
+    frames, joints, dims = sequence.data.shape
+    missing = np.broadcast_to((sequence.confidence == 0)[:, None, :, None], (frames, 1, joints, dims))
+    body = NumPyPoseBody(fps=sequence.fps, data=np.ma.masked_array(sequence.data[:, None], mask=missing),
+                         confidence=sequence.confidence[:, None])
+    moved = np.ma.filled(np.ma.asarray(body.interpolate(new_fps=fps).data[:, 0]), 0.0)  # (new frames, joints, dims)
+    # where each new frame falls between recorded ones, on pose-format's grid (linspace from first to last)
+    position = np.round(np.linspace(0, frames - 1, moved.shape[0]), 9)
+    before, after = np.floor(position).astype(int), np.ceil(position).astype(int)
+    weight = (position - before)[:, None]
+    recorded = sequence.confidence
+    observed = (recorded[before] > 0) & (recorded[after] > 0)
+    confidence = np.where(observed, recorded[before] * (1 - weight) + recorded[after] * weight, 0.0)
+    data = np.where(observed[..., None], moved, 0.0)
+    return PoseSequence(data.astype(np.float32), confidence.astype(np.float32), float(fps), sequence.normalization,
+                        sequence.canvas, sequence.layout)
+
+
 def normalization_of(pose: Pose) -> Normalization:
     """The shoulder normalisation pose-format's `Pose.normalize` applies to this pose."""
     normalized = pose.copy().normalize()  # normalize() works in place, hence the copy
@@ -380,8 +433,11 @@ def shoulder_normalize(data: np.ndarray, confidence: np.ndarray, right: int, lef
 
 
 def to_sequence(pose: Pose, skeleton: Skeleton, normalize: bool = True) -> PoseSequence:
-    """Map a pose of any supported layout onto `skeleton`; points it lacks are masked."""
+    """Map a pose of any supported layout onto `skeleton`; points it lacks are masked. A 3D pose on
+    a 2D skeleton loses its depth before it is normalised (`with_dims`), so that its scale is its
+    2D shoulder width, as a 2D recording's is; a 2D pose on a 3D skeleton gets depth 0."""
     _layout_family(pose.header)
+    pose = with_dims(pose, skeleton.dims)
     normalization = normalization_of(pose) if normalize else Normalization(np.zeros(pose.body.data.shape[-1], np.float32), 1.0)
     data = np.ma.filled(np.ma.asarray(pose.body.data[:, 0]), 0.0).astype(np.float32)  # (frames, points, dims)
     confidence = np.asarray(pose.body.confidence[:, 0], dtype=np.float32)              # (frames, points)

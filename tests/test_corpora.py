@@ -176,3 +176,105 @@ def test_signer_column_reaches_the_shards_and_the_manifest_counts_signers_per_sp
             found.setdefault(item.signer, set()).add(split)
     assert set(found) == {"anna", "ben", "7"} and all(len(s) == 1 for s in found.values())
     assert manifest["counts"][next(iter(found["anna"]))] == 2
+
+
+# --- One clock (issue 18 item 2) and 2D is 2D (item 3) ---------------------------------------
+
+def _one_recording_at(tmp_path, rates=(25, 50)):
+    """openpose.pose (93 frames at 24 fps, 2D) interpolated by pose-format to each rate: the same
+    motion, the same duration, other frame counts. An index lists them as one sign each."""
+    from pose_format import Pose
+    recording = read_pose(POSES / "layouts" / "openpose.pose")
+    rows = []
+    for rate in rates:
+        path = tmp_path / f"openpose_{rate}fps.pose"
+        with open(path, "wb") as handle:
+            Pose(recording.header, recording.body.interpolate(new_fps=rate)).write(handle)
+        rows.append({"path": str(path), "text": f"at{rate}", "notation": "text", "language": "gsg"})
+    index = tmp_path / "index.jsonl"
+    index.write_text("\n".join(json.dumps(row) for row in rows))
+    return index
+
+
+def test_prepare_resamples_a_50_fps_and_a_25_fps_recording_of_one_sign_to_the_same_frames(tmp_path):
+    index = _one_recording_at(tmp_path)
+    assert [read_pose(item.path).body.data.shape[0] for item in index_items(index)] == [97, 194]
+    manifest = prepare(index_items(index), tmp_path / "out", source="index", fps=25, fractions=(1, 0, 0),
+                       progress=False)
+    assert manifest["fps"] == 25 and manifest["frame_rate"] == {"fps": 25, "chosen": "given",
+                                                                "recordings": {"25": 1, "50": 1}, "resampled": 1}
+    rows = {item.sign.text: item.sequence for item in read_items(tmp_path / "out", "train")}
+    slow, fast = rows["at25"], rows["at50"]
+    assert slow.fps == fast.fps == 25 and slow.num_frames == fast.num_frames == 97  # 3.88 s each
+    # the same positions: pose-format's cubic interpolation of the 50 fps one, where both are observed
+    both = (slow.confidence > 0) & (fast.confidence > 0)
+    assert both.sum() > 0.95 * (slow.confidence > 0).sum()
+    np.testing.assert_allclose(fast.data[both], slow.data[both], atol=0.02)  # shoulder widths
+    # without --fps the median of the rates, the lower of two: no frames are made up
+    again = prepare(index_items(index), tmp_path / "median", source="index", fractions=(1, 0, 0), progress=False)
+    assert again["fps"] == 25 and again["frame_rate"]["chosen"] == "median"
+
+
+def test_a_resampled_gap_stays_missing():
+    from t2p.pose import resample
+    sequence = to_sequence(read_pose(POSES / "layouts" / "openpose.pose"), Skeleton.from_pose(
+        read_pose(POSES / "layouts" / "openpose.pose")))
+    sequence.confidence[40:50] = 0  # the tracker lost ten frames (0.42 s)
+    doubled = resample(sequence, 48)
+    assert doubled.num_frames == 186 and doubled.fps == 48
+    assert not doubled.confidence[81:99].any()  # the gap, at twice the rate, never filled by the spline
+    assert np.all(doubled.data[doubled.confidence == 0] == 0)
+    assert resample(sequence, sequence.fps) is sequence
+
+
+def test_generation_writes_the_models_rate_whatever_the_first_poses(tmp_path):
+    from t2p.data import load_manifest, model_config_from_manifest
+    from t2p.generation import as_pose, generate
+    from t2p.model import T2PModel
+    from t2p.pose import load_sequence
+    index = _one_recording_at(tmp_path)
+    prepare(index_items(index), tmp_path / "out", source="index", fps=25, fractions=(1, 0, 0), progress=False)
+    model = T2PModel(model_config_from_manifest(load_manifest(tmp_path / "out"), d_model=32, heads=2, text_layers=1,
+                                                refiner_layers=1, max_frames=64))
+    durations = []
+    for item in index_items(index):
+        first = load_sequence(item.path, model.skeleton)
+        [sequence] = generate(model, ["at25"], first_poses=[first], steps=2)
+        pose = as_pose(model, sequence, first)
+        assert pose.body.fps == model.config.fps == 25
+        durations.append(pose.body.data.shape[0] / pose.body.fps)
+    assert durations[0] == durations[1]  # seconds, from a 25 and a 50 fps first pose alike
+
+
+def test_a_2d_and_a_3d_recording_make_a_2d_corpus_whose_manifest_reports_the_mix(tmp_path):
+    index = tmp_path / "index.jsonl"
+    # the 3D one first: the skeleton's dimensions come from every file, not the first one read
+    index.write_text("\n".join(json.dumps({"path": str(POSES / "layouts" / f"{layout}.pose"), "text": layout,
+                                           "notation": "text", "language": "gsg"})
+                               for layout in ("mediapipe", "openpose")))
+    manifest = prepare(index_items(index), tmp_path / "out", source="index", fractions=(1, 0, 0), progress=False)
+    assert manifest["dimensions"] == {"skeleton": 2, "recordings": {"2": 1, "3": 1}, "mixed": True,
+                                      "depth_dropped": 1}
+    skeleton = Skeleton.from_dict(manifest["skeleton"])
+    assert skeleton.dims == 2 and {c.point_format for c in skeleton.components} == {"XYC"}
+    assert skeleton.components[0].name == "POSE_LANDMARKS"  # named as the first file names its points
+    assert len(manifest["statistics"]["pose_mean"]) == skeleton.num_joints * 2
+    rows = {item.sign.text: item.sequence for item in read_items(tmp_path / "out", "train")}
+    assert rows["openpose"].data.shape[-1] == rows["mediapipe"].data.shape[-1] == 2
+    # the 3D recording's x, y, normalised by its 2D shoulder width as a 2D recording is
+    recorded = read_pose(POSES / "layouts" / "mediapipe.pose")
+    flat = to_sequence(recorded, skeleton)
+    np.testing.assert_allclose(rows["mediapipe"].data, flat.data, atol=1e-5)
+    right, left = (skeleton.joint_index("POSE_LANDMARKS", side + "_SHOULDER") for side in ("RIGHT", "LEFT"))
+    seen = (flat.confidence[:, right] > 0) & (flat.confidence[:, left] > 0)
+    width = np.linalg.norm(flat.data[seen, right] - flat.data[seen, left], axis=-1).mean()
+    assert width == pytest.approx(1.0, abs=0.01)
+
+
+def test_a_3d_corpus_keeps_its_depth_and_a_2d_one_has_none(tmp_path):
+    for layout, dims in (("mediapipe", 3), ("openpose", 2)):
+        items = [SourceItem(POSES / "layouts" / f"{layout}.pose", word, "text", "gsg", f"gsg:{word}")
+                 for word in ("a", "b")]
+        manifest = prepare(items, tmp_path / layout, source="index", fractions=(1, 0, 0), progress=False)
+        assert manifest["skeleton"]["dims"] == dims and manifest["dimensions"] == {
+            "skeleton": dims, "recordings": {str(dims): 2}, "mixed": False, "depth_dropped": 0}

@@ -12,7 +12,7 @@ FINGERSPELLING_LENGTH_RATIO = 4.0  # the shipped lexicon has two badly trimmed f
 
 def register(subparsers) -> None:
     parser = add_verb(subparsers, "prepare", "Read .pose recordings into Parquet shards + manifest.json.",
-                      "t2p prepare --source lexicon --index my_lexicon/index.csv --out data/mine\n"
+                      "t2p prepare --source lexicon --index my_lexicon/index.csv --out data/mine --fps 25\n"
                       "  t2p prepare --source ham2pose --index data.json --poses poses/ --mirror-list "
                       "pjm_left_videos.json --out data/ham2pose")
     parser.add_argument("--source", choices=["fingerspelling", "lexicon", "index", "ham2pose"], default="fingerspelling",
@@ -40,11 +40,14 @@ def register(subparsers) -> None:
     parser.add_argument("--max-length-ratio", type=float, metavar="R",
                         help="skip recordings more than R times as long as their language's median (badly trimmed "
                              f"files); default {FINGERSPELLING_LENGTH_RATIO:g} for --source fingerspelling, else off")
+    parser.add_argument("--fps", type=float, metavar="N",
+                        help="resample every recording to N frames per second (pose-format's interpolation); "
+                             "default the recordings' median rate. The model's lengths are in this rate")
     parser.set_defaults(handler=prepare_command)
 
 
 def prepare_command(args: argparse.Namespace) -> int:
-    from t2p import data
+    from t2p import data, sources
     try:
         fractions = tuple(float(part) for part in args.split.split(","))
     except ValueError:
@@ -53,13 +56,13 @@ def prepare_command(args: argparse.Namespace) -> int:
         raise CommandError("--poses and --mirror-list are for --source ham2pose")
     missing: list[str] = []
     if args.source == "fingerspelling":
-        items = data.fingerspelling_items(args.notation)
+        items = sources.fingerspelling_items(args.notation)
     elif args.index is None:
         raise CommandError(f"--source {args.source} needs --index PATH")
     elif args.source == "lexicon":
-        items = data.lexicon_items(args.index)
+        items = sources.lexicon_items(args.index)
     elif args.source == "index":
-        items = data.index_items(args.index)
+        items = sources.index_items(args.index)
     else:
         items, missing = _ham2pose(args)
     try:
@@ -68,14 +71,23 @@ def prepare_command(args: argparse.Namespace) -> int:
             ratio = FINGERSPELLING_LENGTH_RATIO
         if ratio is not None and ratio <= 1:
             raise CommandError(f"--max-length-ratio must be > 1, got {ratio:g}")
+        if args.fps is not None and not args.fps > 0:
+            raise CommandError(f"--fps must be > 0, got {args.fps:g}")
         manifest = data.prepare(items, args.out, source=args.source, skeleton=args.skeleton, fractions=fractions,
                                 seed=args.seed, skip_bad=args.skip_bad, shard_rows=args.shard_rows,
-                                max_length_ratio=ratio, split_by=args.split_by, missing=missing)
+                                max_length_ratio=ratio, split_by=args.split_by, missing=missing, fps=args.fps)
     except data.PreparationError as error:
         raise CommandError(str(error)) from None
     counts = manifest["counts"]
     print(f"prepared {sum(counts.values())} sequences into {args.out}: "
           + ", ".join(f"{split} {count}" for split, count in counts.items()))
+    rate, dims = manifest["frame_rate"], manifest["dimensions"]
+    print(f"{rate['fps']:g} fps ({rate['chosen']}; recorded at "
+          + ", ".join(f"{fps} fps: {count}" for fps, count in rate["recordings"].items())
+          + f"; {rate['resampled']} resampled), {dims['skeleton']}D skeleton")
+    if dims["mixed"]:
+        print(f"the recordings mix 2D and 3D ({', '.join(f'{d}D: {n}' for d, n in dims['recordings'].items())}): "
+              f"the skeleton is 2D and {dims['depth_dropped']} 3D recording(s) lost their depth")
     if args.split_by == "signer":
         print("signers per split: " + ", ".join(f"{split} {count}" for split, count in manifest["signers"].items()))
     if manifest["skipped"]:
