@@ -51,9 +51,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="data/fingerspelling")
     parser.add_argument("--steps", type=int, default=1500, help="optimiser steps")
-    parser.add_argument("--set", action="append", default=[], metavar="model.KEY=VALUE|train.KEY=VALUE")
+    parser.add_argument("--set", action="append", default=[], metavar="{model,train,schedule}.KEY=VALUE")
     args = parser.parse_args()
-    overrides = {"model": {}, "train": {}}
+    overrides = {"model": {}, "train": {}, "schedule": {}}
     for setting in args.set:
         key, value = setting.split("=", 1)
         where, key = key.split(".", 1)
@@ -61,7 +61,7 @@ def main() -> None:
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     manifest = load_manifest(args.data)
     config = model_config_from_manifest(manifest, known_texts=training_texts(args.data), **overrides["model"])
-    model = T2PModel(config, ScheduleConfig())
+    model = T2PModel(config, ScheduleConfig(**overrides["schedule"]))
     train_config = TrainConfig(**overrides["train"])
     vocabulary = Vocabulary(tuple(config.vocabulary))
     training = read_items(args.data, "train")

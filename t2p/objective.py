@@ -2,7 +2,7 @@
 
 Loss = confidence-masked reconstruction of x_0 from x_t + presence (which joints are there) +
 length (median and spread of the log-length) + smoothness (velocities match the reference) +
-first-pose correction. Every term is masked by confidence and padding. `TrainingObjective` makes
+first-pose correction + the handshape (fingers from their wrist, and their joint angles). Every term is masked by confidence and padding. `TrainingObjective` makes
 the losses a module's `forward`, which is what DistributedDataParallel wraps.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from t2p.data import LengthBatch, PoseBatch
+from t2p.handshape import Hand, hands_of
 from t2p.model import Known, T2PModel, TextEncoding, interpolate_known
 from t2p.schedule import RefinementSchedule
 
@@ -78,6 +79,9 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
     hand_shape = hand_shape_loss(predicted, clean, observed & ~given, observed,
                                  [(joints[0], joints[1:]) for joints in model.skeleton.hands().values()])
 
+    hand_angles = (hand_angle_loss(predicted, clean, observed & ~given, observed, hands_of(model.skeleton))
+                   if config.hand_angle_weight > 0 else predicted.new_zeros(()))
+
     seen = observed.float()  # motion into and out of a gap counts too
     velocity_weights = seen[:, 1:] * seen[:, :-1]
     velocity_error = ((((predicted[:, 1:] - predicted[:, :-1]) - (clean[:, 1:] - clean[:, :-1])) / scale) ** 2).sum(-1)
@@ -90,9 +94,11 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
 
     total = (config.reconstruction_weight * reconstruction + config.presence_weight * presence
              + config.length_weight * length + config.smoothness_weight * smoothness
-             + config.first_pose_weight * first_pose_loss + config.hand_weight * hand_shape)
+             + config.first_pose_weight * first_pose_loss + config.hand_weight * hand_shape
+             + config.hand_angle_weight * hand_angles)
     return {"loss": total, "reconstruction": reconstruction, "presence": presence, "length": length,
-            "smoothness": smoothness, "first_pose": first_pose_loss, "hand_shape": hand_shape}
+            "smoothness": smoothness, "first_pose": first_pose_loss, "hand_shape": hand_shape,
+            "hand_angles": hand_angles}
 
 
 def training_starts(model: T2PModel, batch: PoseBatch, config: TrainConfig,
@@ -143,6 +149,39 @@ def hand_shape_loss(predicted: torch.Tensor, clean: torch.Tensor, scored: torch.
     return total / count.clamp(min=1)
 
 
+def hand_angle_loss(predicted: torch.Tensor, clean: torch.Tensor, scored: torch.Tensor, observed: torch.Tensor,
+                    hands: Sequence[Hand]) -> torch.Tensor:
+    """Squared error of the fingers' joint angles (radians; the handshape metric's angles,
+    `t2p.handshape`), per frame where the reference's whole hand is observed. A position error of a
+    tenth of a hand at a fingertip is a few hundredths in `hand_shape_loss`, and 20-30 degrees of
+    bend on a finger bone: the angles are what make a B flat and an A closed."""
+    # predicted, clean: (batch, frames, joints, dims); scored, observed: (batch, frames, joints) bool
+    total = predicted.new_zeros(())
+    count = predicted.new_zeros(())
+    for hand in hands:
+        pairs = torch.tensor(hand.angles, device=predicted.device)  # (angles, 4)
+        joints = list(hand.joints)
+        seen = observed[:, :, joints].all(-1)                            # (batch, frames)
+        weights = (seen & scored[:, :, joints].any(-1)).float()
+        error = ((joint_angles(predicted, pairs) - joint_angles(clean, pairs)) ** 2).mean(-1)
+        total = total + (error * weights).sum()
+        count = count + weights.sum()
+    return total / count.clamp(min=1)
+
+
+def joint_angles(poses: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """The angle between bones a->b and c->d for every (a, b, c, d) of `pairs`, as
+    `t2p.handshape.hand_angles` computes it, differentiable (an epsilon far below a real bend keeps the gradient of
+    a zero-length cross product finite). (batch, frames, angles)"""
+    # poses: (batch, frames, joints, dims); pairs: (angles, 4)
+    first = poses[:, :, pairs[:, 1]] - poses[:, :, pairs[:, 0]]
+    second = poses[:, :, pairs[:, 3]] - poses[:, :, pairs[:, 2]]
+    dot = (first * second).sum(-1)
+    if poses.shape[-1] == 2:
+        cross = (first[..., 0] * second[..., 1] - first[..., 1] * second[..., 0]).abs()
+    else:
+        cross = (torch.linalg.cross(first, second, dim=-1) ** 2).sum(-1).add(1e-12).sqrt()
+    return torch.atan2(cross, dot)
 
 
 def known_values(lengths: torch.Tensor, observed: torch.Tensor, probability: float, hands: Sequence[list[int]],

@@ -49,6 +49,10 @@ class TrainConfig:
     # finger costs as much as a wrong wrist, where in body coordinates a finger is a tenth of
     # the spread all joints share (docs/quality.md, Round III)
     hand_weight: float = 1.0
+    # the fingers' joint angles (`objective.hand_angle_loss`), what the handshape metric compares:
+    # scored on positions alone, even 60 letters seen 320 times each kept one generic hand; 3
+    # made the hands closer still but pulled the arm's path 6-9% off (docs/quality.md, Round IV)
+    hand_angle_weight: float = 1.5
     first_pose_weight: float = 0.1
     # where the reconstruction is scored: "body" (every joint standardised in body coordinates, so
     # a hand's place weighs as much as its 21 joints, as DTW-MJE weighs it) or "refiner" (the

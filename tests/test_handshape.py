@@ -103,3 +103,29 @@ def test_an_untracked_hand_is_not_judged(lexicon):
         handshape_distance(sequence.data, sequence.data, hands, confidence), abs=1e-6)
     nothing = np.zeros_like(confidence)
     assert np.isnan(handshape_distance(sequence.data, sequence.data, hands, nothing))
+
+
+def test_the_training_angle_loss_measures_the_metrics_angles_and_ignores_a_turned_hand(lexicon):
+    import torch
+
+    from t2p.objective import hand_angle_loss, joint_angles
+
+    skeleton, recordings = lexicon
+    hands = hands_of(skeleton)
+    sequence = next(r[2] for r in recordings if (r[2].confidence[:, list(hands[1].joints)] > 0).all())
+    poses = torch.tensor(sequence.data, dtype=torch.float32).unsqueeze(0)  # (1, frames, joints, dims)
+    pairs = torch.tensor(hands[1].angles)
+    assert np.allclose(joint_angles(poses, pairs)[0].numpy(), hand_angles(sequence.data, hands[1]), atol=1e-3)
+
+    observed = torch.tensor(sequence.confidence > 0).unsqueeze(0)
+    turned = torch.tensor(1.3 * _rotated(sequence.data, list(hands[1].joints), 0.6), dtype=torch.float32).unsqueeze(0)
+    assert float(hand_angle_loss(turned, poses, observed, observed, hands[1:])) == pytest.approx(0, abs=1e-6)
+
+    # another letter's hand costs something, and its gradient is finite
+    other = next(r[2] for r in recordings if r[0] != recordings[0][0] and
+                 (r[2].confidence[:, list(hands[1].joints)] > 0).all())
+    frames = min(len(other.data), len(sequence.data))
+    wrong = torch.tensor(other.data[:frames], dtype=torch.float32, requires_grad=True)
+    loss = hand_angle_loss(wrong.unsqueeze(0), poses[:, :frames], observed[:, :frames], observed[:, :frames], hands[1:])
+    loss.backward()
+    assert float(loss) > 0.01 and torch.isfinite(wrong.grad).all()

@@ -28,6 +28,15 @@ def test_training_betas_cover_the_first_step_and_the_open_interval():
     assert (betas < 0.1).any()
 
 
+@pytest.mark.parametrize("share", [0.1, 0.5, 0.9])
+def test_the_configured_share_of_training_examples_starts_at_the_first_step(share):
+    schedule = RefinementSchedule(ScheduleConfig(first_step_share=share))
+    betas = schedule.sample_training_betas(8000, torch.Generator().manual_seed(0))
+    assert abs(float((betas == 1).float().mean()) - share) < 0.02
+    with pytest.raises(ValueError, match="first_step_share"):
+        ScheduleConfig(first_step_share=1.5)
+
+
 def test_step_counts_outside_the_range_are_rejected():
     with pytest.raises(ValueError, match="steps must be in 1..1000"):
         RefinementSchedule().betas(0)
