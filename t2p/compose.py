@@ -7,8 +7,9 @@
   same first pose); the frames between two signs are *inpainted* by the same model: a window of
   the first sign's last frames, empty frames, and the next sign's first frames, with the known
   frames given to the refiner and held fixed at every step, so the model draws the movement from
-  one to the next. The inpainted path is then re-timed (`pace_transition`) to the signs' own
-  speed: the joins move at 0.92x the signs' velocity, median (docs/quality.md, "Joins").
+  one to the next. The inpainted path is then re-timed (`pace_transition`) to the signs' own mean
+  speed. How its joins compare with the recordings' own motion and with spoken-to-signed's
+  concatenation of the same signs: `t2p.joins` (`t2p evaluate --task compose`).
 - `plan_signs`: which signs a gloss sequence becomes; a gloss neither the model nor a lexicon knows
   is fingerspelled, letter by letter, with spoken-to-signed's fingerspelling alphabet (or left to
   the model: `fallback="model"`); the spoken language is inferred where the signed language has
@@ -63,6 +64,12 @@ class Composition:
     @property
     def generated(self) -> Generated:
         return Generated(self.data, self.confidence)
+
+    @property
+    def joins(self) -> list[tuple[int, int]]:
+        """(last frame of a sign, first frame of the next) for every two signs in a row."""
+        signs = [segment for segment in self.segments if segment.kind == "sign"]
+        return [(before.end - 1, after.begin) for before, after in zip(signs[:-1], signs[1:])]
 
 
 def typical_velocity(signs: Sequence[Generated]) -> float:
@@ -167,19 +174,6 @@ def pace_transition(path: Generated, velocity: float, frames: int | None = None)
     data = np.where(both[..., None], between, path.data[nearer])
     confidence = path.confidence[nearer]
     return Generated(data.astype(np.float32), confidence.astype(np.float32))
-
-
-def join_velocity_ratios(composition: Composition) -> list[float]:
-    """Per join: the peak frame-to-frame velocity from the last frame of one sign to the first of the
-    next, over the mean within-sign velocity of the composition's signs."""
-    velocity = frame_motion(composition.data, composition.confidence, per_frame=True)
-    signs = [s for s in composition.segments if s.kind == "sign"]
-    within = np.concatenate([velocity[s.begin:s.end - 1] for s in signs if s.end - s.begin > 1] or [np.zeros(1)])
-    typical = max(float(within.mean()), 1e-6)
-    ratios = []
-    for before, after in zip(signs[:-1], signs[1:]):
-        ratios.append(float(velocity[before.end - 1:after.begin].max()) / typical)
-    return ratios
 
 
 # --- a sentence: the one entry point of the CLI and Serve ----------------------------------------
@@ -451,86 +445,3 @@ def _lexicon_words(lexicon: str, spoken_language: str, signed_language: str | No
     for index in (lookup.words_index, lookup.glosses_index):
         words |= set(index.get(spoken_language, {}).get(signed_language or "", {}))
     return words
-
-
-# --- evaluation -----------------------------------------------------------------------------------
-
-@dataclass
-class CompositionReport:
-    sentences: int
-    joins: dict  # method -> {"median": ..., "max": ..., "share_within_2x": ...} of join velocity ratios
-    segment_dtw_mje: dict  # "alone" / "composed" -> mean DTW-MJE of each sign against its reference
-
-    def to_markdown(self) -> str:
-        lines = ["| transition | median join ratio | largest | joins <= 2x the signs' velocity |", "|---|---|---|---|"]
-        for method, scores in self.joins.items():
-            lines.append(f"| {method} | {scores['median']:.2f} | {scores['max']:.2f} | {scores['share_within_2x']:.0%} |")
-        lines += ["", "| each sign against its reference | DTW-MJE |", "|---|---|"]
-        lines += [f"| {name} | {value:.4f} |" for name, value in self.segment_dtw_mje.items()]
-        return "\n".join(lines)
-
-    def write(self, out_dir: str | Path, split: str) -> str:
-        """composition.json and composition.md in `out_dir`; returns the markdown."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "composition.json").write_text(json.dumps(asdict(self), indent=1))
-        text = (f"# Composition: {self.sentences} sentences of three {split} signs\n\nPeak frame-to-frame "
-                "velocity at each join over the signs' mean velocity (the issue asks <= 2):\n\n" + self.to_markdown() + "\n")
-        (out / "composition.md").write_text(text)
-        return text
-
-
-def evaluate_composition(model: T2PModel, items: Sequence, signs_per_sentence: int = 3,
-                         steps: int | None = None) -> CompositionReport:
-    """Sentences of `signs_per_sentence` consecutive items of one language, signed by the first
-    item's signer. Per join: peak frame-to-frame velocity over the mean within-sign velocity, for the
-    generated transitions and for two transitions without a model (a straight cut, and a linear
-    blend of the same length). Per sign: DTW-MJE against its own recording, composed and alone."""
-    from tqdm import tqdm
-
-    from t2p.metrics import dtw_mje
-    by_language: dict = {}
-    for item in items:
-        by_language.setdefault(item.sign.language, []).append(item)
-    sentences = [group[begin:begin + signs_per_sentence] for group in by_language.values()
-                 for begin in range(0, len(group) - signs_per_sentence + 1, signs_per_sentence)]
-    ratios: dict[str, list[float]] = {"generated (inpainted)": [], "linear blend": [], "straight cut": []}
-    segment_errors: dict[str, list[float]] = {"alone": [], "composed": []}
-    for sentence in tqdm(sentences, desc="compose", unit="sentence", leave=False):
-        first_pose = sentence[0].sequence
-        composition = compose(model, [item.sign for item in sentence], first_pose, steps=steps)
-        alone = generate(model, [item.sign for item in sentence], [first_pose] * len(sentence), steps=steps)
-        ratios["generated (inpainted)"] += join_velocity_ratios(composition)
-        for method in ("linear blend", "straight cut"):
-            ratios[method] += join_velocity_ratios(_joined_without_model(composition, alone, method))
-        signs = [segment for segment in composition.segments if segment.kind == "sign"]
-        for item, segment, sign in zip(sentence, signs, alone):
-            reference = item.sequence
-            composed = slice(segment.begin, segment.end)
-            segment_errors["composed"].append(dtw_mje(composition.data[composed], reference.data, reference.confidence,
-                                                      predicted_confidence=composition.confidence[composed]))
-            segment_errors["alone"].append(dtw_mje(sign.data, reference.data, reference.confidence,
-                                                   predicted_confidence=sign.confidence))
-    joins = {method: {"median": float(np.median(values)), "max": float(np.max(values)),
-                      "share_within_2x": float(np.mean(np.asarray(values) <= 2.0)), "joins": len(values)}
-             for method, values in ratios.items() if values}
-    return CompositionReport(len(sentences), joins, {name: float(np.nanmean(values))
-                                                      for name, values in segment_errors.items()})
-
-
-def _joined_without_model(composition: Composition, alone: Sequence[Generated], method: str) -> Composition:
-    """The same signs joined by a straight cut, or by a linear blend as long as the generated transition."""
-    transitions = [segment for segment in composition.segments if segment.kind == "transition"]
-    pieces, segments, position = [], [], 0
-    for index, sign in enumerate(alone):
-        pieces.append((sign.data, sign.confidence))
-        segments.append(Segment(str(index), position, position + len(sign), "sign"))
-        position += len(sign)
-        if index < len(transitions) and method == "linear blend":
-            frames = transitions[index].end - transitions[index].begin
-            weights = np.linspace(0, 1, frames + 2)[1:-1].reshape(-1, 1, 1)
-            data = (1 - weights) * sign.data[-1] + weights * alone[index + 1].data[0]
-            confidence = np.repeat(np.minimum(sign.confidence[-1], alone[index + 1].confidence[0])[None], frames, 0)
-            pieces.append((data.astype(np.float32), confidence))
-            position += frames
-    return Composition(np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces]), segments)

@@ -460,3 +460,27 @@ def test_dtw_mje_puts_the_same_letter_closer_in_most_held_out_pairs_and_ndtw_mje
     at_its_speed = ndtw_mje(prediction.data, reference.data, joints, prediction.confidence, reference.confidence)
     at_half_speed = ndtw_mje(slow.data, reference.data, joints, slow.confidence, reference.confidence)
     assert at_half_speed > 1.5 * at_its_speed
+
+
+def test_speed_and_jerk_are_fluent_pose_synthesis_s_over_the_joints_seen_throughout():
+    from t2p.metrics import RecordedMotion, join_peaks, speed_and_jerk
+    # one joint moving 0.1 per frame along x, then stopping dead; a second joint that comes into view
+    x = np.concatenate([np.arange(6) * 0.1, np.full(4, 0.5)])
+    data = np.zeros((10, 2, 3), np.float32)
+    data[:, 0, 0] = x
+    data[:, 1, 0] = 5.0
+    confidence = np.ones((10, 2), np.float32)
+    confidence[:4, 1] = 0  # the second joint is seen from frame 4 on
+    speed, jerk = speed_and_jerk(data, confidence)
+    # speed: the mean step of the joints seen in both frames (the still second joint counts from step 4)
+    np.testing.assert_allclose(speed, [0.1, 0.1, 0.1, 0.1, 0.05, 0, 0, 0, 0], atol=1e-6)
+    # jerk over the joints seen in all four frames it spans: the stop is one (0.1 over frames 3..6, the
+    # first joint alone; 0.05 over frames 4..7, both), the arrival of a still joint is none
+    np.testing.assert_allclose(jerk, [0, 0, 0, 0.1, 0.05, 0, 0], atol=1e-6)
+    (peak,) = join_peaks(data, confidence, [(5, 6)], margin=2)  # frames 3..8
+    assert peak.frames == 6 and abs(peak.speed - 0.1) < 1e-6 and abs(peak.jerk - 0.1) < 1e-6
+    # ranked among the six-frame stretches of a recording that moves evenly, the stop is beyond all of them
+    even = np.zeros((20, 1, 3), np.float32)
+    even[:, 0, 0] = np.arange(20) * 0.1
+    motion = RecordedMotion.of([(even, np.ones((20, 1), np.float32))])
+    assert motion.rank(peak) == (0.0, 1.0) and not motion.within(peak)

@@ -30,8 +30,8 @@ def _register_evaluate(subparsers) -> None:
     parser.add_argument("--task", choices=["generate", "correct", "compose"], default="generate",
                         help="generate: from text against the baselines; correct: fill hidden frames and a hidden "
                              "hand of real recordings, against linear interpolation and nearest-frame copy; "
-                             "compose: sentences of three signs, the velocity at each join against a straight cut "
-                             "and a linear blend")
+                             "compose: sentences of three signs, the peak speed and jerk at each join against the "
+                             "recordings' own motion, spoken-to-signed's concatenation, a linear blend and a jump cut")
     parser.add_argument("--out", type=Path, required=True, help="report folder")
     parser.add_argument("--steps", type=_numbers(int), metavar="N[,N...]",
                         help="refinement steps; several (1,3,10,30) sweep them (default: the model's)")
@@ -124,7 +124,7 @@ def _evaluate_correction(args: argparse.Namespace) -> int:
 
 
 def _evaluate_composition(args: argparse.Namespace) -> int:
-    from t2p.compose import evaluate_composition
+    from t2p.joins import evaluate_composition
     from t2p.data import read_items
     from t2p.model import T2PModel
 

@@ -1,0 +1,197 @@
+"""How well composed signs are joined: `t2p evaluate --task compose`.
+
+At every join (the last frame of a sign to the first of the next) the peak speed and jerk
+(`metrics.join_peaks`, as fluent-pose-synthesis measures them) are compared with (a) the motion inside
+the recordings that were composed (`metrics.RecordedMotion`): a join should move no faster and no
+more abruptly than real signing does, and with (b) the same recordings joined by spoken-to-signed's
+smooth concatenation (`spoken_to_signed_concatenation`, its own `concatenate_poses`), by a linear
+blend, and by a jump cut (nothing between the signs), which a transition must beat.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from t2p.compose import Composition, Segment, compose
+from t2p.generation import Generated, generate
+from t2p.metrics import WITHIN_SHARE, RecordedMotion, dtw_mje, join_peaks
+from t2p.model import T2PModel
+from t2p.pose import PoseSequence, Skeleton, in_layout, read_pose, to_pose, to_sequence
+
+
+
+def jump_cut(signs: Sequence[Generated]) -> Composition:
+    """The signs one after the other with nothing between them: the join any transition must beat."""
+    segments, position = [], 0
+    for index, sign in enumerate(signs):
+        segments.append(Segment(str(index), position, position + len(sign), "sign"))
+        position += len(sign)
+    return Composition(np.concatenate([s.data for s in signs]), np.concatenate([s.confidence for s in signs]), segments)
+
+
+def spoken_to_signed_concatenation(signs: Sequence[PoseSequence], skeleton: Skeleton) -> Composition:
+    """spoken-to-signed's smooth concatenation of these signs, by its own `concatenate_poses`
+    (spoken_to_signed.gloss_to_pose.concatenate), with the signs as they are (no trimming, no speed
+    cap, no hiding of lowered hands): only the joining differs from `compose`'s. Each sign goes to
+    it as a pose in its recording's file layout (`sign.layout`). Where it joins two signs is where
+    its `find_best_connection_point` cut them, noted as it is called; the frames between are its
+    padding, interpolated and then low-pass filtered with everything else. Returned on `skeleton`,
+    shoulder-normalised."""
+    import contextlib
+    import io
+    from unittest import mock
+
+    from spoken_to_signed.gloss_to_pose import concatenate, smoothing
+
+    if len(signs) < 2 or any(sign.layout is None for sign in signs):
+        raise ValueError("spoken-to-signed concatenates two or more signs read from pose files (with a layout)")
+    poses = [in_layout(to_pose(sign.data, skeleton, sign.fps, sign.normalization, sign.confidence, sign.canvas),
+                       skeleton, sign.layout) for sign in signs]
+    cuts = []  # (frames of the sign before, its last frame kept + 1, first frame kept of the next)
+    find = smoothing.find_best_connection_point
+
+    def noted(before, after, *args, **kwargs):
+        end, begin = find(before, after, *args, **kwargs)
+        cuts.append((int(end), int(begin)))
+        return end, begin
+
+    with mock.patch.object(smoothing, "find_best_connection_point", noted), contextlib.redirect_stdout(io.StringIO()):
+        joined = concatenate.concatenate_poses(poses, trim=False, max_sign_seconds=None, hide_idle_hands=False)
+    sequence = to_sequence(joined, skeleton)
+    begins = [0] + [begin for _, begin in cuts]
+    ends = [end for end, _ in cuts] + [len(signs[-1].data)]
+    kept = [end - begin for begin, end in zip(begins, ends)]
+    padding, rest = divmod(sequence.num_frames - sum(kept), len(signs) - 1)
+    if rest or padding < 0:
+        raise RuntimeError(f"spoken-to-signed's {sequence.num_frames} frames are not the {kept} frames it kept "
+                           "with equal padding between: its concatenation changed")
+    segments, position = [], 0
+    for index, frames in enumerate(kept):
+        segments.append(Segment(str(index), position, position + frames, "sign"))
+        position += frames
+        if index < len(kept) - 1:
+            segments.append(Segment(f"{index}→{index + 1}", position, position + padding, "transition"))
+            position += padding
+    return Composition(sequence.data, sequence.confidence, segments)
+
+
+@dataclass
+class CompositionReport:
+    sentences: int
+    recorded: dict  # speed / jerk -> median, p95, max inside the composed signs' recordings (`RecordedMotion`)
+    joins: dict     # method -> peak speed and jerk at its joins (median, max) and the share within the recordings'
+    segment_dtw_mje: dict  # "alone" / "composed" -> mean DTW-MJE of each sign against its reference
+
+    def to_markdown(self) -> str:
+        lines = ["| joins | peak speed: median (largest) | its rank in the recordings | peak jerk: median (largest) | "
+                 "its rank | joins within the recordings' 95% |", "|---|---|---|---|---|---|"]
+        for method, scores in self.joins.items():
+            speed, jerk = scores["speed"], scores["jerk"]
+            lines.append(f"| {method} | {speed['median']:.3f} ({speed['max']:.3f}) | {speed['rank']:.2f} | "
+                         f"{jerk['median']:.3f} ({jerk['max']:.3f}) | {jerk['rank']:.2f} | "
+                         f"{scores['within_recorded']:.0%} of {scores['joins']} |")
+        speed, jerk = self.recorded["speed"], self.recorded["jerk"]
+        lines.append(f"| *inside the recordings, every frame: median / 95th percentile (largest)* | {speed['median']:.3f}"
+                     f" / {speed['p95']:.3f} ({speed['max']:.3f}) | | {jerk['median']:.3f} / {jerk['p95']:.3f} "
+                     f"({jerk['max']:.3f}) | | |")
+        lines += ["", "| each sign against its reference | DTW-MJE |", "|---|---|"]
+        lines += [f"| {name} | {value:.4f} |" for name, value in self.segment_dtw_mje.items()]
+        return "\n".join(lines)
+
+    def write(self, out_dir: str | Path, split: str) -> str:
+        """composition.json and composition.md in `out_dir`; returns the markdown."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "composition.json").write_text(json.dumps(asdict(self), indent=1))
+        text = (f"# Composition: {self.sentences} sentences of three {split} signs\n\nPeak speed (shoulder widths "
+                "per frame) and jerk (`metrics.speed_and_jerk`) from two frames before each join to two after, "
+                "ranked among every stretch as long inside the recordings composed (0.5: as typical real signing; "
+                "1.0: beyond anything recorded); a join is within the recordings' 95% when both ranks are:\n\n" + self.to_markdown() + "\n")
+        (out / "composition.md").write_text(text)
+        return text
+
+
+def join_scores(compositions: Sequence[Composition], recorded: RecordedMotion) -> dict:
+    """Peak speed and jerk at every join of `compositions` (`metrics.join_peaks`): median, largest,
+    the median rank among the recordings' stretches as long (`RecordedMotion.rank`), and the share
+    of joins within the recordings' 95% on both."""
+    peaks = [peak for c in compositions for peak in join_peaks(c.data, c.confidence, c.joins)]
+    if not peaks:
+        raise ValueError("no joins to score: compose two or more signs")
+    ranks = np.array([recorded.rank(peak) for peak in peaks])  # (joins, 2): speed, jerk
+    scores = {"joins": len(peaks), "within_recorded": float(np.mean(ranks.max(1) <= WITHIN_SHARE))}
+    for column, name in enumerate(("speed", "jerk")):
+        values = [getattr(peak, name) for peak in peaks]
+        scores[name] = {"median": float(np.nanmedian(values)), "max": float(np.nanmax(values)),
+                        "rank": float(np.median(ranks[:, column]))}
+    return scores
+
+
+def evaluate_composition(model: T2PModel, items: Sequence, signs_per_sentence: int = 3,
+                         steps: int | None = None) -> CompositionReport:
+    """Sentences of `signs_per_sentence` consecutive items of one language. Their recordings are
+    joined four ways: by `compose`'s generated transitions, by spoken-to-signed's smooth
+    concatenation (`spoken_to_signed_concatenation`), by a linear blend as long as `compose`'s
+    transition, and by a jump cut; and the generated signs (from the first recording's first frame)
+    by `compose`. Every join's peak speed and jerk is compared with the motion inside the
+    recordings. Per sign: DTW-MJE against its own recording, composed and alone."""
+    from tqdm import tqdm
+
+    by_language: dict = {}
+    for item in items:
+        by_language.setdefault(item.sign.language, []).append(item)
+    sentences = [group[begin:begin + signs_per_sentence] for group in by_language.values()
+                 for begin in range(0, len(group) - signs_per_sentence + 1, signs_per_sentence)]
+    joined: dict[str, list[Composition]] = {"t2p (generated transitions)": [], "t2p, generated signs": [],
+                                            "spoken-to-signed concatenation": [], "linear blend": [], "jump cut": []}
+    segment_errors: dict[str, list[float]] = {"alone": [], "composed": []}
+    recordings = []
+    for sentence in tqdm(sentences, desc="compose", unit="sentence", leave=False):
+        texts = [item.sign for item in sentence]
+        first_pose = sentence[0].sequence
+        recorded = [Generated(item.sequence.data, item.sequence.confidence) for item in sentence]
+        recordings += [(sign.data, sign.confidence) for sign in recorded]
+        between = compose(model, texts, first_pose, steps=steps, recorded=dict(enumerate(recorded)))
+        joined["t2p (generated transitions)"].append(between)
+        joined["linear blend"].append(_linear_blend(between, recorded))
+        joined["jump cut"].append(jump_cut(recorded))
+        laid_out = [replace(item.sequence, layout=to_sequence(read_pose(item.source_path), model.skeleton).layout)
+                    for item in sentence]
+        joined["spoken-to-signed concatenation"].append(spoken_to_signed_concatenation(laid_out, model.skeleton))
+        composition = compose(model, texts, first_pose, steps=steps)
+        joined["t2p, generated signs"].append(composition)
+        alone = generate(model, texts, [first_pose] * len(sentence), steps=steps)
+        signs = [segment for segment in composition.segments if segment.kind == "sign"]
+        for item, segment, sign in zip(sentence, signs, alone):
+            reference = item.sequence
+            composed = slice(segment.begin, segment.end)
+            segment_errors["composed"].append(dtw_mje(composition.data[composed], reference.data, reference.confidence,
+                                                      predicted_confidence=composition.confidence[composed]))
+            segment_errors["alone"].append(dtw_mje(sign.data, reference.data, reference.confidence,
+                                                   predicted_confidence=sign.confidence))
+    motion = RecordedMotion.of(recordings)
+    return CompositionReport(len(sentences), motion.summary() if recordings else {},
+                             {method: join_scores(c, motion) for method, c in joined.items() if c},
+                             {name: float(np.nanmean(values)) for name, values in segment_errors.items()})
+
+
+def _linear_blend(composition: Composition, signs: Sequence[Generated]) -> Composition:
+    """The same signs joined by a straight line as long as each of `composition`'s transitions."""
+    transitions = [segment for segment in composition.segments if segment.kind == "transition"]
+    pieces, segments, position = [], [], 0
+    for index, sign in enumerate(signs):
+        pieces.append((sign.data, sign.confidence))
+        segments.append(Segment(str(index), position, position + len(sign), "sign"))
+        position += len(sign)
+        if index < len(transitions):
+            frames = transitions[index].end - transitions[index].begin
+            weights = np.linspace(0, 1, frames + 2)[1:-1].reshape(-1, 1, 1)
+            data = (1 - weights) * sign.data[-1] + weights * signs[index + 1].data[0]
+            confidence = np.repeat(np.minimum(sign.confidence[-1], signs[index + 1].confidence[0])[None], frames, 0)
+            pieces.append((data.astype(np.float32), confidence))
+            position += frames
+    return Composition(np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces]), segments)
