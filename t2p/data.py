@@ -15,8 +15,8 @@ import torch
 
 from t2p.model import pad_tokens
 # preparation, also reachable from here as before it had a module of its own
-from t2p.preparation import (MANIFEST_FILE, SHARD_FORMAT_VERSION, SPLIT_BY, PreparationError, assign_splits,  # noqa: F401
-                             prepare, statistics)
+from t2p.preparation import (MANIFEST_FILE, SHARD_FORMAT_VERSION, SPLIT_BY,  # noqa: F401
+                             PreparationError, assign_splits, prepare, statistics)
 # the sources' loaders, also reachable from here as before they had a module of their own
 from t2p.sources import (SPLITS, SourceItem, fingerspelling_items, fingerspelling_lexicon_dir,  # noqa: F401
                          index_items, lexicon_items)

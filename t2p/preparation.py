@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -161,7 +161,7 @@ class _Kept:
     split: str
     fps: float
     dims: int
-    frames: int  # at the corpus's rate, once it is known
+    frames: int  # as recorded; at the corpus's rate once that is known
 
 
 def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, skeleton: str = "upper_body",
@@ -222,7 +222,7 @@ def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, sk
     # pass 1: every recording's frame rate, dimensionality and length (nothing kept but those)
     entries = [{"number": number, "item": _entry(item)} for number, item in enumerate(items)]
     chunks = [entries[begin:begin + SCAN_ITEMS] for begin in range(0, len(entries), SCAN_ITEMS)]
-    scanned = sorted((result for chunk in _on_ray(chunks, _scan, "scan", progress) for result in chunk),
+    scanned = sorted((result for chunk in _on_ray(chunks, _scan, progress) for result in chunk),
                      key=lambda result: result["number"])
     kept: list[_Kept] = []
     for result in scanned:
@@ -245,8 +245,7 @@ def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, sk
         except ValueError as error:
             failed(k.item, str(error))
             continue
-        k.frames = resampled_frames(k.frames, k.fps, target_fps)
-        candidates.append(k)
+        candidates.append(replace(k, frames=resampled_frames(k.frames, k.fps, target_fps)))
     if max_length_ratio is not None:
         candidates = _without_long_outliers(candidates, max_length_ratio, skipped)
     over_limit = [k for k in candidates if k.frames > max_frames]
@@ -265,8 +264,10 @@ def prepare(items: Sequence[SourceItem], out_dir: str | Path, *, source: str, sk
                        for k in rows[begin:begin + shard_rows]]}
              for split, rows in by_split.items() for begin in range(0, len(rows), shard_rows)]
 
-    # pass 2: one task per shard converts its recordings and writes it
-    summaries = list(_on_ray(specs, _write_shard, "convert", progress, out_dir=str(out_dir),
+    # pass 2: one task per shard converts its recordings and writes it. The shards of an earlier
+    # preparation here are overwritten as it goes, so its manifest goes first: never one that lists them
+    (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
+    summaries = list(_on_ray(specs, _write_shard, progress, out_dir=str(out_dir),
                              skeleton=chosen_skeleton.to_dict(), fps=target_fps))
     failures = sorted((failure for summary in summaries for failure in summary["failures"]),
                       key=lambda failure: failure["number"])
@@ -335,7 +336,7 @@ def _without_long_outliers(candidates: list[_Kept], ratio: float, skipped: list[
     return [k for k in candidates if k.number not in too_long]
 
 
-def _on_ray(tasks: list, work, name: str, progress: bool, **kwargs):
+def _on_ray(tasks: list, work, progress: bool, **kwargs):
     """`work(task, **kwargs)` for every task, one Ray Data task each, in parallel; yields the results
     in the tasks' order. Tasks and results travel as JSON text: metadata only, never poses."""
     import ray
