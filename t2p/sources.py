@@ -53,7 +53,9 @@ def fingerspelling_items(notation: str = "text") -> list[SourceItem]:
         text = letter
         if notation == "signwriting":
             try:
-                text = spell(letter, language)
+                # a fixed seed: without one `spell` draws one of a letter's variants at random, and
+                # two preparations of the same lexicon gave different texts
+                text = spell(letter, language, seed=0)
             except Exception:  # the package raises for languages it has no alphabet for
                 text = None
             if not text:

@@ -76,6 +76,8 @@ def test_signwriting_notation_keeps_letters_the_signwriting_package_can_spell(tm
     assert {"ase", "gsg", "sgg"} <= {item.language for item in items}
     for item in items[:50]:
         assert tokenize_ok(item)
+    # the same texts every time: `spell` picks among a letter's variants at random unless seeded
+    assert [item.text for item in fingerspelling_items("signwriting")] == [item.text for item in items]
 
 
 def tokenize_ok(item):
