@@ -43,6 +43,9 @@ class ModelConfig:
     max_text_tokens: int = 128
     fps: float = 25.0
     default_notation: str = "text"
+    # the notations of the texts trained on: a text in another one meets embeddings never trained
+    # and is refused (`check_notation`). Empty: not recorded (model folders from before), none refused.
+    notations: list[str] = field(default_factory=list)
     # normaliser statistics over the training data, per joint and dim (flattened joints*dims)
     pose_mean: list[float] | None = None
     pose_std: list[float] | None = None
@@ -68,6 +71,9 @@ class ModelConfig:
             raise ValueError("dropout must be in [0, 1)")
         if self.max_frames < 1 or self.max_text_tokens < 2:
             raise ValueError("max_frames must be >= 1 and max_text_tokens >= 2")
+        if self.notations and self.default_notation not in self.notations:
+            raise ValueError(f"default_notation {self.default_notation!r} is not among the notations trained on "
+                             f"({', '.join(self.notations)})")
         size = self.num_joints * self.dims
         for name in ("pose_mean", "pose_std", "neutral_pose"):
             value = getattr(self, name)
@@ -85,6 +91,12 @@ class ModelConfig:
     @property
     def dims(self) -> int:
         return int(self.skeleton["dims"])
+
+    def check_notation(self, notation: str) -> None:
+        """Raise ValueError for a text in a notation this model was not trained on."""
+        if self.notations and notation not in self.notations:
+            raise ValueError(f"this model was trained on {' and '.join(self.notations)} only; it does not take "
+                             f"{notation} (its symbols were never trained)")
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
@@ -345,6 +357,8 @@ class T2PModel(nn.Module):
         return self.text_encoder(tokens, mask)
 
     def encode_signs(self, signs: Sequence[SignText], device: torch.device | str | None = None) -> TextEncoding:
+        for sign in signs:
+            self.config.check_notation(sign.notation)
         tokens, mask = pad_tokens([self.vocabulary.encode(sign) for sign in signs])
         device = device or self.pose_mean.device
         return self.encode_text(tokens.to(device), mask.to(device))

@@ -365,6 +365,14 @@ def with_dims(pose: Pose, dims: int) -> Pose:
                                         confidence=pose.body.confidence))
 
 
+def resampled_frames(frames: int, recorded_fps: float, fps: float) -> int:
+    """How many frames `resample` gives a sequence of `frames` recorded at `recorded_fps`, known
+    without reading it (preparation decides what to keep before it converts anything)."""
+    if math.isclose(recorded_fps, fps, rel_tol=1e-6) or frames == 1:
+        return frames
+    return round(frames * fps / recorded_fps)  # pose-format's NumPyPoseBody.interpolate
+
+
 def resample(sequence: PoseSequence, fps: float) -> PoseSequence:
     """`sequence` at `fps` frames per second over the same duration, by pose-format's own
     interpolation (`NumPyPoseBody.interpolate`, cubic: round(frames * fps / sequence.fps) frames,

@@ -26,6 +26,7 @@ import ray.train.torch
 import torch
 from ray.train.torch import TorchTrainer
 
+from t2p.cluster import ensure_ray
 from t2p.config import from_dict, typed_fields
 from t2p.data import (LengthBatch, PoseBatch, ShardExamples, collate, load_manifest, model_config_from_manifest,
                       read_items, shard_paths, training_texts)
@@ -412,22 +413,6 @@ def wandb_run(out: str | Path, config: dict):
 
 
 # --- the driver -------------------------------------------------------------------------------
-
-def ensure_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
-    """Connect to the cluster in RAY_ADDRESS, or start local single-node Ray (saying so once)."""
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-        return
-    if not quiet:
-        print("t2p: no Ray cluster given (RAY_ADDRESS unset): starting a local Ray instance on this machine",
-              flush=True)
-    # address="local": a new instance of this process's own, never one that another program started
-    # on this machine (which the run would share, and whose leftovers it would wait behind)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_TRAIN_V2_ENABLED": "1"}})
-
 
 DATA_CPUS = 0.25  # what the shard reads need beside the workers
 

@@ -191,7 +191,7 @@ class T2PServer:
             lexicon = {"spoken_languages": {language: sorted(lexicon_spoken_languages(self.lexicon, language))
                                             for language in self.model.vocabulary.languages}}
         return {"skeleton": self.model.skeleton.to_dict(), "fps": self.model.config.fps,
-                "notations": list(NOTATIONS), "default_notation": self.model.config.default_notation,
+                "notations": self.model.config.notations or list(NOTATIONS), "default_notation": self.model.config.default_notation,
                 "languages": self.model.vocabulary.languages, "lexicon": lexicon,
                 "auth": self.token is not None, "limits": limits}
 

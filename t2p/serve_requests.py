@@ -121,6 +121,7 @@ def _checked_sign(text: str, notation: str | None, language: str | None, model: 
     if len(text) > limits.max_text_length:
         raise ValueError(f"text has {len(text)} characters; the limit is {limits.max_text_length}")
     sign = SignText(text, notation or model.config.default_notation, language)
+    model.config.check_notation(sign.notation)
     tokens = model.vocabulary.encode(sign)  # the notation's own error names symbol and position
     if len(tokens) > model.config.max_text_tokens:
         raise ValueError(f"text has {len(tokens)} tokens; this model takes at most {model.config.max_text_tokens}")

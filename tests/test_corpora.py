@@ -235,7 +235,7 @@ def test_generation_writes_the_models_rate_whatever_the_first_poses(tmp_path):
     index = _one_recording_at(tmp_path)
     prepare(index_items(index), tmp_path / "out", source="index", fps=25, fractions=(1, 0, 0), progress=False)
     model = T2PModel(model_config_from_manifest(load_manifest(tmp_path / "out"), d_model=32, heads=2, text_layers=1,
-                                                refiner_layers=1, max_frames=64))
+                                                refiner_layers=1, max_frames=128))
     durations = []
     for item in index_items(index):
         first = load_sequence(item.path, model.skeleton)

@@ -7,12 +7,12 @@ import pytest
 
 from conftest import POSES
 from t2p.data import (PreparationError, ShardExamples, collate, fingerspelling_items, index_items, lexicon_items, load_manifest,
-                      prepare, read_items, shard_paths)
+                      model_config_from_manifest, prepare, read_items, shard_paths)
 from t2p.notation import tokenize
 
 
 @pytest.fixture(scope="module")
-def fingerspelling(tmp_path_factory):
+def fingerspelling(ray_session, tmp_path_factory):
     out = tmp_path_factory.mktemp("fingerspelling")
     return out, prepare(fingerspelling_items(), out, source="fingerspelling", progress=False)
 
@@ -27,12 +27,26 @@ def test_fingerspelling_source_is_the_600_real_letters_without_the_fsl_duplicate
 
 def test_prepare_writes_every_row_into_disjoint_splits(fingerspelling):
     out, manifest = fingerspelling
-    assert manifest["counts"] == {"train": 480, "validation": 60, "test": 60}
-    assert sum(shard["rows"] for shard in manifest["shards"]) == 600
+    # every letter but the one recording longer than a model's frames (the next test)
+    assert manifest["counts"] == {"train": 479, "validation": 60, "test": 60}
+    assert sum(shard["rows"] for shard in manifest["shards"]) == 599
     keys = {split: {item.key for item in read_items(out, split)} for split in ("train", "validation", "test")}
-    assert sum(len(k) for k in keys.values()) == 600
+    assert sum(len(k) for k in keys.values()) == 599
     assert not (keys["train"] & keys["validation"]) and not (keys["train"] & keys["test"])
     assert not (keys["validation"] & keys["test"])
+
+
+def test_a_sequence_over_max_frames_is_skipped_named_and_counted_and_no_model_cuts_the_rest(fingerspelling):
+    _, manifest = fingerspelling
+    # a badly trimmed Greek letter: 269 frames at 25 fps, where a model holds 256 by default
+    [skip] = manifest["skipped"]
+    assert skip["path"].endswith("gss/fs-stsac418fb13dce8b253c46824b350b6927.pose")
+    assert skip["reason"].startswith("269 frames at 25 fps, more than max_frames 256")
+    assert manifest["max_frames"] == {"limit": 256, "longest": 105, "skipped": 1}
+    assert model_config_from_manifest(manifest).max_frames == 256  # the limit the data was prepared for
+    assert model_config_from_manifest(manifest, max_frames=105).max_frames == 105
+    with pytest.raises(ValueError, match=r"max_frames 104 is below the data's longest sequence \(105 frames\)"):
+        model_config_from_manifest(manifest, max_frames=104)
 
 
 def test_manifest_describes_skeleton_statistics_and_vocabulary(fingerspelling):
@@ -106,6 +120,45 @@ def test_skip_bad_counts_what_it_skipped(tmp_path):
     assert len(manifest["skipped"]) == 2
     assert {"broken.pose", "missing.pose"} == {entry["path"].split("/")[-1] for entry in manifest["skipped"]}
     assert manifest["counts"] == {"train": 1, "validation": 1, "test": 0}  # the index's own splits are kept
+
+
+def _index_with_a_file_of_another_layout(tmp_path):
+    """Four real recordings and one readable .pose of a layout no skeleton maps (one 'BODY' point):
+    the scan reads it, only the conversion onto the skeleton fails."""
+    from t2p.pose import Skeleton, SkeletonComponent, to_pose, write_pose
+    toy = Skeleton("toy", (SkeletonComponent("BODY", ("P",), (), ((255, 0, 0),), "XYC"),), 2)
+    write_pose(to_pose(np.zeros((3, 1, 2), np.float32), toy, fps=25), tmp_path / "toy.pose")
+    rows = [{"path": str(POSES / "lexicon_sgg" / f"{word}.pose"), "text": word, "notation": "text", "language": "sgg"}
+            for word in ("essen", "kinder", "kleine", "pizza")]
+    rows.insert(2, {"path": str(tmp_path / "toy.pose"), "text": "toy", "notation": "text", "language": "sgg"})
+    index = tmp_path / "index.jsonl"
+    index.write_text("\n".join(json.dumps(row) for row in rows))
+    return index
+
+
+def test_a_file_that_fails_conversion_is_named_and_counted_or_fails_the_run_leaving_no_shards(tmp_path):
+    index = _index_with_a_file_of_another_layout(tmp_path)
+    with pytest.raises(PreparationError, match=r"toy\.pose: .*unsupported pose layout.*--skip-bad"):
+        prepare(index_items(index), tmp_path / "failed", source="index", fractions=(1, 0, 0), progress=False)
+    assert not list((tmp_path / "failed").iterdir())
+    manifest = prepare(index_items(index), tmp_path / "out", source="index", fractions=(1, 0, 0), skip_bad=True,
+                       progress=False)
+    [skip] = manifest["skipped"]
+    assert skip["path"] == str(tmp_path / "toy.pose") and "unsupported pose layout" in skip["reason"]
+    assert manifest["counts"]["train"] == 4 == sum(shard["rows"] for shard in manifest["shards"])
+
+
+def test_rows_do_not_depend_on_how_many_go_into_one_shard_task(tmp_path):
+    # one Ray task per shard: four tasks of one row each write what one task of four writes
+    items = lexicon_items(POSES / "lexicon_sgg" / "index.csv")
+    whole = prepare(items, tmp_path / "whole", source="lexicon", fractions=(1, 0, 0), progress=False)
+    apart = prepare(items, tmp_path / "apart", source="lexicon", fractions=(1, 0, 0), shard_rows=1, progress=False)
+    assert [shard["rows"] for shard in whole["shards"]] == [4] and [s["rows"] for s in apart["shards"]] == [1] * 4
+    rows = lambda folder, manifest: [row for shard in manifest["shards"]  # noqa: E731
+                                     for row in pq.read_table(folder / shard["path"]).to_pylist()]
+    assert rows(tmp_path / "whole", whole) == rows(tmp_path / "apart", apart)  # the same rows in the same order
+    same = ("statistics", "vocabulary", "output_normalization", "output_canvas", "frame_rate", "max_frames")
+    assert {key: whole[key] for key in same} == {key: apart[key] for key in same}
 
 
 def test_index_rejects_unknown_splits_and_missing_columns(tmp_path):

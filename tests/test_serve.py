@@ -380,6 +380,29 @@ def in_process(model_dir, lexicon=None, http_host="127.0.0.1", server_out: list 
     return TestClient(create_api(limits, lambda: server))
 
 
+def test_a_text_in_a_notation_the_model_was_not_trained_on_is_a_422_and_one_cli_line(model, tmp_path, capsys):
+    from t2p.cli import main
+    text_only = T2PModel(replace(model.config, notations=["text"]), model.schedule_config)
+    text_only.load_state_dict(model.state_dict())
+    folder = text_only.save(tmp_path / "text-only")
+    refused = "this model was trained on text only; it does not take hamnosys"
+    with in_process(folder) as client:
+        response = client.post("/v1/generate", json={"text": "hamflathand,hamextfingeru", "notation": "hamnosys"})
+        assert response.status_code == 422 and response.json()["detail"].startswith(refused)
+        assert client.get("/v1/model").json()["notations"] == ["text"]
+    assert main(["generate", "--model", str(folder), "--text", "hamflathand", "--notation", "hamnosys",
+                 "-o", str(tmp_path / "out.pose")]) == 2
+    assert capsys.readouterr().err.strip().endswith(refused + " (its symbols were never trained)")
+    # a model folder from before notations were recorded loads, and takes every notation as it did
+    config = json.loads((folder / "config.json").read_text())
+    del config["model"]["notations"]
+    (folder / "config.json").write_text(json.dumps(config))
+    assert T2PModel.load(folder).config.notations == []
+    with in_process(folder) as client:
+        assert client.post("/v1/generate", json={"texts": ["hamflathand"], "notation": "hamnosys", "steps": 1,
+                                                  "format": "json"}).status_code == 200
+
+
 SENTENCE = {"texts": ["essen"], "language": "sgg", "steps": 1, "format": "json"}  # no batch: the in-process server's sign of health
 
 

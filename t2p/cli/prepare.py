@@ -1,13 +1,15 @@
 """`t2p prepare`: .pose recordings (the shipped fingerspelling lexicon, a lexicon folder, an index,
-Ham2Pose's layout) into Parquet shards + manifest.json (`t2p.data.prepare`)."""
+Ham2Pose's layout) into Parquet shards + manifest.json, on Ray Data (`t2p.preparation.prepare`)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from t2p.cli import DEFAULT_DATA, CommandError, add_verb
+from t2p.preparation import DEFAULT_MAX_FRAMES
 
-FINGERSPELLING_LENGTH_RATIO = 4.0  # the shipped lexicon has two badly trimmed files (t2p.data.prepare)
+FINGERSPELLING_LENGTH_RATIO = 4.0  # the shipped lexicon has two badly trimmed files (t2p.preparation.prepare)
+SKIPS_SHOWN = 20  # skipped files named on the terminal; the manifest lists them all
 
 
 def register(subparsers) -> None:
@@ -35,8 +37,14 @@ def register(subparsers) -> None:
                         help="key: hold out whole signs (same text and language); signer: hold out whole signers "
                              "(fractions of signers; every item needs a signer)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split assignment")
-    parser.add_argument("--skip-bad", action="store_true", help="skip missing/corrupt files instead of failing")
-    parser.add_argument("--shard-rows", type=int, default=256, help="rows per Parquet shard")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip missing/corrupt files instead of failing (each is named in the manifest)")
+    parser.add_argument("--shard-rows", type=int, default=256,
+                        help="rows per Parquet shard; one Ray task converts and writes one shard, so this bounds "
+                             "each task's memory")
+    parser.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES, metavar="N",
+                        help="skip (and list in the manifest) sequences longer than N frames at the corpus's rate; "
+                             "a model trained on the data holds N frames (ModelConfig.max_frames)")
     parser.add_argument("--max-length-ratio", type=float, metavar="R",
                         help="skip recordings more than R times as long as their language's median (badly trimmed "
                              f"files); default {FINGERSPELLING_LENGTH_RATIO:g} for --source fingerspelling, else off")
@@ -47,7 +55,7 @@ def register(subparsers) -> None:
 
 
 def prepare_command(args: argparse.Namespace) -> int:
-    from t2p import data, sources
+    from t2p import preparation, sources
     try:
         fractions = tuple(float(part) for part in args.split.split(","))
     except ValueError:
@@ -73,10 +81,14 @@ def prepare_command(args: argparse.Namespace) -> int:
             raise CommandError(f"--max-length-ratio must be > 1, got {ratio:g}")
         if args.fps is not None and not args.fps > 0:
             raise CommandError(f"--fps must be > 0, got {args.fps:g}")
-        manifest = data.prepare(items, args.out, source=args.source, skeleton=args.skeleton, fractions=fractions,
-                                seed=args.seed, skip_bad=args.skip_bad, shard_rows=args.shard_rows,
-                                max_length_ratio=ratio, split_by=args.split_by, missing=missing, fps=args.fps)
-    except data.PreparationError as error:
+        if args.max_frames < 1 or args.shard_rows < 1:
+            raise CommandError(f"--max-frames and --shard-rows must be >= 1, got {args.max_frames} and "
+                               f"{args.shard_rows}")
+        manifest = preparation.prepare(items, args.out, source=args.source, skeleton=args.skeleton,
+                                       fractions=fractions, seed=args.seed, skip_bad=args.skip_bad,
+                                       shard_rows=args.shard_rows, max_length_ratio=ratio, split_by=args.split_by,
+                                       missing=missing, fps=args.fps, max_frames=args.max_frames)
+    except preparation.PreparationError as error:
         raise CommandError(str(error)) from None
     counts = manifest["counts"]
     print(f"prepared {sum(counts.values())} sequences into {args.out}: "
@@ -90,8 +102,14 @@ def prepare_command(args: argparse.Namespace) -> int:
               f"the skeleton is 2D and {dims['depth_dropped']} 3D recording(s) lost their depth")
     if args.split_by == "signer":
         print("signers per split: " + ", ".join(f"{split} {count}" for split, count in manifest["signers"].items()))
-    if manifest["skipped"]:
-        print(f"skipped {len(manifest['skipped'])} item(s) (unreadable or too long); listed in {args.out}/manifest.json")
+    skipped = manifest["skipped"]
+    if skipped:
+        print(f"skipped {len(skipped)} item(s) (unreadable or too long; {manifest['max_frames']['skipped']} over "
+              f"--max-frames {manifest['max_frames']['limit']}), all listed in {args.out}/manifest.json:")
+        for entry in skipped[:SKIPS_SHOWN]:
+            print(f"  {entry['path']}: {entry['reason']}")
+        if len(skipped) > SKIPS_SHOWN:
+            print(f"  ... and {len(skipped) - SKIPS_SHOWN} more")
     return 0
 
 
