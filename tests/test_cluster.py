@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -90,14 +91,18 @@ def test_jobs_submitted_to_a_cluster_prepare_train_and_serve(local_cluster, tmp_
                                            "language": item.language}) for item in items))
     data, run = tmp_path / "data", tmp_path / "run"
     env, jobs = local_cluster["env"], local_cluster["jobs"]
-    submit = [str(BIN / "ray"), "job", "submit", "--address", jobs, "--working-dir", ".", "--"]
-    _run(submit + ["python", "jobs/prepare.py", "--source", "index", "--index", str(index), "--out", str(data),
-                   "--split", "0.75,0.25,0"], env)
-    assert json.loads((data / "manifest.json").read_text())["counts"]["train"] == 12
-    output = _run(submit + ["python", "jobs/train.py", "--data", str(data), "--out", str(run), "--epochs", "1",
-                            "--batch-size", "4", "--set", "d_model=32", "--set", "heads=2", "--set", "text_layers=1",
-                            "--set", "refiner_layers=1", "--set", "steps=2"], env)
+    prepare = ["python", "jobs/prepare.py", "--source", "index", "--index", str(index), "--out", str(data),
+               "--split", "0.75,0.25,0"]
+    train = ["python", "jobs/train.py", "--data", str(data), "--out", str(run), "--epochs", "1", "--batch-size", "4",
+             "--set", "d_model=32", "--set", "heads=2", "--set", "text_layers=1", "--set", "refiner_layers=1",
+             "--set", "steps=2"]
+    # both entrypoints in one job, one after the other, as a pipeline is submitted (each submission
+    # costs a CLI, an upload of the working dir and a job supervisor: 8 s here)
+    output = _run([str(BIN / "ray"), "job", "submit", "--address", jobs, "--working-dir", ".", "--",
+                   "bash", "-c", f"{shlex.join(prepare)} && {shlex.join(train)}"], env)
     assert "succeeded" in output.lower()
+    assert "prepared 16 sequences" in output  # the job's output, both commands' ...
+    assert json.loads((data / "manifest.json").read_text())["counts"]["train"] == 12  # ... and what they wrote
     assert (run / "best" / "model.safetensors").is_file()
 
     # serve run with the repository's own config, pointed at this model and a free port
