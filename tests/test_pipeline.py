@@ -97,9 +97,11 @@ def interrupted_run(ray_session, real_corpus, tmp_path_factory) -> CommandRun:
     run = folder / "run"
     command = ["train", "--data", str(real_corpus.folder), "--out", str(run), "--epochs", str(INTERRUPTED_EPOCHS),
                "--batch-size", "4", "--validate-every", "1", *TINY]
-    # Ray Train's default poll (conftest shortens it), as a user's `t2p train` runs: an epoch takes at
-    # least its 2 s, so Ctrl-C after the first still finds three to go
-    env = {**{key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"},
+    # on the session's Ray, as `t2p train` runs on a cluster given by RAY_ADDRESS (a Ray of its own
+    # took 10 s to start and stop), with Ray Train's default poll (conftest shortens it; the driver's
+    # setting reaches the run's controller): an epoch takes at least its 2 s, so Ctrl-C after the
+    # first still finds three to go
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,
            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"}
     log = folder / "train.log"
     with open(log, "w") as output:
