@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import httpx
@@ -90,14 +92,18 @@ def test_jobs_submitted_to_a_cluster_prepare_train_and_serve(local_cluster, tmp_
                                            "language": item.language}) for item in items))
     data, run = tmp_path / "data", tmp_path / "run"
     env, jobs = local_cluster["env"], local_cluster["jobs"]
-    submit = [str(BIN / "ray"), "job", "submit", "--address", jobs, "--working-dir", ".", "--"]
-    _run(submit + ["python", "jobs/prepare.py", "--source", "index", "--index", str(index), "--out", str(data),
-                   "--split", "0.75,0.25,0"], env)
-    assert json.loads((data / "manifest.json").read_text())["counts"]["train"] == 12
-    output = _run(submit + ["python", "jobs/train.py", "--data", str(data), "--out", str(run), "--epochs", "1",
-                            "--batch-size", "4", "--set", "d_model=32", "--set", "heads=2", "--set", "text_layers=1",
-                            "--set", "refiner_layers=1", "--set", "steps=2"], env)
+    prepare = ["python", "jobs/prepare.py", "--source", "index", "--index", str(index), "--out", str(data),
+               "--split", "0.75,0.25,0"]
+    train = ["python", "jobs/train.py", "--data", str(data), "--out", str(run), "--epochs", "1", "--batch-size", "4",
+             "--set", "d_model=32", "--set", "heads=2", "--set", "text_layers=1", "--set", "refiner_layers=1",
+             "--set", "steps=2"]
+    # both entrypoints in one job, one after the other, as a pipeline is submitted (each submission
+    # costs a CLI, an upload of the working dir and a job supervisor: 8 s here)
+    output = _run([str(BIN / "ray"), "job", "submit", "--address", jobs, "--working-dir", ".", "--",
+                   "bash", "-c", f"{shlex.join(prepare)} && {shlex.join(train)}"], env)
     assert "succeeded" in output.lower()
+    assert "prepared 16 sequences" in output  # the job's output, both commands' ...
+    assert json.loads((data / "manifest.json").read_text())["counts"]["train"] == 12  # ... and what they wrote
     assert (run / "best" / "model.safetensors").is_file()
 
     # serve run with the repository's own config, pointed at this model and a free port
@@ -107,9 +113,13 @@ def test_jobs_submitted_to_a_cluster_prepare_train_and_serve(local_cluster, tmp_
     config["applications"][0]["args"]["model"] = str(run / "best")
     serve_config = tmp_path / "serve.yaml"
     serve_config.write_text(yaml.safe_dump(config))
-    server = subprocess.Popen([str(BIN / "serve"), "run", "--address", local_cluster["gcs"], str(serve_config)],
-                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    # its output in a log, and its threads' stacks dumped there on SIGABRT (PYTHONFAULTHANDLER), for
+    # when it does not exit on Ctrl-C (below)
+    log = tmp_path / "serve.log"
+    with open(log, "w") as output:
+        server = subprocess.Popen([str(BIN / "serve"), "run", "--address", local_cluster["gcs"], str(serve_config)],
+                                  cwd=REPO, env={**env, "PYTHONFAULTHANDLER": "1"}, stdout=output,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -118,7 +128,7 @@ def test_jobs_submitted_to_a_cluster_prepare_train_and_serve(local_cluster, tmp_
                     break
             except httpx.HTTPError:
                 pass
-            time.sleep(1)
+            time.sleep(0.25)
         response = httpx.post(f"http://127.0.0.1:{port}/v1/generate", json={"text": "A", "language": "ase",
                                                                              "format": "json"},
                               trust_env=False, timeout=60)
@@ -129,7 +139,14 @@ def test_jobs_submitted_to_a_cluster_prepare_train_and_serve(local_cluster, tmp_
         try:
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            # in the full suite (never alone) `serve run` has not exited on Ctrl-C within minutes since
-            # stop 17; an open issue, noted there. Stopped here so no later test shares the cores with it
-            os.killpg(server.pid, signal.SIGKILL)
+            # in the full suite (never alone) `serve run` has sometimes not exited on Ctrl-C within
+            # minutes since stop 17; an open issue, noted there. Its stacks are dumped into its log
+            # and shown as a warning, then it is stopped so no later test shares the cores with it
+            os.kill(server.pid, signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(timeout=10)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
+            warnings.warn(f"serve run did not exit within 60 s of Ctrl-C; the end of its log ({log}):\n"
+                          + log.read_text()[-6000:])

@@ -4,14 +4,16 @@ The tests that only need *a* trained run share `trained_run` (conftest.py); each
 a worker failure, an interrupted and resumed run, a Tune sweep) runs once, and the sweep's first
 trial, which trains what `trained_run` trained, is also the check that the same seed trains the
 same model. Each test stays well inside pytest's 300 s timeout on 2 busy cores: the interrupted run
-is a module fixture, checked by one test and extended with --resume by the next."""
+is a module fixture, a copy of `trained_run` that its own command extends until Ctrl-C stops it,
+checked by one test and continued with --resume by the next (each Ray Train run costs 20 s here
+whatever it trains)."""
 import csv
 import json
 
 import pytest
 import torch
 
-from conftest import TINY, CommandRun, run_command
+from conftest import TINY, CommandRun
 from t2p.cli import main
 from t2p.model import T2PModel
 from t2p.pose import read_pose
@@ -80,14 +82,17 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
 
 
 
-INTERRUPTED_EPOCHS = 4  # Ctrl-C comes after the first epoch, with three (6 s or more) still to run
+EXTENDED_EPOCHS = 7  # trained_run's 3 and four more: Ctrl-C comes after the first, with three (6 s or more) to go
 
 
 @pytest.fixture(scope="module")
-def interrupted_run(ray_session, real_corpus, tmp_path_factory) -> CommandRun:
-    """`t2p train` stopped by Ctrl-C (SIGINT) after its first epoch, then the same command again, which
-    continues the run (its output is `output`). The resume test below extends this run further."""
+def interrupted_run(ray_session, trained_run, tmp_path_factory) -> CommandRun:
+    """A copy of `trained_run`, extended to EXTENDED_EPOCHS by its own command given more epochs
+    (the same command again continues the run in its folder), in a `t2p train` process stopped by
+    Ctrl-C (SIGINT) after its first new epoch; `output` is what that process printed. The resume
+    test below continues this run with --resume."""
     import os
+    import shutil
     import signal
     import subprocess
     import sys
@@ -95,11 +100,15 @@ def interrupted_run(ray_session, real_corpus, tmp_path_factory) -> CommandRun:
     from pathlib import Path
     folder = tmp_path_factory.mktemp("interrupted")
     run = folder / "run"
-    command = ["train", "--data", str(real_corpus.folder), "--out", str(run), "--epochs", str(INTERRUPTED_EPOCHS),
-               "--batch-size", "4", "--validate-every", "1", *TINY]
-    # Ray Train's default poll (conftest shortens it), as a user's `t2p train` runs: an epoch takes at
-    # least its 2 s, so Ctrl-C after the first still finds three to go
-    env = {**{key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"},
+    shutil.copytree(trained_run.folder, run)
+    given = trained_run.command
+    command = [*given[:given.index("--out")], "--out", str(run), *given[given.index("--out") + 2:]]
+    command[command.index("--epochs") + 1] = str(EXTENDED_EPOCHS)
+    # on the session's Ray, as `t2p train` runs on a cluster given by RAY_ADDRESS (a Ray of its own
+    # took 7 s to start and stop), with Ray Train's default poll (conftest shortens it; the driver's
+    # setting reaches the run's controller): an epoch takes at least its 2 s, so Ctrl-C after the
+    # first new one still finds three to go
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,
            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"}
     log = folder / "train.log"
     with open(log, "w") as output:
@@ -108,7 +117,7 @@ def interrupted_run(ray_session, real_corpus, tmp_path_factory) -> CommandRun:
     try:
         # the driver prints an epoch once Ray Train has its report, whose checkpoint is then saved
         deadline = time.time() + 180
-        first_epoch = f"epoch 1/{INTERRUPTED_EPOCHS}: loss"
+        first_epoch = f"epoch 4/{EXTENDED_EPOCHS}: loss"
         while time.time() < deadline and first_epoch not in log.read_text():
             time.sleep(0.2)
         assert first_epoch in log.read_text(), "no epoch finished in time"
@@ -117,40 +126,45 @@ def interrupted_run(ray_session, real_corpus, tmp_path_factory) -> CommandRun:
     finally:
         if training.poll() is None:
             os.killpg(training.pid, signal.SIGKILL)
-    return CommandRun(run, command, run_command(command))
+    return CommandRun(run, command, log.read_text())
 
 
-def test_interrupted_training_continues_when_the_same_command_runs_again(interrupted_run, capsys):
-    """Ctrl-C during `t2p train`, then the same command: the run goes on from its last checkpoint
-    instead of starting again, and metrics.csv lists every epoch once."""
+def test_the_same_command_again_continues_a_run_and_refuses_other_settings(interrupted_run, capsys):
+    """`t2p train` into a folder that holds a run, with the command that started it (more epochs
+    allowed), continues that run from its last checkpoint; other settings are refused."""
     run = interrupted_run.folder
     assert f"continuing the run in {run}" in interrupted_run.output
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
-    assert [int(row["epoch"]) for row in rows] == list(range(INTERRUPTED_EPOCHS))
-    restarted = [int(row["started_at_epoch"]) for row in rows]
-    assert restarted[0] == 0 and 0 < restarted[-1] < INTERRUPTED_EPOCHS  # resumed, not started again
-
+    assert f"epoch 4/{EXTENDED_EPOCHS}: loss" in interrupted_run.output
+    assert "epoch 1/" not in interrupted_run.output  # not started again
     # a run folder is continued only with the settings it was started with
     assert main([*interrupted_run.command, "--set", "learning_rate=0.1"]) == 2
     assert "continue it with --resume, or train into a new --out" in capsys.readouterr().err
 
 
-def test_resume_extends_a_run_refuses_other_settings_and_names_a_damaged_checkpoint(interrupted_run, capsys):
-    run = interrupted_run.folder  # the run the test above checked, INTERRUPTED_EPOCHS epochs
-    epochs = INTERRUPTED_EPOCHS
-    assert main(["train", "--resume", str(run), "--epochs", str(epochs + 1), "--set", "d_model=64"]) == 2
+def test_an_interrupted_run_resumes_from_its_last_checkpoint_refuses_other_settings_and_names_a_damaged_one(
+        interrupted_run, capsys):
+    """The run Ctrl-C stopped above, extended further by --resume: it goes on from the last
+    checkpoint the stopped process saved instead of starting again, and metrics.csv lists every
+    epoch once."""
+    run = interrupted_run.folder
+    epochs = EXTENDED_EPOCHS + 1
+    assert main(["train", "--resume", str(run), "--epochs", str(epochs), "--set", "d_model=64"]) == 2
     assert "--set differ(s) from its job.json" in capsys.readouterr().err  # refused, not ignored
-    assert main(["train", "--resume", str(run), "--epochs", str(epochs + 1)]) == 0
+    assert main(["train", "--resume", str(run), "--epochs", str(epochs)]) == 0
     rows = list(csv.DictReader(open(run / "metrics.csv")))
-    assert [int(row["epoch"]) for row in rows] == list(range(epochs + 1))  # continued, not restarted
-    assert int(rows[-1]["started_at_epoch"]) == epochs
+    assert [int(row["epoch"]) for row in rows] == list(range(epochs))  # each epoch once
+    restarted = [int(row["started_at_epoch"]) for row in rows]
+    # trained_run's three epochs, the stopped process's from epoch 3 on, then --resume's from the
+    # last checkpoint that process saved: continued each time, never started again
+    assert restarted[:4] == [0, 0, 0, 3], restarted
+    assert 3 < restarted[-1] < EXTENDED_EPOCHS, restarted
 
     # a damaged checkpoint is reported by its path, not skipped (which would restart from scratch)
     checkpoints = sorted(path for path in (run / "ray").glob("checkpoint_*") if path.is_dir())
     for checkpoint in checkpoints:
         (checkpoint / "train_state.pt").write_bytes(b"not a checkpoint")
     capsys.readouterr()
-    assert main(["train", "--resume", str(run), "--epochs", str(epochs + 2)]) == 2
+    assert main(["train", "--resume", str(run), "--epochs", str(epochs + 1)]) == 2
     error = capsys.readouterr().err
     assert "cannot be read" in error and any(str(checkpoint) in error for checkpoint in checkpoints), error
 
@@ -165,8 +179,9 @@ def test_tune_stops_a_trailing_trial_exports_the_best_and_the_same_seed_trains_t
     data, sweep = real_corpus.folder, tmp_path / "sweep"
     model, train, schedule = route_settings(dict(pair.split("=") for pair in TINY[1::2]))
     # the job `trained_run` ran (3 epochs of batch 8, validated every epoch), swept over the learning rate
+    # (not calibrated after training: `trained_run` calibrated, which changes no weight)
     job = TrainingJob(data=str(data), out=str(sweep), model=model, schedule=schedule, validate_every=1,
-                      train={**train, "epochs": 3, "batch_size": 8})
+                      train={**train, "epochs": 3, "batch_size": 8}, calibrate=False)
     learns = TrainConfig().learning_rate  # the default: the first trial trains what `trained_run` trained
     # the second trial barely learns: ASHA compares it with the first at the first validation and stops it
     summary = run_sweep(job, samples=1, space={"learning_rate": tune.grid_search([learns, 1e-7])})
