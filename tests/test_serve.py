@@ -366,9 +366,9 @@ def sgg_model_dir(model, tmp_path_factory) -> Path:
 
 
 def in_process(model_dir, lexicon=None, http_host="127.0.0.1", server_out: list | None = None, **config):
-    """A TestClient over `create_api` and a `T2PServer` made in this process (appended to `server_out`).
-    `@serve.batch` needs a Serve replica, so one-sign requests are for the served tests; sentences
-    and everything refused before the batch work here."""
+    """A TestClient over `create_api` and a `T2PServer` made in this process (appended to `server_out`);
+    its batches are the replica's (`t2p.serve_batches`), without Serve around them. Use it as
+    `with in_process(...) as client`: one event loop for all its requests."""
     from fastapi.testclient import TestClient
 
     from t2p.serve import T2PServer
@@ -479,12 +479,12 @@ def test_a_body_sent_without_its_length_is_cut_off_at_the_limit(model_dir):
 
 def test_a_request_past_its_timeout_is_a_504_with_a_message(model_dir):
     servers = []
-    with in_process(model_dir, request_timeout_s=0.2, server_out=servers) as client:
+    with in_process(model_dir, request_timeout_s=0.2, batch_wait_timeout_s=0.01, server_out=servers) as client:
         composed = servers[0].compose
 
-        async def slow_compose(sentence):  # a sentence that outlasts the timeout
+        async def slow_compose(served, sentence):  # a sentence that outlasts the timeout
             await asyncio.sleep(2)
-            return await composed(sentence)
+            return await composed(served, sentence)
         servers[0].compose = slow_compose
         response = client.post("/v1/generate", json=SENTENCE)
         assert response.status_code == 504
