@@ -238,6 +238,7 @@ class T2PServer:
 
         async def load(name: str) -> ServedModel:
             return await asyncio.to_thread(self._load_model, name)
+        self._loader = load  # Serve keeps its model cache on the function it wraps
         try:
             serve.get_replica_context()
             self._load = serve.multiplexed(max_num_models_per_replica=self.config.max_loaded_models)(load)
@@ -264,7 +265,7 @@ class T2PServer:
 
     def loaded_models(self) -> list[str]:
         """The models this replica holds now: the default and those in Serve's model cache."""
-        cache = getattr(self._load, "__serve_multiplex_wrapper", None)
+        cache = getattr(self._loader, "__serve_multiplex_wrapper", None)  # no public API lists Serve's cache
         return [self.default_name] + [name for name in (cache.models if cache else {}) if name != self.default_name]
 
     def list_models(self) -> dict:
