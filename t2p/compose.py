@@ -24,7 +24,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -90,17 +90,19 @@ def transition_length(last: np.ndarray, first: np.ndarray, velocity: float) -> i
 def compose(model: T2PModel, texts: Sequence[TextLike], first_pose: FirstPoseLike = None,
             steps: int | None = None, guidance: float | None = None, speed: float = 1.0,
             transition_frames: int | None = None, keep_proportions: bool = False,
-            max_length: int | None = None, recorded: dict[int, Generated] | None = None) -> Composition:
+            max_length: int | None = None, recorded: dict[int, Generated] | None = None,
+            generator: Callable[..., list[Generated]] = generate) -> Composition:
     """The signs of `texts` in order, joined by generated transitions; one signer (`first_pose`).
     `max_length` caps each sign's predicted length (as in `generate`). `recorded` gives some signs
     as recordings (position -> sequence, e.g. a lexicon's, see `lexicon_sign`) instead of generating
-    them; the transitions into and out of them are generated all the same."""
+    them; the transitions into and out of them are generated all the same. `generator`: `generate`,
+    or a function with its signature (Serve's sends each item to its batches)."""
     if len(texts) == 0:
         raise ValueError("nothing to compose: give at least one sign")
     validate_speed(speed)
     recorded = recorded or {}
     to_generate = [i for i in range(len(texts)) if i not in recorded]
-    generated = generate(model, [texts[i] for i in to_generate], first_poses=[first_pose] * len(to_generate),
+    generated = generator(model, [texts[i] for i in to_generate], first_poses=[first_pose] * len(to_generate),
                          steps=steps, guidance=guidance, keep_proportions=keep_proportions, max_length=max_length)
     by_position = {**dict(zip(to_generate, generated)), **recorded}
     signs = [change_speed(by_position[i], speed) for i in range(len(texts))]
@@ -124,7 +126,7 @@ def compose(model: T2PModel, texts: Sequence[TextLike], first_pose: FirstPoseLik
     transitions = []
     if windows:
         # one batch: every transition at once, conditioned on the sign it leads into
-        filled = generate(model, list(texts[1:]), first_poses=[(w.data[0], w.confidence[0]) for w in windows],
+        filled = generator(model, list(texts[1:]), first_poses=[(w.data[0], w.confidence[0]) for w in windows],
                           steps=steps, guidance=guidance, observed=windows,
                           lengths=[len(w.data) for w in windows], keep_proportions=keep_proportions)
         # the model decides where the hands go between two signs; the signs' own speed decides how fast
@@ -257,13 +259,14 @@ def compose_sentence(model: T2PModel, texts: Sequence[str | tuple[str, str]] = (
                      spoken_language: str | None = None, spoken_text: str | None = None,
                      lexicon: str | Path | None = None, fallback: str = "fingerspell",
                      plan: SentencePlan | None = None, steps: int | None = None, guidance: float | None = None,
-                     speed: float = 1.0, keep_proportions: bool = False, max_length: int | None = None) -> Sentence:
+                     speed: float = 1.0, keep_proportions: bool = False, max_length: int | None = None,
+                     generator: Callable[..., list[Generated]] = generate) -> Sentence:
     """Texts or glosses (or (word, gloss) pairs, `text_to_glosses`), and/or spoken text, as one
     signed sentence: planned (`plan_sentence`: a lexicon's recordings, the model's signs, and for
     the rest fingerspelling or, with `fallback="model"`, the model's best guess), the lexicon's
     signs read from its recordings, and all of them composed in order (`compose`). Each sign
     segment says where it came from. `plan`: the plan itself, when the caller already made it
-    (Serve checks it before it composes). `notation`: default, the model's."""
+    (Serve checks it before it composes). `notation`: default, the model's. `generator`: as for `compose`."""
     notation = notation or model.config.default_notation
     if plan is None:
         plan = plan_sentence(model, texts, notation, language, spoken_language, lexicon, spoken_text=spoken_text,
@@ -273,7 +276,7 @@ def compose_sentence(model: T2PModel, texts: Sequence[str | tuple[str, str]] = (
                 for index, sign in enumerate(planned) if sign.source == "lexicon"}
     composition = compose(model, [SignText(sign.text, notation, language) for sign in planned], first_pose,
                           steps=steps, guidance=guidance, speed=speed, keep_proportions=keep_proportions,
-                          max_length=max_length, recorded=recorded)
+                          max_length=max_length, recorded=recorded, generator=generator)
     for segment, sign in zip([s for s in composition.segments if s.kind == "sign"], planned):
         spelled = sign.source.startswith("fingerspelling:")
         segment.source = "fingerspelled" if spelled else sign.source

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from t2p.generation import Observed, generate
+from t2p.generation import Generated, Observed, generate
 from t2p.model import T2PModel
 from t2p.notation import SignText
 from t2p.pose import PoseSequence, fill_in, to_sequence
@@ -50,9 +50,10 @@ CORRECTION_STEPS = 1
 
 
 def correct(model: T2PModel, sequence: PoseSequence, text: SignText | str | None = None,
-            steps: int | None = None) -> Corrected:
+            steps: int | None = None, generator: Callable[..., list[Generated]] = generate) -> Corrected:
     """Fill the missing frames and keypoints of `sequence`; observed values stay exactly as they are.
-    `steps`: refinement steps, default `CORRECTION_STEPS`."""
+    `steps`: refinement steps, default `CORRECTION_STEPS`. `generator`: `generate`, or a function with
+    its signature (Serve's sends each window to its batches)."""
     steps = CORRECTION_STEPS if steps is None else steps
     missing = missing_mask(sequence)
     frames = sequence.num_frames
@@ -78,7 +79,7 @@ def correct(model: T2PModel, sequence: PoseSequence, text: SignText | str | None
             first_pose = (data[begin - 1], (confidence[begin - 1] > 0).astype(np.float32))
         else:
             first_pose = (sequence.data[begin + first], sequence.confidence[begin + first])
-        (result,) = generate(model, [sign], first_poses=[first_pose], steps=steps, lengths=[end - begin],
+        (result,) = generator(model, [sign], first_poses=[first_pose], steps=steps, lengths=[end - begin],
                              observed=[Observed(sequence.data[begin:end], known.astype(np.float32))])
         window = slice(begin, end)
         data[window] = np.where(window_missing[..., None], result.data, sequence.data[window])
@@ -99,12 +100,12 @@ class CorrectedRecording:
 
 
 def correct_pose(model: T2PModel, recording: "Pose", text: SignText | str | None = None,
-                 steps: int | None = None) -> CorrectedRecording:
+                 steps: int | None = None, generator: Callable[..., list[Generated]] = generate) -> CorrectedRecording:
     """`correct` on a pose-format recording: read onto the model's skeleton, filled, and only the
     filled values written back into the recording (`pose.fill_in`), so the rest of the file stays
-    exactly as recorded."""
+    exactly as recorded. `generator`: as for `correct`."""
     sequence = to_sequence(recording, model.skeleton)
-    corrected = correct(model, sequence, text, steps)
+    corrected = correct(model, sequence, text, steps, generator)
     filled = replace(sequence, data=corrected.data, confidence=corrected.confidence)
     return CorrectedRecording(fill_in(recording, model.skeleton, filled, corrected.filled), corrected.filled)
 

@@ -1,4 +1,6 @@
-"""Generation: the one refinement loop. The CLI, evaluation and Ray Serve all call `generate`.
+"""Generation: the one refinement loop. The CLI and evaluation call `generate`; `iter_generate`
+(every step's sequences, for `t2p render`) and `refinement_steps` (one step at a time: Ray Serve
+takes turns between batches and streams steps with it) are the same loop.
 
 ```
 text   = encode(texts)                      # once per call
@@ -65,15 +67,16 @@ def generate(model: T2PModel, texts: Sequence[TextLike], first_poses: Sequence[F
     seed: makes sampled lengths (`length_temperature > 0`) reproducible; one for all or one per
         item (each item has its own generator, so items with different seeds share one call).
     observed: per item, values that must stay fixed (completing a sequence with gaps).
-    max_length: the most frames a predicted length may have (default: the model's max_frames).
+    max_length: the most frames a predicted length may have (default: the model's max_frames); one
+        for all or one per item.
     keep_proportions: hold every bone within `BONE_TOLERANCE` of its length in the starting pose
         (see `keep_bone_lengths`; off by default, it costs accuracy on real data).
     """
     final = None
-    for final in _refinement(model, texts, first_poses, steps, lengths, guidance, seed, observed,
-                             length_temperature, max_length, keep_proportions, every_step=False):
+    for final in refinement_steps(model, texts, first_poses, steps, lengths, guidance, seed, observed,
+                                  length_temperature, max_length, keep_proportions):
         pass
-    return [] if final is None else _to_numpy(*final)
+    return [] if final is None else final.sequences
 
 
 def iter_generate(model: T2PModel, texts: Sequence[TextLike], first_poses: Sequence[FirstPoseLike] | None = None,
@@ -84,9 +87,39 @@ def iter_generate(model: T2PModel, texts: Sequence[TextLike], first_poses: Seque
                   length_temperature: float = 0.0, max_length: int | None = None,
                   keep_proportions: bool | Sequence[bool] = False) -> Iterator[list[Generated]]:
     """`generate`, yielding every item's sequence after each refinement step (for visualisation)."""
-    for state in _refinement(model, texts, first_poses, steps, lengths, guidance, seed, observed,
-                             length_temperature, max_length, keep_proportions):
-        yield _to_numpy(*state)
+    for step in refinement_steps(model, texts, first_poses, steps, lengths, guidance, seed, observed,
+                                 length_temperature, max_length, keep_proportions, every_step=True):
+        yield step.sequences
+
+
+@dataclass
+class RefinementStep:
+    """The loop after one step of the longest schedule in the call."""
+    step: int                           # 1 … steps
+    steps: int                          # the longest schedule's steps: after step == steps, generation is done
+    refined: list[bool]                 # per item: whether this step refined it (fewer steps: it joins later)
+    sequences: list[Generated] | None   # per item, the sequence now: after every step if asked, else the last only
+
+    @property
+    def done(self) -> bool:
+        return self.step == self.steps
+
+
+def refinement_steps(model: T2PModel, texts: Sequence[TextLike], first_poses: Sequence[FirstPoseLike] | None = None,
+                     steps: int | Sequence[int] | None = None, lengths: int | Sequence[int | None] | None = None,
+                     guidance: float | Sequence[float | None] | None = None,
+                     seed: int | Sequence[int | None] | None = None,
+                     observed: Sequence[Observed | None] | None = None,
+                     length_temperature: float = 0.0, max_length: int | Sequence[int | None] | None = None,
+                     keep_proportions: bool | Sequence[bool] = False,
+                     every_step: bool = False) -> Iterator[RefinementStep]:
+    """`generate` one refinement step at a time, the same loop: a `RefinementStep` after each step,
+    with the sequences after every step (`every_step`) or after the last only. Serve takes turns
+    between the steps of several batches this way, and streams them."""
+    for step, steps_in_all, refined, state in _refinement(model, texts, first_poses, steps, lengths, guidance, seed,
+                                                          observed, length_temperature, max_length, keep_proportions,
+                                                          every_step):
+        yield RefinementStep(step, steps_in_all, refined, None if state is None else _to_numpy(*state))
 
 
 def _to_numpy(x_t: torch.Tensor, presence: torch.Tensor, frames: list[int]) -> list[Generated]:
@@ -99,20 +132,21 @@ def _to_numpy(x_t: torch.Tensor, presence: torch.Tensor, frames: list[int]) -> l
 def _refinement(model: T2PModel, texts: Sequence[TextLike], first_poses, steps, lengths, guidance, seed,
                 observed, length_temperature: float, max_length: int | None,
                 keep_proportions: bool | Sequence[bool] = False, every_step: bool = True):
-    """The refinement loop, yielding (x_t, presence, frames) as tensors after every step (or, without
-    `every_step`, after the last one only: the output's finishing touches are not paid per step)."""
+    """The refinement loop, yielding (step, steps, refined, state) after every step: `refined` which
+    items this step refined, `state` (x_t, presence, frames) as tensors after every step or, without
+    `every_step`, after the last one only (None before: the output's finishing touches are not paid per step)."""
     if len(texts) == 0:
         return
     model.eval()
     device = model.pose_mean.device
     batch = len(texts)
     signs = [t if isinstance(t, SignText) else SignText(t, model.config.default_notation) for t in texts]
-    item_steps = _per_item(steps, batch, model.schedule_config.steps, "steps")
-    item_guidance = _per_item(guidance, batch, model.schedule_config.guidance, "guidance")
-    item_lengths = _per_item(lengths, batch, None, "lengths")
-    item_observed = _per_item(observed, batch, None, "observed")
-    item_first = _per_item(first_poses, batch, None, "first_poses")
-    item_seeds = _per_item(seed, batch, None, "seed")
+    item_steps = per_item(steps, batch, model.schedule_config.steps, "steps")
+    item_guidance = per_item(guidance, batch, model.schedule_config.guidance, "guidance")
+    item_lengths = per_item(lengths, batch, None, "lengths")
+    item_observed = per_item(observed, batch, None, "observed")
+    item_first = per_item(first_poses, batch, None, "first_poses")
+    item_seeds = per_item(seed, batch, None, "seed")
     schedule = model.schedule
     longest_schedule = max(item_steps)
     # every item's betas on one grid, aligned at the end: an item with fewer steps starts later
@@ -127,8 +161,10 @@ def _refinement(model: T2PModel, texts: Sequence[TextLike], first_poses, steps, 
     text = model.encode_signs(signs, device)  # once per call, never per step
     first_pose, first_confidence = _first_poses(model, item_first, device)
     start = model.complete_first_pose(first_pose, first_confidence)  # (batch, joints, dims)
+    longest_allowed = [min(limit or model.config.max_frames, model.config.max_frames)
+                       for limit in per_item(max_length, batch, None, "max_length")]
     frames = _lengths(model, text, first_pose, first_confidence, item_lengths, item_observed, item_seeds,
-                      length_temperature, min(max_length or model.config.max_frames, model.config.max_frames))
+                      length_temperature, longest_allowed)
     longest = max(frames)
     joints, dims = model.config.num_joints, model.config.dims
 
@@ -143,7 +179,7 @@ def _refinement(model: T2PModel, texts: Sequence[TextLike], first_poses, steps, 
     x_t = x_start.clone()
     presence = torch.ones(batch, longest, joints, dtype=torch.bool, device=device)
     everyone = torch.arange(batch, device=device)
-    proportions = torch.tensor(_per_item(keep_proportions, batch, False, "keep_proportions"), device=device)
+    proportions = torch.tensor(per_item(keep_proportions, batch, False, "keep_proportions"), device=device)
     bones = model.skeleton.bone_tree() if bool(proportions.any()) else []
     fewest_steps = min(item_steps)
     for step in range(longest_schedule - 1, -1, -1):
@@ -161,13 +197,16 @@ def _refinement(model: T2PModel, texts: Sequence[TextLike], first_poses, steps, 
             clean = torch.where(known_mask[rows], known[rows], clean)
         x_t[rows] = schedule.step(x_t[rows], clean, x_start[rows], betas[rows, step], next_betas[rows, step])
         presence[rows] = present
+        done = longest_schedule - step
+        refined = [step < count for count in item_steps]
         if not (every_step or step == 0):
+            yield done, longest_schedule, refined, None
             continue
         output = x_t
         if bones:
             output = torch.where(proportions.view(-1, 1, 1, 1), keep_bone_lengths(x_t, start, bones), x_t)
         # observed values come back exactly as given, not as the last step's approximation of them
-        yield torch.where(known_mask, known, output), presence, frames
+        yield done, longest_schedule, refined, (torch.where(known_mask, known, output), presence, frames)
 
 
 BONE_TOLERANCE = 0.04  # a bone may differ this much from the signer's: real recordings vary (depth, tracking)
@@ -231,7 +270,8 @@ def _refiner(model: T2PModel, text: TextEncoding, guidance: list, device):
     return refine
 
 
-def _per_item(value, batch: int, default, name: str) -> list:
+def per_item(value, batch: int, default, name: str) -> list:
+    """One of `generate`'s arguments (one value for all items, or one per item) as one value per item."""
     if value is None or isinstance(value, (bool, int, float, Observed, PoseSequence, np.ndarray)):
         return [default if value is None else value] * batch
     values = list(value)
@@ -241,7 +281,7 @@ def _per_item(value, batch: int, default, name: str) -> list:
 
 
 def _lengths(model: T2PModel, text: TextEncoding, first_pose: torch.Tensor, first_confidence: torch.Tensor,
-             lengths: list, observed: list, seeds: list, temperature: float, longest: int) -> list[int]:
+             lengths: list, observed: list, seeds: list, temperature: float, longest: list[int]) -> list[int]:
     location, log_squared_scale = model.predict_length(text, first_pose, first_confidence)
     scale = torch.exp(0.5 * log_squared_scale)  # the Laplace scale of the log-length
     frames = []
@@ -255,7 +295,7 @@ def _lengths(model: T2PModel, text: TextEncoding, first_pose: torch.Tensor, firs
                 uniform = torch.rand((), generator=generator).item() - 0.5
                 laplace = -np.sign(uniform) * np.log1p(-2 * abs(uniform))
                 log_length = log_length + temperature * scale[i] * float(laplace)
-            length = int(torch.exp(log_length).round().clamp(1, longest).item())
+            length = int(torch.exp(log_length).round().clamp(1, longest[i]).item())
         if not 1 <= int(length) <= model.config.max_frames:
             raise ValueError(f"length must be in 1..{model.config.max_frames}, got {length}")
         frames.append(int(length))

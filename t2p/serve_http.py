@@ -21,20 +21,22 @@ Safe to expose:
 """
 # no `from __future__ import annotations` here: FastAPI reads the route annotations
 import asyncio
+import base64
 import hmac
 import ipaddress
 import json
+import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pose_format import Pose
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from t2p.serve_requests import (CorrectRequest, GenerateRequest, parse_request, sequence_json, validate_composition,
                                 validate_request)
@@ -42,6 +44,7 @@ from t2p.serve_requests import (CorrectRequest, GenerateRequest, parse_request, 
 if TYPE_CHECKING:
     from t2p.serve import ServeConfig, T2PServer
 
+logger = logging.getLogger(__name__)
 TOKEN_ENV = "T2P_API_TOKEN"
 SEGMENTS_HEADER = "x-t2p-segments"
 
@@ -129,19 +132,120 @@ class Error(BaseModel):
     detail: str
 
 
+class Health(BaseModel):
+    status: str
+
+
+class SegmentBody(BaseModel):
+    """Frames [begin, end) of a sentence: a sign (from the model, the lexicon or fingerspelled) or a transition."""
+    text: str
+    begin: int
+    end: int
+    kind: Literal["sign", "transition"]
+    source: str
+    word: str
+
+
+class PoseBody(BaseModel):
+    """A pose sequence as JSON (`format: json`): frames (frames, joints, dims), joints ordered as
+    `points` within `components`; confidence (frames, joints), 0 for a joint predicted absent."""
+    fps: float
+    components: list[str]
+    points: list[list[str]]
+    frames: list[list[list[float]]]
+    confidence: list[list[float]]
+    segments: list[SegmentBody] | None = Field(None, description="a sentence's segments")
+    spoken_language: str | None = Field(None, description="a sentence's spoken language, as given or inferred")
+
+
+class StepEvent(BaseModel):
+    """One event of a stream: the sign's sequence after refinement step `step` of `steps` (the last
+    is the response the request would get without `stream`), as JSON (`format: json`: PoseBody's
+    fields) or as base64 `.pose` bytes (`pose`). A failure after the stream began is one last
+    event {error, status} instead."""
+    step: int | None = None
+    steps: int | None = None
+    fps: float | None = None
+    components: list[str] | None = None
+    points: list[list[str]] | None = None
+    frames: list[list[list[float]]] | None = None
+    confidence: list[list[float]] | None = None
+    pose: str | None = Field(None, description="base64 .pose of this step (format pose)")
+    error: str | None = Field(None, description="why the stream stopped early")
+    status: int | None = Field(None, description="the HTTP status the error would have had (422, 500, 504)")
+
+
+class ModelEntry(BaseModel):
+    name: str
+    default: bool
+    loaded: bool = Field(description="held by the replica that answered (the others load on first use)")
+    languages: list[str]
+    default_notation: str | None
+    fps: float | None
+    default_steps: int | None
+
+
+class ModelList(BaseModel):
+    default: str
+    max_loaded_models: int
+    models: list[ModelEntry]
+
+
+class ModelDescription(BaseModel):
+    model: str
+    skeleton: dict
+    fps: float
+    notations: list[str]
+    default_notation: str
+    languages: list[str]
+    lexicon: dict | None
+    auth: bool
+    limits: dict
+
+
+class Stats(BaseModel):
+    batches: int
+    requests: int
+    generate_calls: int
+    mean_batch_size: float
+    max_batch_size: int
+    recent_batch_sizes: list[int]
+    batches_by_group: dict[str, int] = Field(description="batches per 'model/step group' (steps rounded up to a power of two)")
+
+
 ERRORS = {status: {"model": Error, "description": description} for status, description in {
     400: "the body is not a JSON object", 401: "no valid bearer token (when the server has one)",
-    413: "the body is over max_body_bytes", 422: "a field is wrong or over a limit (the message names it)",
+    413: "the body is over max_body_bytes", 422: "a field is wrong or over a limit, or an unknown model (the message names it)",
+    500: "the server failed (not the request's fault)",
     504: "the request took longer than request_timeout_s"}.items()}
 POSE_OR_JSON = {200: {"description": "`.pose` bytes (format pose) or JSON (format json); a sentence's segments "
                                      f"are in the JSON, or in the `{SEGMENTS_HEADER}` header (JSON) of a .pose",
-                      "content": {"application/octet-stream": {}, "application/json": {}}}}
+                      "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                                  "application/json": {"schema": {"$ref": "#/components/schemas/PoseBody"}}}}}
+GENERATED = {200: {"description": POSE_OR_JSON[200]["description"] + '; with `"stream": true`, one StepEvent per '
+                                   "refinement step as newline-delimited JSON (application/x-ndjson), or as server-sent "
+                                   "events (`event: step` or `event: error`, `data: <StepEvent>`) when the request "
+                                   "accepts text/event-stream",
+                   "content": {**POSE_OR_JSON[200]["content"],
+                               "application/x-ndjson": {"schema": {"$ref": "#/components/schemas/StepEvent"}},
+                               "text/event-stream": {"schema": {"$ref": "#/components/schemas/StepEvent"}}}}}
+MODEL_HEADER = "serve_multiplexed_model_id"  # Ray Serve's: its router also sends the request to a replica holding the model
+MODEL_HEADER_PARAMETER = {"name": MODEL_HEADER, "in": "header", "required": False, "schema": {"type": "string"},
+                          "description": 'a model by name (GET /v1/models), as the "model" field does'}
 
 
 def current_replica() -> "T2PServer":
     """The Serve replica this request reached (the object its deployment class made)."""
     from ray import serve
     return serve.get_replica_context().servable_object
+
+
+def requested_model(http_request: Request, named: str | None) -> str | None:
+    """The model a request names: its "model" field, or Serve's multiplexed-model header."""
+    header = http_request.headers.get(MODEL_HEADER) or None
+    if named and header and named != header:
+        raise HTTPException(status_code=422, detail=f'"model" {named!r} and the {MODEL_HEADER} header {header!r} differ')
+    return named or header
 
 
 def create_api(limits: "ServeConfig", replica: Callable[[], "T2PServer"] = current_replica) -> FastAPI:
@@ -162,78 +266,181 @@ def create_api(limits: "ServeConfig", replica: Callable[[], "T2PServer"] = curre
         try:
             return await asyncio.wait_for(work, limits.request_timeout_s)
         except asyncio.TimeoutError:
-            raise HTTPException(status_code=504, detail=f"the request took longer than {limits.request_timeout_s:g} s "
-                                                        "(request_timeout_s): ask for fewer steps or signs") from None
+            raise HTTPException(status_code=504, detail=timeout_message(limits)) from None
+
+    async def served_model(server: Any, name: str | None):
+        try:
+            return await server.get_model(name)
+        except ValueError as error:
+            raise HTTPException(status_code=422, detail=str(error)) from None
 
     @api.get("/healthz")
-    async def healthz() -> dict:
-        return {"status": "ok"}
+    async def healthz() -> Health:
+        return Health(status="ok")
 
-    @api.get("/v1/model", responses={401: ERRORS[401]})
-    async def describe(server: Any = Depends(authorized)) -> dict:
-        return server.describe()
+    @api.get("/v1/models", responses={401: ERRORS[401]})
+    async def list_models(server: Any = Depends(authorized)) -> ModelList:
+        """The models this server has, by the names requests pick them with."""
+        return ModelList(**server.list_models())
+
+    @api.get("/v1/model", responses={401: ERRORS[401], 422: ERRORS[422]})
+    async def describe(http_request: Request, model: str | None = None,
+                       server: Any = Depends(authorized)) -> ModelDescription:
+        """A model's skeleton, notations, languages, lexicon and limits (`?model=NAME`, else the default)."""
+        served = await served_model(server, requested_model(http_request, model))
+        return ModelDescription(**server.describe(served))
 
     @api.get("/v1/stats", responses={401: ERRORS[401]})
-    async def batch_stats(server: Any = Depends(authorized)) -> dict:
-        return server.stats.to_dict()
+    async def batch_stats(server: Any = Depends(authorized)) -> Stats:
+        return Stats(**server.stats.to_dict())
 
-    @api.post("/v1/generate", response_model=None, responses={**POSE_OR_JSON, **ERRORS}, openapi_extra={
+    @api.post("/v1/generate", response_model=None, responses={**GENERATED, **ERRORS}, openapi_extra={
+        "parameters": [MODEL_HEADER_PARAMETER],
         "requestBody": {"required": True, "content": {"application/json": {
             "schema": GenerateRequest.model_json_schema()}}}})
     async def generate_route(http_request: Request, server: Any = Depends(authorized)) -> Response:
-        """One sign (`text`), or a sentence (`texts` and/or `spoken_text`) composed with transitions."""
+        """One sign (`text`), or a sentence (`texts` and/or `spoken_text`) composed with transitions;
+        `"stream": true` (one sign): its sequence after every refinement step, as it is made."""
+        deadline = asyncio.get_running_loop().time() + limits.request_timeout_s
+
         async def work():
             request = parse_request(await http_request.body(), GenerateRequest)
+            served = await served_model(server, requested_model(http_request, request.model))
             try:
                 if request.is_sentence:
-                    sentence = validate_composition(request, server.model, server.limits, server.lexicon)
-                    composed = await server.compose(sentence)
-                    return await asyncio.to_thread(sentence_response, server, composed, sentence.first_pose,
+                    sentence = validate_composition(request, served.model, served.limits, server.lexicon)
+                    composed = await server.compose(served, sentence)
+                    return await asyncio.to_thread(sentence_response, server, served, composed, sentence.first_pose,
                                                    request.format)
-                job = validate_request(request, server.model, server.limits)
-                sequence = await server.generate(job)
+                job = validate_request(request, served.model, served.limits)
+                if request.stream:
+                    sse = "text/event-stream" in http_request.headers.get("accept", "")
+                    return streamed(server, served, job, request.format, sse, deadline, limits)
+                sequence = await server.generate(served, job)
             except ValueError as error:
                 raise HTTPException(status_code=422, detail=str(error)) from None
             # serialised in a thread: the event loop stays free to gather the next batch
-            return await asyncio.to_thread(pose_response, server, server.as_pose(sequence, job.first_pose),
+            return await asyncio.to_thread(pose_response, served, server.as_pose(served, sequence, job.first_pose),
                                            request.format)
         return await within_timeout(work())
 
     @api.post("/v1/correct", response_model=None, responses={**POSE_OR_JSON, **ERRORS}, openapi_extra={
+        "parameters": [MODEL_HEADER_PARAMETER],
         "requestBody": {"required": True, "content": {"application/json": {
             "schema": CorrectRequest.model_json_schema()}}}})
     async def correct_route(http_request: Request, server: Any = Depends(authorized)) -> Response:
         """A recording with missing frames or keypoints, completed; observed values kept exactly."""
         async def work():
             request = parse_request(await http_request.body(), CorrectRequest)
+            served = await served_model(server, requested_model(http_request, request.model))
             try:
-                corrected = await server.correct(request)
+                corrected = await server.correct(served, request)
             except ValueError as error:
                 raise HTTPException(status_code=422, detail=str(error)) from None
-            return await asyncio.to_thread(pose_response, server, corrected, request.format)
+            return await asyncio.to_thread(pose_response, served, corrected, request.format)
         return await within_timeout(work())
 
+    async def server_error(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("request failed", exc_info=error)  # the body is ERRORS' Error, as every other
+        return JSONResponse({"detail": f"the server failed ({type(error).__name__}); not a fault of the request"},
+                            status_code=500)
+    api.add_exception_handler(Exception, server_error)
+
+    _document_schemas(api, [StepEvent, PoseBody, SegmentBody])
     api.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     if limits.cors_origins:  # added last, so outermost: a 413 or 401 reaches a browser's page too
         api.add_middleware(CORSMiddleware, allow_origins=limits.cors_origin_list(), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"], expose_headers=[SEGMENTS_HEADER])
+                           allow_headers=["Authorization", "Content-Type", MODEL_HEADER],
+                           expose_headers=[SEGMENTS_HEADER])
     return api
 
 
-def pose_response(server: Any, pose: Pose, format: str, extra: dict | None = None) -> Response:
-    """A written pose as .pose bytes, or as JSON (`sequence_json`) with `extra` keys."""
-    from t2p.pose import to_sequence, write_pose
+def _document_schemas(api: FastAPI, models: list[type[BaseModel]]) -> None:
+    """Adds schemas that only raw responses name (by $ref) to the app's OpenAPI components."""
+    build = api.openapi
+
+    def openapi() -> dict:
+        if api.openapi_schema is None:
+            schema = build()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                described = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(described.pop("$defs", {}))
+                components.setdefault(model.__name__, described)
+        return api.openapi_schema
+    api.openapi = openapi
+
+
+def timeout_message(limits: "ServeConfig") -> str:
+    return f"the request took longer than {limits.request_timeout_s:g} s (request_timeout_s): ask for fewer steps or signs"
+
+
+def streamed(server: Any, served: Any, job, format: str, sse: bool, deadline: float,
+             limits: "ServeConfig") -> StreamingResponse:
+    """A one-sign request's sequence after each of its steps: NDJSON lines, or server-sent events."""
+    async def events():
+        loop = asyncio.get_running_loop()
+        steps = server.stream(served, job)
+        step = 0
+        try:
+            while True:
+                try:
+                    sequence = await asyncio.wait_for(anext(steps), max(0.0, deadline - loop.time()))
+                except StopAsyncIteration:
+                    return
+                step += 1
+                body = await asyncio.to_thread(step_body, served, server.as_pose(served, sequence, job.first_pose),
+                                               format)
+                yield {"step": step, "steps": job.steps, **body}
+        except asyncio.TimeoutError:
+            yield {"error": timeout_message(limits), "status": 504}
+        except ValueError as error:
+            yield {"error": str(error), "status": 422}
+        except Exception as error:  # noqa: BLE001: the status line is sent; the stream says what happened
+            logger.exception("stream failed")
+            yield {"error": f"the server failed ({type(error).__name__})", "status": 500}
+        finally:
+            await steps.aclose()
+
+    async def framed():
+        async for event in events():
+            text = json.dumps(event)
+            if sse:
+                yield f"event: {'error' if 'error' in event else 'step'}\ndata: {text}\n\n"
+            else:
+                yield text + "\n"
+
+    return StreamingResponse(framed(), media_type="text/event-stream" if sse else "application/x-ndjson",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+def written_json(served: Any, pose: Pose) -> dict:
+    from t2p.pose import to_sequence
+    written = to_sequence(pose, served.model.skeleton, normalize=False)
+    return sequence_json(written, served.model.skeleton)
+
+
+def step_body(served: Any, pose: Pose, format: str) -> dict:
+    """One streamed step as JSON fields, or as base64 .pose bytes."""
     if format == "json":
-        written = to_sequence(pose, server.model.skeleton, normalize=False)
-        return JSONResponse({**sequence_json(written, server.model.skeleton), **(extra or {})})
+        return written_json(served, pose)
+    from t2p.pose import write_pose
+    return {"pose": base64.b64encode(write_pose(pose)).decode()}
+
+
+def pose_response(served: Any, pose: Pose, format: str, extra: dict | None = None) -> Response:
+    """A written pose as .pose bytes, or as JSON (`sequence_json`) with `extra` keys."""
+    from t2p.pose import write_pose
+    if format == "json":
+        return JSONResponse({**written_json(served, pose), **(extra or {})})
     headers = {"content-disposition": 'attachment; filename="t2p.pose"'}
     if extra:
         headers[SEGMENTS_HEADER] = json.dumps(extra["segments"])  # ASCII: glosses escaped
     return Response(write_pose(pose), media_type="application/octet-stream", headers=headers)
 
 
-def sentence_response(server: Any, sentence, first_pose, format: str) -> Response:
+def sentence_response(server: Any, served: Any, sentence, first_pose, format: str) -> Response:
     """A composed sentence with its segments: which gloss, from where, which frames."""
     segments = [asdict(segment) for segment in sentence.composition.segments]
-    return pose_response(server, server.as_pose(sentence.composition.generated, first_pose), format,
+    return pose_response(served, server.as_pose(served, sentence.composition.generated, first_pose), format,
                          {"segments": segments, "spoken_language": sentence.spoken_language})

@@ -48,6 +48,8 @@ class GenerateRequest(BaseModel):
     speed: float = Field(1.0, ge=0.5, le=2.0)  # signing speed; the frame rate stays
     keep_proportions: bool = False        # hold bones within 4% of the first pose's lengths
     format: Literal["pose", "json"] = "pose"
+    model: str | None = Field(None, max_length=64)  # one of GET /v1/models by name; default: the server's default
+    stream: bool = False                  # one sign: an event per refinement step (NDJSON, or SSE by Accept)
 
     @property
     def is_sentence(self) -> bool:
@@ -59,6 +61,7 @@ class CorrectRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pose: str                             # base64 of the .pose recording to complete
+    model: str | None = Field(None, max_length=64)  # one of GET /v1/models by name
     text: str | None = None               # what it signs (optional)
     notation: str | None = None
     language: str | None = None
@@ -166,6 +169,8 @@ def validate_composition(request: GenerateRequest, model: T2PModel, limits: "Ser
     request would be, and the steps x frames of all of it."""
     if request.text is not None:
         raise ValueError('give either "text" (one sign) or "texts" / "spoken_text" (a sentence)')
+    if request.stream:  # a sentence is refined twice (its signs, then the transitions between them)
+        raise ValueError('"stream" applies to one sign ("text"), not to a sentence')
     if request.texts is not None and not request.texts and request.spoken_text is None:
         raise ValueError('"texts" is empty: give at least one sign')
     if request.length is not None:

@@ -7,7 +7,7 @@ import torch
 
 from conftest import POSES, tiny_model_config
 from t2p.data import Example, collate
-from t2p.generation import as_pose, generate, iter_generate, Observed
+from t2p.generation import as_pose, generate, iter_generate, Observed, refinement_steps
 from t2p.model import T2PModel
 from t2p.notation import SignText, Vocabulary
 from t2p.pose import Skeleton, SkeletonComponent, load_sequence, read_pose, to_sequence, write_pose
@@ -162,6 +162,33 @@ def test_batching_changes_nothing(real_model, real_data):
         assert alone.data.shape == batched[i].data.shape
         np.testing.assert_allclose(batched[i].data, alone.data, atol=1e-4)
         np.testing.assert_array_equal(batched[i].confidence, alone.confidence)
+
+
+def test_refinement_steps_are_generate_one_step_at_a_time(real_model, real_data):
+    """What Serve takes turns with and streams: one record per step of the longest schedule, saying
+    which items it refined (fewer steps join later); the last step's sequences are `generate`'s."""
+    _, signs, sequences = real_data
+    texts, steps, first = signs[:3], [4, 1, 3], [sequences[0], None, None]
+    quiet = list(refinement_steps(real_model, texts, first_poses=first, steps=steps, lengths=[9, 5, 7]))
+    assert [(step.step, step.steps, step.done) for step in quiet] == [(1, 4, False), (2, 4, False), (3, 4, False),
+                                                                       (4, 4, True)]
+    assert [step.refined for step in quiet] == [[True, False, False], [True, False, True], [True, False, True],
+                                                [True, True, True]]
+    assert all(step.sequences is None for step in quiet[:-1])  # unasked, the steps before the last cost nothing extra
+    every = list(refinement_steps(real_model, texts, first_poses=first, steps=steps, lengths=[9, 5, 7], every_step=True))
+    expected = generate(real_model, texts, first_poses=first, steps=steps, lengths=[9, 5, 7])
+    for sequence, last, streamed in zip(expected, quiet[-1].sequences, every[-1].sequences):
+        np.testing.assert_array_equal(last.data, sequence.data)
+        np.testing.assert_array_equal(streamed.data, sequence.data)
+    assert not np.allclose(every[0].sequences[0].data, every[-1].sequences[0].data)  # a sequence per step, refined
+
+
+def test_the_longest_predicted_length_may_differ_per_item(real_model, real_data):
+    _, signs, _ = real_data
+    (free,) = generate(real_model, signs[:1], steps=1)
+    assert len(free) > 3
+    capped, same = generate(real_model, [signs[0], signs[0]], steps=1, max_length=[3, None])
+    assert len(capped) == 3 and len(same) == len(free)
 
 
 def test_each_item_samples_its_length_with_its_own_seed(real_model, real_data):

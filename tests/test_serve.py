@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from conftest import POSES, tiny_model_config
-from t2p.generation import as_pose, generate
+from t2p.generation import as_pose, generate, iter_generate
 from t2p.model import T2PModel
 from t2p.notation import SignText, Vocabulary
 from t2p.pose import Skeleton, SkeletonComponent, _source_indices, read_pose, to_pose, to_sequence, write_pose
@@ -52,6 +52,22 @@ def model(model_dir) -> T2PModel:
     return T2PModel.load(model_dir)
 
 
+def _other_model(model: T2PModel, seed: int, folder: Path) -> Path:
+    """The tiny model with other refiner weights: the same request gives another sequence."""
+    other = T2PModel(model.config, model.schedule_config)
+    other.load_state_dict(model.state_dict())
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        torch.nn.init.normal_(other.refiner.frames_out.weight, std=0.05)
+    return other.save(folder)
+
+
+@pytest.fixture(scope="module")
+def other_model_dirs(model, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("others")
+    return {name: _other_model(model, seed, folder / name) for name, seed in (("other", 1), ("third", 2))}
+
+
 @pytest.fixture(scope="module")
 def token_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("token") / "token"
@@ -60,12 +76,14 @@ def token_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(ray_session, model_dir, token_file) -> str:
+def server(ray_session, model_dir, other_model_dirs, token_file) -> str:
+    """Three models by name, "sgg" the default; one more than the default kept loaded."""
     from ray import serve
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"model": str(model_dir), "auth_token_file": str(token_file), **LIMITS}), name="t2p-test",
-              route_prefix="/")
+    models = {"sgg": str(model_dir), **{name: str(folder) for name, folder in other_model_dirs.items()}}
+    serve.run(build_app({"models": models, "auth_token_file": str(token_file), "max_loaded_models": 1, **LIMITS}),
+              name="t2p-test", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
 
@@ -163,6 +181,95 @@ def test_json_and_pose_outputs_describe_the_same_sequence(client, model):
     assert described["points"] == [list(c.points) for c in model.skeleton.components]
     np.testing.assert_array_equal(np.asarray(described["frames"], np.float32), written.data)
     np.testing.assert_array_equal(np.asarray(described["confidence"], np.float32), written.confidence)
+
+
+def _written(model: T2PModel, sequence) -> np.ndarray:
+    """A generated sequence as the JSON format has it: written by `as_pose` (resting hands hidden)."""
+    return to_sequence(as_pose(model, sequence), model.skeleton, normalize=False).data
+
+
+def _events(response) -> list[dict]:
+    """A stream's events: NDJSON lines, or the data of server-sent events (each with its event name)."""
+    if response.headers["content-type"].startswith("text/event-stream"):
+        blocks = [block for block in response.text.split("\n\n") if block.strip()]
+        fields = [dict(line.split(": ", 1) for line in block.splitlines()) for block in blocks]
+        return [{**json.loads(f["data"]), "event": f["event"]} for f in fields]
+    assert response.headers["content-type"].startswith("application/x-ndjson")
+    return [json.loads(line) for line in response.text.splitlines()]
+
+
+def test_a_stream_sends_every_refinement_step_and_ends_with_the_response(client, model):
+    body = {"text": "kinder", "steps": 4, "length": 6, "format": "json"}
+    whole = client.post("/v1/generate", json=body).json()
+    events = _events(client.post("/v1/generate", json=body | {"stream": True}))
+    assert [(event["step"], event["steps"]) for event in events] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert {key: events[-1][key] for key in whole} == whole  # the last step is the response
+    assert events[0]["frames"] != events[-1]["frames"]  # each step refines the one before
+    steps = iter_generate(model, [SignText("kinder", "text")], steps=4, lengths=[6])
+    for event, (expected,) in zip(events, steps):  # each step as `iter_generate` (and `t2p render`) has it
+        np.testing.assert_allclose(np.asarray(event["frames"], np.float32), _written(model, expected), atol=1e-4)
+
+    as_file = client.post("/v1/generate", json=body | {"format": "pose"})
+    sse = _events(client.post("/v1/generate", json=body | {"format": "pose", "stream": True},
+                              headers={"Accept": "text/event-stream"}))
+    assert [event["event"] for event in sse] == ["step"] * 4
+    assert base64.b64decode(sse[-1]["pose"]) == as_file.content
+
+
+def test_streaming_requests_share_batches(server):
+    requests = [{"text": text, "steps": 3, "length": 5, "stream": True} for text in ("essen", "pizza", "kinder", "")]
+
+    async def send_all():
+        async with httpx.AsyncClient(base_url=server, trust_env=False, timeout=60, headers=AUTH) as client:
+            return await asyncio.gather(*(client.post("/v1/generate", json=body) for body in requests))
+
+    before = httpx.get(f"{server}/v1/stats", trust_env=False, headers=AUTH).json()
+    responses = asyncio.run(send_all())
+    after = httpx.get(f"{server}/v1/stats", trust_env=False, headers=AUTH).json()
+    assert all(len(_events(response)) == 3 for response in responses)
+    assert after["requests"] - before["requests"] == 4 and after["batches"] - before["batches"] < 4
+
+
+def test_models_are_picked_by_name_and_batches_never_mix_them(server, model, other_model_dirs):
+    models = httpx.get(f"{server}/v1/models", trust_env=False, headers=AUTH).json()
+    assert models["default"] == "sgg" and models["max_loaded_models"] == 1
+    assert [(m["name"], m["default"], m["languages"]) for m in models["models"]] == \
+        [("sgg", True, ["sgg"]), ("other", False, ["sgg"]), ("third", False, ["sgg"])]
+    body = {"text": "essen", "steps": 2, "length": 8, "format": "json"}
+    picks = [body, body | {"model": "other"}, body | {"model": "sgg"}, body | {"model": "other"}]
+
+    async def send_all():
+        async with httpx.AsyncClient(base_url=server, trust_env=False, timeout=60, headers=AUTH) as client:
+            return await asyncio.gather(*(client.post("/v1/generate", json=pick) for pick in picks))
+
+    before = httpx.get(f"{server}/v1/stats", trust_env=False, headers=AUTH).json()["batches_by_group"]
+    responses = asyncio.run(send_all())
+    after = httpx.get(f"{server}/v1/stats", trust_env=False, headers=AUTH).json()["batches_by_group"]
+    other = T2PModel.load(other_model_dirs["other"])
+    (expected_sgg,), (expected_other,) = (generate(m, [SignText("essen", "text")], steps=2, lengths=[8])
+                                          for m in (model, other))
+    for pick, response in zip(picks, responses):
+        expected = expected_other if pick.get("model") == "other" else expected_sgg
+        np.testing.assert_allclose(np.asarray(response.json()["frames"], np.float32), _written(model, expected),
+                                   atol=1e-4)
+    assert not np.allclose(expected_sgg.data, expected_other.data)  # so each model's own output is a claim
+    assert after.get("sgg/2", 0) > before.get("sgg/2", 0) and after.get("other/2", 0) > before.get("other/2", 0)
+
+    with httpx.Client(base_url=server, trust_env=False, timeout=60, headers=AUTH) as client:
+        by_header = client.post("/v1/generate", json=body, headers={"serve_multiplexed_model_id": "third"})
+        (expected_third,) = generate(T2PModel.load(other_model_dirs["third"]), [SignText("essen", "text")], steps=2,
+                                     lengths=[8])
+        np.testing.assert_allclose(np.asarray(by_header.json()["frames"], np.float32), _written(model, expected_third),
+                                   atol=1e-4)
+        loaded = {m["name"]: m["loaded"] for m in client.get("/v1/models").json()["models"]}
+        assert loaded == {"sgg": True, "other": False, "third": True}  # one besides the default: "other" went first
+        for name in ("nope", str(other_model_dirs["other"]), "../other"):  # only configured names, never a path
+            refused = client.post("/v1/generate", json=body | {"model": name})
+            assert refused.status_code == 422
+            assert f"model {name!r} is not one this server has (sgg, other, third)" in refused.json()["detail"]
+        mismatch = client.post("/v1/generate", json=body | {"model": "sgg"}, headers={"serve_multiplexed_model_id": "other"})
+        assert mismatch.status_code == 422 and "differ" in mismatch.json()["detail"]
+        assert client.get("/v1/model", params={"model": "other"}).json()["model"] == "other"
 
 
 def test_a_json_body_is_read_whatever_its_content_type(client):
@@ -366,9 +473,9 @@ def sgg_model_dir(model, tmp_path_factory) -> Path:
 
 
 def in_process(model_dir, lexicon=None, http_host="127.0.0.1", server_out: list | None = None, **config):
-    """A TestClient over `create_api` and a `T2PServer` made in this process (appended to `server_out`).
-    `@serve.batch` needs a Serve replica, so one-sign requests are for the served tests; sentences
-    and everything refused before the batch work here."""
+    """A TestClient over `create_api` and a `T2PServer` made in this process (appended to `server_out`);
+    its batches are the replica's (`t2p.serve_batches`), without Serve around them. Use it as
+    `with in_process(...) as client`: one event loop for all its requests."""
     from fastapi.testclient import TestClient
 
     from t2p.serve import T2PServer
@@ -502,12 +609,12 @@ def test_a_body_sent_without_its_length_is_cut_off_at_the_limit(model_dir):
 
 def test_a_request_past_its_timeout_is_a_504_with_a_message(model_dir):
     servers = []
-    with in_process(model_dir, request_timeout_s=0.2, server_out=servers) as client:
+    with in_process(model_dir, request_timeout_s=0.2, batch_wait_timeout_s=0.01, server_out=servers) as client:
         composed = servers[0].compose
 
-        async def slow_compose(sentence):  # a sentence that outlasts the timeout
+        async def slow_compose(served, sentence):  # a sentence that outlasts the timeout
             await asyncio.sleep(2)
-            return await composed(sentence)
+            return await composed(served, sentence)
         servers[0].compose = slow_compose
         response = client.post("/v1/generate", json=SENTENCE)
         assert response.status_code == 504
@@ -539,3 +646,116 @@ def test_t2p_serve_refuses_to_listen_beyond_loopback_without_a_token(model_dir, 
     error = capsys.readouterr().err.strip()
     assert error.startswith("t2p serve: error: the server listens on '0.0.0.0', beyond this machine: set "
                             "$T2P_API_TOKEN or auth_token_file") and "\n" not in error
+
+
+# --- fair batches: the replica's scheduler, without Serve -----------------------------------------
+
+def test_batches_group_items_by_model_and_power_of_two_steps(model):
+    from t2p.serve_batches import FairBatcher, Item, step_group
+    assert [step_group(steps) for steps in (1, 2, 3, 4, 5, 8, 9, 100)] == [1, 2, 4, 4, 8, 8, 16, 128]
+    runs = []
+
+    async def send():
+        batcher = FairBatcher(max_batch_size=8, batch_wait_timeout_s=0.05, on_run=lambda group, size: runs.append((group, size)))
+        items = [Item("essen", steps=3, length=4), Item("pizza", steps=4, length=6), Item("essen", steps=5, length=4),
+                 Item("kinder", steps=3, length=4)]
+        keys = ["a", "a", "a", "b"]  # "b": another model's name, with the same weights here
+        return await asyncio.gather(*(batcher.generate(model, key, item) for key, item in zip(keys, items))), items
+
+    results, items = asyncio.run(send())
+    assert sorted(runs) == [(("a", 4), 2), (("a", 8), 1), (("b", 4), 1)]
+    for item, result in zip(items, results):  # each as generated alone
+        (alone,) = generate(model, [item.text], steps=item.steps, lengths=[item.length], max_length=item.max_length)
+        np.testing.assert_allclose(result.data, alone.data, atol=1e-5)
+
+
+def test_a_one_step_request_waits_for_a_step_of_a_long_batch_not_for_all_of_it(model):
+    from t2p.serve_batches import FairBatcher, Item
+
+    async def race():
+        batcher = FairBatcher(max_batch_size=8, batch_wait_timeout_s=0)
+        long_steps = []
+
+        async def long_run():
+            async for _ in batcher.stream(model, "m", Item("essen", steps=64, length=40)):
+                long_steps.append(len(long_steps) + 1)
+
+        running = asyncio.create_task(long_run())
+        while not long_steps:  # the long batch has begun
+            await asyncio.sleep(0.001)
+        begun = len(long_steps)
+        await batcher.generate(model, "m", Item("pizza", steps=1, length=40))
+        done_at = len(long_steps)
+        await running
+        return begun, done_at, len(long_steps)
+
+    begun, short_done_at, long_total = asyncio.run(race())
+    assert long_total == 64
+    # the batches take turns: the short one's single step came after at most two more of the long one's
+    assert short_done_at - begun <= 2, (begun, short_done_at)
+
+
+def test_sentences_and_one_sign_requests_share_batches_in_process(model_dir, model):
+    from t2p.compose import compose_sentence
+    from t2p.serve import T2PServer
+    from t2p.serve_http import create_api
+    server = T2PServer(str(model_dir), asdict(ServeConfig(**LIMITS)), http_host="127.0.0.1")
+    api = create_api(server.config, lambda: server)
+    sentence = {"texts": ["essen", "pizza"], "language": "sgg", "steps": 1, "format": "json"}
+    signs = [{"text": text, "steps": 1, "length": 9, "format": "json"} for text in ("kinder", "kleine")]
+
+    async def send_all():
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t2p", headers=AUTH) as client:
+            await client.post("/v1/generate", json=sentence)  # a first sentence imports the gloss tools (slow, once)
+            return await asyncio.gather(*(client.post("/v1/generate", json=body) for body in [sentence, *signs]))
+
+    composed, *alone = asyncio.run(send_all())
+    assert composed.status_code == 200 and all(response.status_code == 200 for response in alone)
+    stats = server.stats.to_dict()
+    # 2 signs and 1 transition of the sentence, 2 one-sign requests: the signs shared one batch, then the transition
+    assert stats["recent_batch_sizes"][2:] == [4, 1], stats
+    expected = compose_sentence(model, sentence["texts"], "text", "sgg", steps=1, max_length=LIMITS["max_frames"])
+    np.testing.assert_allclose(np.asarray(composed.json()["frames"], np.float32),
+                               _written(model, expected.composition.generated), atol=1e-4)
+
+
+def test_a_stream_is_for_one_sign_and_ends_with_an_error_event_past_its_timeout(model_dir):
+    servers = []
+    with in_process(model_dir, request_timeout_s=0.3, server_out=servers) as client:
+        refused = client.post("/v1/generate", json={"texts": ["essen"], "stream": True})
+        assert refused.status_code == 422 and '"stream" applies to one sign' in refused.json()["detail"]
+        streamed = servers[0].stream
+
+        async def stalling(served, job):  # a first step, then none within the timeout
+            async for sequence in streamed(served, job):
+                yield sequence
+                await asyncio.sleep(2)
+        servers[0].stream = stalling
+        events = _events(client.post("/v1/generate", json={"text": "essen", "steps": 3, "length": 4, "stream": True}))
+        assert [event.get("step") for event in events] == [1, None]
+        assert events[-1]["status"] == 504 and events[-1]["error"].startswith("the request took longer than 0.3 s")
+        servers[0].stream = streamed
+        assert len(_events(client.post("/v1/generate", json={"text": "essen", "steps": 2, "length": 4,
+                                                             "stream": True}))) == 2
+
+
+def test_openapi_describes_every_response_body(model_dir):
+    with in_process(model_dir) as client:
+        described = client.get("/openapi.json").json()
+    schemas = described["components"]["schemas"]
+    for path, operations in described["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                assert response.get("description"), (path, method, status)
+                assert response.get("content"), (path, method, status)
+                for media, content in response["content"].items():
+                    assert content.get("schema"), (path, method, status, media)
+                if status != "200":
+                    assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    generated = described["paths"]["/v1/generate"]["post"]["responses"]
+    assert set(generated["200"]["content"]) == {"application/octet-stream", "application/json",
+                                                "application/x-ndjson", "text/event-stream"}
+    assert {"400", "401", "413", "422", "500", "504"} <= set(generated)
+    assert {"step", "steps", "frames", "pose", "error", "status"} <= set(schemas["StepEvent"]["properties"])
+    assert {"/healthz", "/v1/models", "/v1/model", "/v1/stats", "/v1/generate", "/v1/correct"} <= set(described["paths"])

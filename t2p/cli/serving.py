@@ -25,6 +25,7 @@ LIMIT_FLAGS = {
     "max_step_frames": (int, "steps x frames of one request"),
     "max_batch_size": (int, "requests per generate call"),
     "batch_wait_timeout_s": (float, "seconds a batch waits to fill"),
+    "max_loaded_models": (int, "models a replica keeps loaded besides the default (least recently used out)"),
     "max_guidance": (float, "largest |guidance|"),
     "max_first_pose_bytes": (int, "size of a first_pose .pose file"),
     "max_body_bytes": (int, "size of a request body (larger: 413)"),
@@ -46,6 +47,10 @@ def register(subparsers) -> None:
                       f"  {TOKEN_ENV}=$(openssl rand -hex 32) t2p serve --host 0.0.0.0   # beyond loopback: a token")
     parser.add_argument("--model", default=argparse.SUPPRESS,
                         help="model folder (default: $T2P_MODEL, else runs/default/best in the repo)")
+    parser.add_argument("--models", nargs="+", metavar="NAME=DIR", default=argparse.SUPPRESS,
+                        help="several model folders by name, picked per request by \"model\" (instead of --model)")
+    parser.add_argument("--default-model", metavar="NAME",
+                        help="the one of --models that requests naming none get (default: the first)")
     parser.add_argument("--lexicon", type=Path,
                         help="a spoken-to-signed lexicon folder (index.csv): its recordings sign the glosses it has")
     parser.add_argument("--host", default="127.0.0.1", help="address the HTTP proxy listens on")
@@ -57,11 +62,21 @@ def register(subparsers) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from t2p.serve import ServeConfig, build_app, resolve_lexicon_dir, resolve_model_dir
+    from t2p.serve import ServeConfig, build_app, resolve_lexicon_dir, resolve_model_dir, resolve_models
     from t2p.serve_http import load_token, require_token_if_exposed
 
     given = vars(args)
-    model_dir = resolve_model_dir(given["model"], base=Path.cwd()) if "model" in given else resolve_model_dir(None)
+    if "models" in given:
+        if "model" in given:
+            raise CommandError("give --model (one folder) or --models (several, by name), not both")
+        pairs = [entry.split("=", 1) for entry in given["models"]]
+        if not all(len(pair) == 2 for pair in pairs):
+            raise CommandError(f"--models takes NAME=DIR, got {' '.join(given['models'])}")
+        models, default_model = resolve_models(None, {name: str(resolve_model_dir(folder, base=Path.cwd()))
+                                                      for name, folder in pairs}, args.default_model)
+    else:
+        model_dir = resolve_model_dir(given["model"], base=Path.cwd()) if "model" in given else resolve_model_dir(None)
+        models, default_model = {"default": str(model_dir)}, args.default_model
     lexicon = resolve_lexicon_dir(args.lexicon, base=Path.cwd()) if args.lexicon else None
     if "auth_token_file" in given:
         given["auth_token_file"] = str(given["auth_token_file"].resolve())
@@ -80,11 +95,13 @@ def serve_command(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
-        app_args = {"model": str(model_dir), **asdict(limits), **({"lexicon": str(lexicon)} if lexicon else {})}
+        app_args = {"models": models, **({"default_model": default_model} if default_model else {}),
+                    **asdict(limits), **({"lexicon": str(lexicon)} if lexicon else {})}
         serve.run(build_app(app_args), name=APP_NAME, route_prefix="/")
         if not stop.is_set():
-            print(f"t2p serve: {model_dir} on http://{args.host}:{args.port} "
-                  "(POST /v1/generate, GET /healthz, GET /v1/model); Ctrl-C to stop", flush=True)
+            names = ", ".join(f"{name}={folder}" for name, folder in models.items())
+            print(f"t2p serve: {names} on http://{args.host}:{args.port} "
+                  "(POST /v1/generate, GET /healthz, GET /v1/models); Ctrl-C to stop", flush=True)
         while not stop.wait(0.5):
             pass
     finally:
