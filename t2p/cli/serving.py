@@ -50,7 +50,7 @@ def register(subparsers) -> None:
     parser.add_argument("--models", nargs="+", metavar="NAME=DIR", default=argparse.SUPPRESS,
                         help="several model folders by name, picked per request by \"model\" (instead of --model)")
     parser.add_argument("--default-model", metavar="NAME",
-                        help="the one of --models that requests naming none get (default: the first)")
+                        help="the one of --models that requests naming none get; the first when not given")
     parser.add_argument("--lexicon", type=Path,
                         help="a spoken-to-signed lexicon folder (index.csv): its recordings sign the glosses it has")
     parser.add_argument("--host", default="127.0.0.1", help="address the HTTP proxy listens on")
