@@ -25,7 +25,7 @@ LIMIT_FLAGS = {
     "max_step_frames": (int, "steps x frames of one request"),
     "max_batch_size": (int, "requests per generate call"),
     "batch_wait_timeout_s": (float, "seconds a batch waits to fill"),
-    "max_loaded_models": (int, "models a replica keeps loaded besides the default (least recently used out)"),
+    "max_loaded_models": (int, "models a replica keeps loaded besides the one requests get unnamed (least recently used out)"),
     "max_guidance": (float, "largest |guidance|"),
     "max_first_pose_bytes": (int, "size of a first_pose .pose file"),
     "max_body_bytes": (int, "size of a request body (larger: 413)"),
