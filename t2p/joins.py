@@ -1,8 +1,8 @@
 """How well composed signs are joined: `t2p evaluate --task compose`.
 
 At every join (the last frame of a sign to the first of the next) the peak speed and jerk
-(`metrics.join_peaks`, as fluent-pose-synthesis measures them) are compared with (a) the motion inside
-the recordings that were composed (`metrics.RecordedMotion`): a join should move no faster and no
+(`join_peaks`, as fluent-pose-synthesis measures them) are compared with (a) the motion inside
+the recordings that were composed (`RecordedMotion`): a join should move no faster and no
 more abruptly than real signing does, and with (b) the same recordings joined by spoken-to-signed's
 smooth concatenation (`spoken_to_signed_concatenation`, its own `concatenate_poses`), by a linear
 blend, and by a jump cut (nothing between the signs), which a transition must beat.
@@ -10,6 +10,7 @@ blend, and by a jump cut (nothing between the signs), which a transition must be
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -18,9 +19,125 @@ import numpy as np
 
 from t2p.compose import Composition, Segment, compose
 from t2p.generation import Generated, generate
-from t2p.metrics import WITHIN_SHARE, RecordedMotion, dtw_mje, join_peaks
+from t2p.metrics import dtw_mje
 from t2p.model import T2PModel
 from t2p.pose import PoseSequence, Skeleton, in_layout, read_pose, to_pose, to_sequence
+
+
+# --- Joins: speed and jerk where one sign meets the next ---------------------------------------
+
+JOIN_MARGIN = 2  # frames of each sign on either side of a join that its peaks look at
+# a join is within the recorded motion when its peak speed and peak jerk are each no higher than
+# this share of the recordings' stretches as long as its window (`RecordedMotion.within`)
+WITHIN_SHARE = 0.95
+
+
+def speed_and_jerk(data: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Speed and jerk as fluent-pose-synthesis reports them (`stitching/metrics.py` of
+    github.com/sign-language-processing/fluent-pose-synthesis at d9b7a42: `hand_velocity_series`,
+    `hand_accel_series`, `hand_jerk_series`): the speed of a step is the mean displacement of the
+    keypoints seen in both frames (shoulder widths per frame), acceleration the absolute change of
+    speed from one step to the next, jerk the absolute change of acceleration.
+
+    Two departures, both so that tracking gaps do not read as motion: every joint of the skeleton
+    counts, not the hands alone (a lexicon recording's hands are out of view at its ends, which is
+    where signs are joined), and each jerk value is taken over the joints seen in all four frames it
+    spans, so a hand coming into view is not a jerk. Steps (jerks) without such a joint are NaN.
+    Returns speed `(frames - 1,)` and jerk `(frames - 3,)`; jerk[t] covers frames t..t+3."""
+    # data: (frames, joints, dims); confidence: (frames, joints)
+    seen = confidence > 0
+    steps = np.linalg.norm(np.diff(data, axis=0), axis=-1)  # (frames - 1, joints)
+    both = seen[1:] & seen[:-1]
+    with np.errstate(invalid="ignore"):
+        speed = np.where(both.any(1), (steps * both).sum(1) / np.maximum(both.sum(1), 1), np.nan)
+    frames = len(data)
+    if frames < 4:
+        return speed, np.zeros(0)
+    span = seen[:-3] & seen[1:-2] & seen[2:-1] & seen[3:]  # (frames - 3, joints): seen in t..t+3
+    count = span.sum(1)
+    # the three steps' speeds over one joint set: (frames - 3, 3)
+    speeds = np.stack([(steps[k:frames - 3 + k] * span).sum(1) for k in range(3)], axis=1) / np.maximum(count, 1)[:, None]
+    acceleration = np.abs(np.diff(speeds, axis=1))  # (frames - 3, 2)
+    jerk = np.where(count > 0, np.abs(acceleration[:, 1] - acceleration[:, 0]), np.nan)
+    return speed, jerk
+
+
+@dataclass(frozen=True)
+class JoinPeak:
+    """The fastest step and the largest jerk within a window of `frames` frames: from `margin`
+    frames before a join's last sign frame to `margin` frames after the next sign's first frame."""
+    speed: float
+    jerk: float
+    frames: int
+
+
+def join_peaks(data: np.ndarray, confidence: np.ndarray, joins: Sequence[tuple[int, int]],
+               margin: int = JOIN_MARGIN) -> list[JoinPeak]:
+    """For each join (last frame of one sign, first frame of the next, in `data`), its peaks
+    (`speed_and_jerk` of the steps and jerks whose frames all lie in the join's window)."""
+    # data: (frames, joints, dims); confidence: (frames, joints)
+    speed, jerk = speed_and_jerk(data, confidence)
+    peaks = []
+    for last, first in joins:
+        if not 0 <= last < first < len(data):
+            raise ValueError(f"a join runs from a sign's last frame to the next one's first, got {last}, {first}")
+        begin, end = max(0, last - margin), min(len(data) - 1, first + margin)  # frames begin..end
+        peaks.append(JoinPeak(*_window_peaks(speed, jerk, begin, end), end - begin + 1))
+    return peaks
+
+
+def _window_peaks(speed: np.ndarray, jerk: np.ndarray, begin: int, end: int) -> tuple[float, float]:
+    """The largest speed and jerk of frames begin..end (steps begin..end-1, jerks begin..end-3)."""
+    return _peak(speed[begin:end]), _peak(jerk[begin:max(begin, end - 2)])
+
+
+def _peak(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    return float(values.max()) if values.size else float("nan")
+
+
+@dataclass(frozen=True)
+class RecordedMotion:
+    """The speed and jerk series (`speed_and_jerk`) inside some recordings: how fast and how
+    abruptly real signers move, against which a join is ranked."""
+    series: tuple[tuple[np.ndarray, np.ndarray], ...]  # per recording: speed (frames - 1,), jerk (frames - 3,)
+
+    @classmethod
+    def of(cls, recordings: Sequence[tuple[np.ndarray, np.ndarray]]) -> "RecordedMotion":
+        """`recordings`: (data (frames, joints, dims), confidence (frames, joints)) pairs."""
+        return cls(tuple(speed_and_jerk(data, confidence) for data, confidence in recordings))
+
+    def window_peaks(self, frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """Peak speed and peak jerk of every stretch of `frames` frames inside the recordings."""
+        speeds, jerks = [], []
+        for speed, jerk in self.series:
+            for begin in range(len(speed) + 1 - frames + 1):
+                peak = _window_peaks(speed, jerk, begin, begin + frames - 1)
+                if all(math.isfinite(value) for value in peak):
+                    speeds.append(peak[0])
+                    jerks.append(peak[1])
+        return np.asarray(speeds), np.asarray(jerks)
+
+    def rank(self, peak: JoinPeak) -> tuple[float, float]:
+        """The share of the recordings' stretches as long as the join's window whose peak speed (and
+        peak jerk) is lower than the join's: 0.5 is as fast (abrupt) as real signing typically gets
+        within so many frames, 1.0 faster than anything in the recordings."""
+        speeds, jerks = self.window_peaks(peak.frames)
+        if not speeds.size:
+            raise ValueError(f"the recordings have no stretch of {peak.frames} frames to compare a join with")
+        return float(np.mean(speeds < peak.speed)), float(np.mean(jerks < peak.jerk))
+
+    def within(self, peak: JoinPeak, share: float = WITHIN_SHARE) -> bool:
+        """The join is no faster and no more abrupt than `share` of the recordings' stretches as long."""
+        return max(self.rank(peak)) <= share
+
+    def summary(self) -> dict:
+        """Median, 95th percentile and largest of every step's speed and every jerk, pooled."""
+        pooled = {name: np.concatenate([s[index] for s in self.series] or [np.zeros(0)])
+                  for index, name in enumerate(("speed", "jerk"))}
+        return {name: {"median": float(np.nanmedian(values)), "p95": float(np.nanpercentile(values, 95)),
+                       "max": float(np.nanmax(values))} for name, values in pooled.items()}
+
 
 
 
@@ -116,7 +233,7 @@ class CompositionReport:
 
 
 def join_scores(compositions: Sequence[Composition], recorded: RecordedMotion) -> dict:
-    """Peak speed and jerk at every join of `compositions` (`metrics.join_peaks`): median, largest,
+    """Peak speed and jerk at every join of `compositions` (`join_peaks`): median, largest,
     the median rank among the recordings' stretches as long (`RecordedMotion.rank`), and the share
     of joins within the recordings' 95% on both."""
     peaks = [peak for c in compositions for peak in join_peaks(c.data, c.confidence, c.joins)]

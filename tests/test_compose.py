@@ -8,7 +8,8 @@ from t2p.compose import change_speed, compose, fingerspell, pace_transition, pla
 from t2p.correction import copy_nearest_frame, correct, hide, interpolate_linearly
 from t2p.generation import Generated, generate
 from t2p.joins import jump_cut
-from t2p.metrics import JointGroups, RecordedMotion, active_signing_span, frame_motion, join_peaks, resample
+from t2p.joins import RecordedMotion, join_peaks
+from t2p.metrics import JointGroups, active_signing_span, frame_motion, resample
 from t2p.pose import PoseSequence, load_sequence
 
 

@@ -463,7 +463,7 @@ def test_dtw_mje_puts_the_same_letter_closer_in_most_held_out_pairs_and_ndtw_mje
 
 
 def test_speed_and_jerk_are_fluent_pose_synthesis_s_over_the_joints_seen_throughout():
-    from t2p.metrics import RecordedMotion, join_peaks, speed_and_jerk
+    from t2p.joins import RecordedMotion, join_peaks, speed_and_jerk
     # one joint moving 0.1 per frame along x, then stopping dead; a second joint that comes into view
     x = np.concatenate([np.arange(6) * 0.1, np.full(4, 0.5)])
     data = np.zeros((10, 2, 3), np.float32)
