@@ -488,6 +488,14 @@ class MetricInfo:
     better: str  # "lower" or "closer to 1"
 
 
+# what validation reports that a run (its best checkpoint, its saved steps) and a sweep can be
+# selected on, by `validation.validation_metrics`'s names; lower is better
+SELECTION_METRICS = {
+    "val_dtw_mje": "DTW-MJE from the reference's own first pose (the seed's and Ham2Pose's protocol)",
+    "val_neutral_dtw_mje": "DTW-MJE from the neutral start (what t2p generate without --first-pose gives)",
+    "val_neutral_handshape": "handshape distance from the neutral start (the fingers' joint angles)",
+}
+
 METRICS: dict[str, MetricInfo] = {
     "mje": MetricInfo("mean per-joint Euclidean error, shoulder widths (prediction linearly resampled to the "
                       "reference length when they differ)", "standard MJE/MPJPE", "lower"),

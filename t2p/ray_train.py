@@ -17,7 +17,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Collection, Iterator, Sequence
+from typing import Collection, Iterator, Literal, Sequence
 
 import ray
 import ray.data
@@ -30,6 +30,7 @@ from t2p.cluster import ensure_ray
 from t2p.config import from_dict, typed_fields
 from t2p.data import (LengthBatch, PoseBatch, ShardExamples, collate, load_manifest, model_config_from_manifest,
                       read_items, shard_paths, training_texts)
+from t2p.handshape import hands_of
 from t2p.model import ModelConfig, T2PModel
 from t2p.objective import TrainingObjective, unwrap
 from t2p.schedule import ScheduleConfig
@@ -52,6 +53,8 @@ class TrainingJob:
     validation_items: int = 64                    # validation items scored (evenly spaced over the split)
     validate_every: int = 0                       # epochs between validations; 0: about 20 in a run
     calibrate: bool = True                        # after training, save the best-measured steps and guidance
+    # the validation metric the best checkpoint, the saved steps and a sweep's best trial are chosen on
+    select_on: Literal["val_dtw_mje", "val_neutral_dtw_mje", "val_neutral_handshape"] = "val_dtw_mje"
     max_failures: int = 1                         # worker failures survived by restarting from the last checkpoint
     wandb: bool = False
     name: str = "ray"                             # Ray's run name inside `out`
@@ -66,7 +69,7 @@ class TrainingJob:
     # the fields that say which run a job is, in the order a refusal lists them; `batch_size` lives
     # in the `train` settings but is a flag of its own
     IDENTITY_FIELDS = ("data", "workers", "gpu", "cpus_per_worker", "max_failures", "validation_items",
-                       "validate_every", "wandb", "batch_size")
+                       "validate_every", "wandb", "batch_size", "select_on")
 
     def changed_settings(self, asked: "TrainingJob", given: Collection[str] | None = None) -> list[str]:
         """Whether `asked` is the run this (saved) job is: the names in `IDENTITY_FIELDS` whose value
@@ -463,6 +466,9 @@ def run_training(job: TrainingJob, callbacks: Sequence = (), inject_failure: dic
     schedule_config = from_dict(ScheduleConfig, {**ScheduleConfig().to_dict(), **job.schedule}, what="schedule config")
     if not manifest["counts"]["validation"]:
         raise ValueError(f"{data} has no validation rows: prepare it with a validation fraction > 0")
+    if job.select_on == "val_neutral_handshape" and not hands_of(model_config.build_skeleton()):
+        raise ValueError(f"--select-on val_neutral_handshape needs both hands' 21 points; {data}'s skeleton "
+                         f"has none: select on val_dtw_mje or val_neutral_dtw_mje")
     out.mkdir(parents=True, exist_ok=True)
     (out / "job.json").write_text(json.dumps({"job": job.to_dict(), "train_config": train_config.to_dict(),
                                               "schedule_config": schedule_config.to_dict()}, indent=1))
@@ -498,7 +504,7 @@ def run_training(job: TrainingJob, callbacks: Sequence = (), inject_failure: dic
         run_config=ray.train.RunConfig(
             name=job.name, storage_path=str(out), callbacks=[printer, *callbacks],
             failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_dtw_mje",
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=job.select_on,
                                                          checkpoint_score_order="min")),
     )
     try:
@@ -508,22 +514,26 @@ def run_training(job: TrainingJob, callbacks: Sequence = (), inject_failure: dic
         raise _worker_error(error) from error
     if result.error:
         raise _worker_error(result.error) from result.error
-    best = export_run(out, result)
+    best = export_run(out, result, job.select_on)
     if not job.calibrate:  # e.g. a sweep over steps: the trial's own setting is what is measured
         return {**best, "steps": schedule_config.steps, "guidance": schedule_config.guidance,
-                "val_dtw_mje_chosen": best["val_dtw_mje"]}
+                "val_dtw_mje_chosen": best["val_dtw_mje"], "selected_on": job.select_on,
+                "selected_score": best[job.select_on]}
     # the default steps and guidance saved with the model are the ones measured best on validation
     model = T2PModel.load(out / "best")
-    table = choose_generation_defaults(model, evenly_spaced(read_items(data, "validation"), job.validation_items))
+    table = choose_generation_defaults(model, evenly_spaced(read_items(data, "validation"), job.validation_items),
+                                       metric=job.select_on)
     model.save(out / "best")
     (out / "generation.json").write_text(json.dumps(table, indent=1))
     chosen = next(row for row in table if row["chosen"])
-    return {**best, "steps": chosen["steps"], "guidance": chosen["guidance"], "val_dtw_mje_chosen": chosen["val_dtw_mje"]}
+    return {**best, "steps": chosen["steps"], "guidance": chosen["guidance"], "val_dtw_mje_chosen": chosen["val_dtw_mje"],
+            "selected_on": job.select_on, "selected_score": chosen[job.select_on]}
 
 
-def export_run(out: Path, result) -> dict:
-    """Copy the best checkpoint's model to out/best and the per-epoch metrics to out/metrics.csv."""
-    best_checkpoint, best_metrics = min(result.best_checkpoints, key=lambda pair: pair[1]["val_dtw_mje"])
+def export_run(out: Path, result, select_on: str = "val_dtw_mje") -> dict:
+    """Copy the model of the checkpoint with the lowest `select_on` to out/best and the per-epoch
+    metrics to out/metrics.csv."""
+    best_checkpoint, best_metrics = min(result.best_checkpoints, key=lambda pair: pair[1][select_on])
     staging = out / "best.partial"
     shutil.rmtree(staging, ignore_errors=True)
     with best_checkpoint.as_directory() as directory:

@@ -15,9 +15,6 @@ from pathlib import Path
 from t2p.ray_train import TrainingJob, ensure_ray, route_settings, run_training
 from t2p.train import TrainConfig
 
-METRIC = "val_dtw_mje"
-
-
 def default_search_space() -> dict:
     from ray import tune
     return {"steps": tune.choice([1, 3, 10]),
@@ -75,7 +72,9 @@ def tune_trial(config: dict) -> None:
 def run_sweep(job: TrainingJob, samples: int = 4, space: dict | None = None, max_concurrent: int = 1,
               grace_period: int = 1, reduction_factor: int = 2) -> dict:
     """Sweep `space` (default: steps and two loss weights) with `samples` trials under ASHA, which stops
-    trials whose validation DTW-MJE trails the others' at the same validation count.
+    trials whose validation metric (`job.select_on`, e.g. DTW-MJE from the own start, or the
+    handshape from the neutral start for a sweep over hand loss weights) trails the others' at the
+    same validation count.
 
     Writes into job.out: trials.csv (one row per trial: its settings, best metric, status),
     progress.csv (the metric of every trial at every validation), progress.png (the same, plotted),
@@ -85,6 +84,7 @@ def run_sweep(job: TrainingJob, samples: int = 4, space: dict | None = None, max
     from ray.tune.schedulers import ASHAScheduler
     out = Path(job.out).resolve()
     job = replace(job, out=str(out), data=str(Path(job.data).resolve()))
+    metric = job.select_on
     ensure_ray()
     epochs = int(job.train.get("epochs", TrainConfig().epochs))
     every = job.validate_every or max(1, epochs // 20)
@@ -98,7 +98,7 @@ def run_sweep(job: TrainingJob, samples: int = 4, space: dict | None = None, max
         # coordinator), which starves a small machine: the driver reserves memory instead.
         tune.with_resources(tune_trial, {"CPU": 0, "memory": 256 * 1024 ** 2}),
         param_space={"job": job.to_dict(), "search": space or default_search_space()},
-        tune_config=tune.TuneConfig(metric=METRIC, mode="min", num_samples=samples,
+        tune_config=tune.TuneConfig(metric=metric, mode="min", num_samples=samples,
                                     max_concurrent_trials=max_concurrent,
                                     # max_t one past the last report: ASHA stops a trial that reaches
                                     # max_t, which killed finished trials before they exported their model
@@ -110,46 +110,46 @@ def run_sweep(job: TrainingJob, samples: int = 4, space: dict | None = None, max
                                   callbacks=[JsonLoggerCallback(), CSVLoggerCallback()]),
     )
     results = tuner.fit()
-    trials = [_trial_row(result, out, validations) for result in results]
+    trials = [_trial_row(result, out, validations, metric) for result in results]
     finished = [trial for trial in trials if trial["status"] == "completed"]
     if not finished:
         errors = "; ".join(f"{t['trial_id']}: {t['error']}" for t in trials if t["error"])
         raise RuntimeError(f"no trial of the sweep finished{': ' + errors if errors else ''}")
-    best = min(finished, key=lambda trial: trial[METRIC])
+    best = min(finished, key=lambda trial: trial[metric])
     staging = out / "best.partial"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(out / "trials" / best["trial_id"] / "best", staging)
     shutil.rmtree(out / "best", ignore_errors=True)
     staging.replace(out / "best")
     progress = [{"trial_id": trial["trial_id"], **row} for result, trial in zip(results, trials)
-                for row in _progress(result)]
+                for row in _progress(result, metric)]
     _write_csv(out / "trials.csv", [{k: v for k, v in trial.items() if k != "config"} | trial["config"]
                                     for trial in trials])
     _write_csv(out / "progress.csv", progress)
-    plot_progress(progress, out / "progress.png", best["trial_id"])
-    summary = {"best_trial": best["trial_id"], "best_config": best["config"], "best_metrics": best["metrics"],
+    plot_progress(progress, out / "progress.png", best["trial_id"], metric)
+    summary = {"metric": metric, "best_trial": best["trial_id"], "best_config": best["config"], "best_metrics": best["metrics"],
                "trials": [{k: v for k, v in trial.items() if k != "metrics"} for trial in trials]}
     (out / "sweep.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
 
-def _trial_row(result, out: Path, validations: int) -> dict:
-    history = _progress(result)
-    scores = [row[METRIC] for row in history if row.get(METRIC) is not None]
+def _trial_row(result, out: Path, validations: int, metric: str) -> dict:
+    history = _progress(result, metric)
+    scores = [row[metric] for row in history if row.get(metric) is not None]
     trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
     exported = (out / "trials" / trial_id / "best").is_dir()
     status = "error" if result.error else ("completed" if exported and len(scores) >= validations else "stopped early")
-    return {"trial_id": trial_id, "status": status, METRIC: min(scores) if scores else None,
+    return {"trial_id": trial_id, "status": status, metric: min(scores) if scores else None,
             "validations": len(scores), "error": str(result.error) if result.error else None,
             "config": dict(result.config["search"]),
             "metrics": {k: v for k, v in (result.metrics or {}).items() if k.startswith(("val_", "train_", "epoch"))}}
 
 
-def _progress(result) -> list[dict]:
+def _progress(result, metric: str) -> list[dict]:
     frame = result.metrics_dataframe
-    if frame is None or METRIC not in frame:
+    if frame is None or metric not in frame:
         return []
-    return [{"epoch": int(epoch), METRIC: float(value)} for epoch, value in zip(frame["epoch"], frame[METRIC])]
+    return [{"epoch": int(epoch), metric: float(value)} for epoch, value in zip(frame["epoch"], frame[metric])]
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -161,18 +161,18 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def plot_progress(progress: list[dict], path: Path, best_trial: str) -> None:
-    """Validation DTW-MJE of every trial over epochs; the best trial drawn thick."""
+def plot_progress(progress: list[dict], path: Path, best_trial: str, metric: str) -> None:
+    """The validation `metric` of every trial over epochs; the best trial drawn thick."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     figure, axes = plt.subplots(figsize=(7, 4))
     for trial in dict.fromkeys(row["trial_id"] for row in progress):
         rows = [row for row in progress if row["trial_id"] == trial]
-        axes.plot([row["epoch"] for row in rows], [row[METRIC] for row in rows], marker="o",
+        axes.plot([row["epoch"] for row in rows], [row[metric] for row in rows], marker="o",
                   linewidth=3 if trial == best_trial else 1, label=trial + (" (best)" if trial == best_trial else ""))
     axes.set_xlabel("epoch")
-    axes.set_ylabel(f"validation {METRIC}")
+    axes.set_ylabel(f"validation {metric}")
     axes.set_title("t2p tune: trials (ASHA stops the trailing ones)")
     axes.legend(fontsize="small")
     figure.tight_layout()

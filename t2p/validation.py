@@ -10,7 +10,7 @@ import numpy as np
 from t2p.baselines import static_baseline
 from t2p.generation import generate
 from t2p.handshape import handshape_distance
-from t2p.metrics import JointGroups, dtw_mje, length_error
+from t2p.metrics import SELECTION_METRICS, JointGroups, dtw_mje, length_error
 from t2p.model import T2PModel
 
 if TYPE_CHECKING:
@@ -60,25 +60,28 @@ def validation_metrics(model: T2PModel, items: Sequence["PreparedItem"], steps: 
 
 CALIBRATION_STEPS = (1, 3, 10)
 CALIBRATION_GUIDANCE = (1.0, 2.0)
-CALIBRATION_TOLERANCE = 0.01  # a setting within 1% of the best validation DTW-MJE counts as as good
+CALIBRATION_TOLERANCE = 0.01  # a setting within 1% of the best validation score counts as as good
 
 
 def choose_generation_defaults(model: T2PModel, items: Sequence["PreparedItem"],
                                steps: Sequence[int] = CALIBRATION_STEPS,
-                               guidance: Sequence[float] = CALIBRATION_GUIDANCE) -> list[dict]:
+                               guidance: Sequence[float] = CALIBRATION_GUIDANCE,
+                               metric: str = "val_dtw_mje") -> list[dict]:
     """Score every (steps, guidance) on validation items and make the cheapest good one the model's
     default: the fewest steps (then the least guidance) within CALIBRATION_TOLERANCE of the lowest
-    DTW-MJE. Steps cost time linearly, and on the default data 1 step scores within 1% of 10
+    `metric` (one of SELECTION_METRICS). Steps cost time linearly, and on the default data 1 step scores within 1% of 10
     (docs/quality.md): exact ties almost never happen, so a strict minimum paid 10x the time for
     noise. Returns the table."""
+    if metric not in SELECTION_METRICS:
+        raise ValueError(f"unknown selection metric {metric!r}; choose from {', '.join(SELECTION_METRICS)}")
     table = []
     for step_count in steps:
         for scale in guidance:
             metrics = validation_metrics(model, items, step_count, scale)
             table.append({"steps": step_count, "guidance": scale, **metrics})
-    lowest = min(row["val_dtw_mje"] for row in table)
-    good = [row for row in table if row["val_dtw_mje"] <= lowest * (1 + CALIBRATION_TOLERANCE)]
-    best = min(good, key=lambda row: (row["steps"], abs(row["guidance"] - 1), row["val_dtw_mje"]))
+    lowest = min(row[metric] for row in table)
+    good = [row for row in table if row[metric] <= lowest * (1 + CALIBRATION_TOLERANCE)]
+    best = min(good, key=lambda row: (row["steps"], abs(row["guidance"] - 1), row[metric]))
     model.schedule_config = replace(model.schedule_config, steps=best["steps"], guidance=best["guidance"])
     for row in table:
         row["chosen"] = row is best

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from t2p.cli import DEFAULT_DATA, DEFAULT_RUN, CommandError, add_verb
 from t2p.cli.prepare import FINGERSPELLING_LENGTH_RATIO
+from t2p.metrics import SELECTION_METRICS
 
 
 def register(subparsers) -> None:
@@ -19,7 +20,7 @@ def register(subparsers) -> None:
 # Defaults of the training flags; the parser's own defaults are None, so that a resumed run can tell
 # a flag the user gave (and must match the saved job) from one left out (the saved value stands).
 TRAINING_DEFAULTS = {"data": Path(DEFAULT_DATA), "workers": 1, "device": "cpu", "cpus_per_worker": 1.0,
-                     "max_failures": 1, "validation_items": 64, "validate_every": 0}
+                     "max_failures": 1, "validation_items": 64, "validate_every": 0, "select_on": "val_dtw_mje"}
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +42,11 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                         help=f"validation items scored at each validation, evenly spaced over the split (default {defaults['validation_items']})")
     parser.add_argument("--validate-every", type=int, metavar="EPOCHS",
                         help="epochs between validations and checkpoints (default 0: about 20 in a run)")
+    parser.add_argument("--select-on", choices=list(SELECTION_METRICS), metavar="METRIC",
+                        help="validation metric that picks the best checkpoint, the saved steps and guidance, and "
+                             "a sweep's best trial (lower is better): "
+                             + "; ".join(f"{name}: {what}" for name, what in SELECTION_METRICS.items())
+                             + f" (default {defaults['select_on']})")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline without a key)")
 
 
@@ -82,13 +88,14 @@ def training_job_from_args(args: argparse.Namespace):
                        cpus_per_worker=_option(args, "cpus_per_worker"), model=model, train=train, schedule=schedule,
                        validation_items=_option(args, "validation_items"),
                        validate_every=_option(args, "validate_every"), wandb=args.wandb,
-                       max_failures=_option(args, "max_failures"))
+                       max_failures=_option(args, "max_failures"), select_on=_option(args, "select_on"))
 
 
 # the job fields `TrainingJob.changed_settings` names, as the flags that set them
 FLAGS = {"data": "--data", "workers": "--workers", "gpu": "--gpu/--device", "cpus_per_worker": "--cpus-per-worker",
          "max_failures": "--max-failures", "validation_items": "--validation-items",
-         "validate_every": "--validate-every", "wandb": "--wandb", "batch_size": "--batch-size", "set": "--set"}
+         "validate_every": "--validate-every", "wandb": "--wandb", "batch_size": "--batch-size",
+         "select_on": "--select-on", "set": "--set"}
 
 
 def changed_flags(args: argparse.Namespace, saved, only_given: bool) -> list[str]:
@@ -133,6 +140,8 @@ def train_command(args: argparse.Namespace) -> int:
     print(f"best epoch {best.get('epoch')}: validation DTW-MJE {best['val_dtw_mje']:.4f} "
           f"(static baseline {best['val_static_dtw_mje']:.4f}); default generation: {best['steps']} steps, "
           f"guidance {best['guidance']:g} (validation DTW-MJE {best['val_dtw_mje_chosen']:.4f})")
+    if best["selected_on"] != "val_dtw_mje":
+        print(f"selected on {best['selected_on']}: {best['selected_score']:.4f}")
     print(f"model: {out / 'best'}\nmetrics: {out / 'metrics.csv'}\nconfig: {out / 'job.json'}\n"
           f"steps and guidance measured: {out / 'generation.json'}")
     return 0
@@ -157,7 +166,7 @@ def _register_tune(subparsers) -> None:
 
 
 def tune_command(args: argparse.Namespace) -> int:
-    from t2p.tune import METRIC, parse_search, run_sweep
+    from t2p.tune import parse_search, run_sweep
     if args.samples < 1:
         raise CommandError("--samples must be >= 1")
     job = training_job_from_args(args)
@@ -165,9 +174,10 @@ def tune_command(args: argparse.Namespace) -> int:
         raise CommandError("--grace-period must be >= 1")
     summary = run_sweep(job, samples=args.samples, space=parse_search(args.search) if args.search else None,
                         max_concurrent=args.max_concurrent, grace_period=args.grace_period)
+    metric = summary["metric"]
     for trial in summary["trials"]:
-        score = "-" if trial[METRIC] is None else f"{trial[METRIC]:.4f}"
-        print(f"{trial['trial_id']}  {trial['status']:<14} {METRIC} {score}  {trial['config']}"
+        score = "-" if trial[metric] is None else f"{trial[metric]:.4f}"
+        print(f"{trial['trial_id']}  {trial['status']:<14} {metric} {score}  {trial['config']}"
               + ("   <- best" if trial["trial_id"] == summary["best_trial"] else ""))
     print(f"model: {args.out / 'best'}\ntables: {args.out / 'trials.csv'}, {args.out / 'progress.csv'}\n"
           f"plot: {args.out / 'progress.png'}\nsummary: {args.out / 'sweep.json'}")
