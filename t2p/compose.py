@@ -4,7 +4,8 @@
   (`"texts"`, `"spoken_text"`): spoken text and/or glosses -> planned signs (`plan_sentence`) ->
   recordings of the signs a lexicon has -> `compose`; each sign's segment says where it came from.
 - `compose`: several signs in a row. Each sign is generated as it would be alone (same signer,
-  same first pose); the frames between two signs are *inpainted* by the same model: a window of
+  same first pose) and cut where it comes closest to its neighbours (`cut_at_connection_points`,
+  spoken-to-signed's connection points); the frames between two signs are *inpainted* by the same model: a window of
   the first sign's last frames, empty frames, and the next sign's first frames, with the known
   frames given to the refiner and held fixed at every step, so the model draws the movement from
   one to the next. The inpainted path is then re-timed (`pace_transition`) to the signs' own mean
@@ -32,6 +33,7 @@ from t2p.generation import FirstPoseLike, Generated, Observed, TextLike, generat
 from t2p.metrics import frame_motion, resample
 from t2p.model import T2PModel
 from t2p.notation import SignText
+from t2p.pose import Skeleton
 
 # frames of each neighbouring sign the transition window holds fixed: with 3 or 8 the window starts
 # mid-sign, unlike any training sequence, and the joins were 14-15x the signs' speed (median); with
@@ -91,8 +93,10 @@ def compose(model: T2PModel, texts: Sequence[TextLike], first_pose: FirstPoseLik
             steps: int | None = None, guidance: float | None = None, speed: float = 1.0,
             transition_frames: int | None = None, keep_proportions: bool = False,
             max_length: int | None = None, recorded: dict[int, Generated] | None = None,
-            generator: Callable[..., list[Generated]] = generate) -> Composition:
+            generator: Callable[..., list[Generated]] = generate, cut_at_connections: bool = True) -> Composition:
     """The signs of `texts` in order, joined by generated transitions; one signer (`first_pose`).
+    With `cut_at_connections`, each sign ends (and the next begins) where the two come closest
+    (`cut_at_connection_points`), so the hand does not fall to rest and rise again between signs.
     `max_length` caps each sign's predicted length (as in `generate`). `recorded` gives some signs
     as recordings (position -> sequence, e.g. a lexicon's, see `lexicon_sign`) instead of generating
     them; the transitions into and out of them are generated all the same. `generator`: `generate`,
@@ -106,6 +110,8 @@ def compose(model: T2PModel, texts: Sequence[TextLike], first_pose: FirstPoseLik
                          steps=steps, guidance=guidance, keep_proportions=keep_proportions, max_length=max_length)
     by_position = {**dict(zip(to_generate, generated)), **recorded}
     signs = [change_speed(by_position[i], speed) for i in range(len(texts))]
+    if cut_at_connections:
+        signs = cut_at_connection_points(signs, model.config.fps, model.skeleton)
     names = [text.text if isinstance(text, SignText) else str(text) for text in texts]
     velocity = typical_velocity(signs)
 
@@ -147,6 +153,48 @@ def compose(model: T2PModel, texts: Sequence[TextLike], first_pose: FirstPoseLik
             position += len(transitions[index])
     return Composition(np.concatenate([p.data for p in pieces]), np.concatenate([p.confidence for p in pieces]),
                        segments)
+
+
+def cut_at_connection_points(signs: Sequence[Generated], fps: float, skeleton: Skeleton) -> list[Generated]:
+    """Each sign cut where it comes closest to its neighbour: the pair of frames, one in the last
+    0.3 s (or 30%) of a sign and one in the first of the next, whose joints (the face's aside) are nearest, by
+    spoken-to-signed's own `find_best_connection_point` (what its smooth concatenation cuts at).
+    The first sign keeps its onset, the last its offset. Recorded signs, and signs generated like
+    them, start by raising the hand and end by lowering it (on the fingerspelling lexicon the first
+    and last steps move 20x faster than the middle's median: docs/quality.md, Joins): joined whole,
+    every join would drop the hand and raise it again."""
+    from spoken_to_signed.gloss_to_pose.smoothing import find_best_connection_point
+    joints = _connection_joints(skeleton)
+    bounds = [[0, len(sign)] for sign in signs]
+    for index in range(len(signs) - 1):
+        end, begin = find_best_connection_point(*(_as_pose(s, fps, joints) for s in signs[index:index + 2]))
+        bounds[index][1] = max(int(end) + 1, bounds[index][0] + 1)  # its best frame is kept
+        bounds[index + 1][0] = int(begin)
+    return [Generated(sign.data[begin:end], sign.confidence[begin:end]) for sign, (begin, end) in zip(signs, bounds)]
+
+
+def _as_pose(sign: Generated, fps: float, joints: Sequence[int]):
+    """`sign`'s `joints` as the pose-format `Pose` that spoken-to-signed's functions read."""
+    from pose_format import Pose
+    from pose_format.numpy import NumPyPoseBody
+    from pose_format.pose_header import PoseHeader, PoseHeaderComponent, PoseHeaderDimensions
+    points = [str(joint) for joint in joints]
+    header = PoseHeader(0.1, PoseHeaderDimensions(1, 1, 1),
+                        [PoseHeaderComponent("POINTS", points, [], [(0, 0, 0)], "XYZC")])
+    body = NumPyPoseBody(fps, sign.data[:, None, list(joints)].astype(np.float64),
+                         sign.confidence[:, None, list(joints)].astype(np.float64))
+    return Pose(header, body)
+
+
+def _connection_joints(skeleton: Skeleton) -> list[int]:
+    """Every joint but the face's: spoken-to-signed leaves the face out of its connection distance,
+    where its many points barely move and would drown the hands."""
+    joints, position = [], 0
+    for component in skeleton.components:
+        if component.name != "FACE_LANDMARKS":
+            joints += range(position, position + len(component.points))
+        position += len(component.points)
+    return joints
 
 
 def _with_ends(data: np.ndarray, confidence: np.ndarray, before: Generated, after: Generated) -> Generated:

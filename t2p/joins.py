@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from t2p.compose import Composition, Segment, compose
+from t2p.compose import Composition, Segment, compose, cut_at_connection_points
 from t2p.generation import Generated, generate
 from t2p.metrics import dtw_mje
 from t2p.model import T2PModel
@@ -251,10 +251,10 @@ def join_scores(compositions: Sequence[Composition], recorded: RecordedMotion) -
 def evaluate_composition(model: T2PModel, items: Sequence, signs_per_sentence: int = 3,
                          steps: int | None = None) -> CompositionReport:
     """Sentences of `signs_per_sentence` consecutive items of one language. Their recordings are
-    joined four ways: by `compose`'s generated transitions, by spoken-to-signed's smooth
-    concatenation (`spoken_to_signed_concatenation`), by a linear blend as long as `compose`'s
-    transition, and by a jump cut; and the generated signs (from the first recording's first frame)
-    by `compose`. Every join's peak speed and jerk is compared with the motion inside the
+    joined five ways: by `compose`'s generated transitions (with the signs cut at their connection
+    points, and whole), by spoken-to-signed's smooth concatenation (`spoken_to_signed_concatenation`),
+    and, between the same cut signs as `compose`'s, by a linear blend as long as its transition and
+    by a jump cut; and the generated signs (from the first recording's first frame) by `compose`. Every join's peak speed and jerk is compared with the motion inside the
     recordings. Per sign: DTW-MJE against its own recording, composed and alone."""
     from tqdm import tqdm
 
@@ -264,7 +264,8 @@ def evaluate_composition(model: T2PModel, items: Sequence, signs_per_sentence: i
     sentences = [group[begin:begin + signs_per_sentence] for group in by_language.values()
                  for begin in range(0, len(group) - signs_per_sentence + 1, signs_per_sentence)]
     joined: dict[str, list[Composition]] = {"t2p (generated transitions)": [], "t2p, generated signs": [],
-                                            "spoken-to-signed concatenation": [], "linear blend": [], "jump cut": []}
+                                            "t2p, whole signs (not cut)": [], "spoken-to-signed concatenation": [],
+                                            "linear blend": [], "jump cut": []}
     segment_errors: dict[str, list[float]] = {"alone": [], "composed": []}
     recordings = []
     for sentence in tqdm(sentences, desc="compose", unit="sentence", leave=False):
@@ -274,8 +275,11 @@ def evaluate_composition(model: T2PModel, items: Sequence, signs_per_sentence: i
         recordings += [(sign.data, sign.confidence) for sign in recorded]
         between = compose(model, texts, first_pose, steps=steps, recorded=dict(enumerate(recorded)))
         joined["t2p (generated transitions)"].append(between)
-        joined["linear blend"].append(_linear_blend(between, recorded))
-        joined["jump cut"].append(jump_cut(recorded))
+        joined["t2p, whole signs (not cut)"].append(compose(model, texts, first_pose, steps=steps,
+                                                            recorded=dict(enumerate(recorded)), cut_at_connections=False))
+        cut = cut_at_connection_points(recorded, model.config.fps, model.skeleton)  # the signs as `between` joins them
+        joined["linear blend"].append(_linear_blend(between, cut))
+        joined["jump cut"].append(jump_cut(cut))
         laid_out = [replace(item.sequence, layout=to_sequence(read_pose(item.source_path), model.skeleton).layout)
                     for item in sentence]
         joined["spoken-to-signed concatenation"].append(spoken_to_signed_concatenation(laid_out, model.skeleton))
