@@ -11,10 +11,11 @@ POST /v1/generate  {text | texts | spoken_text, model?, notation?, language?, sp
                    text/event-stream) server-sent events, {step, steps, frames...} or {step, steps, pose}
 POST /v1/correct   {pose (base64 .pose), model?, text?, notation?, language?, steps?, format?}
                    -> the recording with missing frames and keypoints filled, observed values unchanged
-GET  /healthz      -> {"status": "ok"}
+GET  /healthz      -> {"status": "ok", "replica": the id of the replica that answered, "uptime_s": its age}
 GET  /v1/models    -> the models this server has, by name; which one is the default, which are loaded
 GET  /v1/model     -> skeleton, notations, languages, lexicon, limits (of ?model=NAME, else the default)
-GET  /v1/stats     -> batch sizes this replica has seen (read by the tests and bench/serve_load.py)
+GET  /v1/stats     -> batch sizes this replica has seen, its seconds refining, queued and on the CPU
+                   (read by the tests and bench/serve_load.py)
 ```
 Every request is validated where it arrives (`t2p.serve_requests`: tokenised, planned, its first
 pose decoded, its cost capped) before it joins a batch, so a bad request is a 4xx for its sender
@@ -40,6 +41,7 @@ import functools
 import json
 import os
 import re
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -240,10 +242,11 @@ class T2PServer:
             return await asyncio.to_thread(self._load_model, name)
         self._loader = load  # Serve keeps its model cache on the function it wraps
         try:
-            serve.get_replica_context()
+            self.replica_id = serve.get_replica_context().replica_id.unique_id  # GET /healthz names it
             self._load = serve.multiplexed(max_num_models_per_replica=self.config.max_loaded_models)(load)
         except RayServeException:  # the API built in-process (tests): no replica, so no Serve model cache
-            self._load = load
+            self.replica_id, self._load = "in-process", load
+        self.started = time.monotonic()
 
     def _load_model(self, name: str) -> ServedModel:
         model = T2PModel.load(self.model_dirs[name], device=self.config.device)
@@ -328,6 +331,16 @@ class T2PServer:
         corrected = await asyncio.get_running_loop().run_in_executor(self.compositions, functools.partial(
             correct_pose, served.model, recording, job.sign, request.steps, generator))
         return corrected.pose
+
+    def health(self) -> dict:
+        """GET /healthz: which replica answered and how long it has been up (a restarted one is young)."""
+        return {"status": "ok", "replica": self.replica_id, "uptime_s": round(time.monotonic() - self.started, 3)}
+
+    def batch_stats(self) -> dict:
+        """GET /v1/stats: the batches' sizes, and where this replica's time went: seconds in refinement
+        steps, seconds items waited for their batch to form (summed), the process's CPU seconds."""
+        return {**self.stats.to_dict(), "refine_s": self.batches.busy_s, "queued_s": self.batches.waited_s,
+                "cpu_s": time.process_time()}
 
     def as_pose(self, served: ServedModel, sequence: Generated, first_pose: PoseSequence | None) -> Pose:
         return as_pose(served.model, sequence, first_pose)
