@@ -92,6 +92,9 @@ class ServeConfig:
     auth_token_file: str = ""             # the bearer token's file; else $T2P_API_TOKEN; required beyond loopback
     device: str = "auto"                  # "auto": CUDA when the replica has a GPU, else CPU
     threads: int = 0                      # CPU threads of the replica's torch; 0: every core of the machine
+    # Serve's line per request in the replica's log and, through Ray's log monitor, `t2p serve`'s terminal:
+    # off by default, it cost CPU in four processes per request (bench/serve_load.py, README "Speed")
+    access_log: bool = False
 
     def __post_init__(self):
         for name in ("max_text_length", "max_spoken_text_length", "max_signs", "max_frames", "max_steps",
@@ -114,7 +117,7 @@ class ServeConfig:
     def from_args(cls, args: Mapping[str, Any]) -> "ServeConfig":
         """Typed config from plain args (`serve run … key=value` passes every value as a string)."""
         return from_dict(cls, args, coerce_strings=True, what="serve config",
-                         also_known=["model", "models", "default_model", "lexicon"])
+                         also_known=["model", "models", "default_model", "lexicon", "num_replicas"])
 
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
@@ -354,21 +357,24 @@ class T2PServer:
 def build_app(args: dict[str, Any]) -> Application:
     """Serve application builder: `args` holds `model` (a folder) or `models` (several, by name:
     {name: folder} or "name=folder,name=folder"), optionally `default_model` (a name), `lexicon` (a
-    folder), and any `ServeConfig` field."""
+    folder), `num_replicas` (default 1; a config file's `deployments` section overrides it), and any
+    `ServeConfig` field."""
     args = dict(args)
     models, default_model = resolve_models(args.pop("model", None), args.pop("models", None),
                                            args.pop("default_model", None))
     lexicon = args.pop("lexicon", None)
     lexicon = str(resolve_lexicon_dir(lexicon)) if lexicon else None
+    num_replicas = int(args.pop("num_replicas", 1))
     config = ServeConfig.from_args(args)
     if config.auth_token_file:
         config = replace(config, auth_token_file=str(resolve_path(config.auth_token_file)))
     deployment = serve.deployment(serve.ingress(create_api(config))(T2PServer), name="T2PServer",
-                                  ray_actor_options={"num_cpus": 1})
+                                  ray_actor_options={"num_cpus": 1},
+                                  logging_config={"enable_access_log": config.access_log})
     # a replica only takes max_ongoing_requests at once: room for a full batch running and one filling
     # where the proxy listens is asked of Serve once, here, not through a Serve client in every
     # replica (suspected of keeping `serve run` from exiting on Ctrl-C in the full suite)
-    return deployment.options(max_ongoing_requests=2 * config.max_batch_size).bind(
+    return deployment.options(max_ongoing_requests=2 * config.max_batch_size, num_replicas=num_replicas).bind(
         models, asdict(config), lexicon, serve_proxy_host(), default_model)
 
 
