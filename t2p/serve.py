@@ -11,10 +11,11 @@ POST /v1/generate  {text | texts | spoken_text, model?, notation?, language?, sp
                    text/event-stream) server-sent events, {step, steps, frames...} or {step, steps, pose}
 POST /v1/correct   {pose (base64 .pose), model?, text?, notation?, language?, steps?, format?}
                    -> the recording with missing frames and keypoints filled, observed values unchanged
-GET  /healthz      -> {"status": "ok"}
+GET  /healthz      -> {"status": "ok", "replica": the id of the replica that answered, "uptime_s": its age}
 GET  /v1/models    -> the models this server has, by name; which one is the default, which are loaded
 GET  /v1/model     -> skeleton, notations, languages, lexicon, limits (of ?model=NAME, else the default)
-GET  /v1/stats     -> batch sizes this replica has seen (read by the tests and bench/serve_load.py)
+GET  /v1/stats     -> batch sizes this replica has seen, its seconds refining, queued and on the CPU
+                   (read by the tests and bench/serve_load.py)
 ```
 Every request is validated where it arrives (`t2p.serve_requests`: tokenised, planned, its first
 pose decoded, its cost capped) before it joins a batch, so a bad request is a 4xx for its sender
@@ -40,6 +41,7 @@ import functools
 import json
 import os
 import re
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -90,6 +92,9 @@ class ServeConfig:
     auth_token_file: str = ""             # the bearer token's file; else $T2P_API_TOKEN; required beyond loopback
     device: str = "auto"                  # "auto": CUDA when the replica has a GPU, else CPU
     threads: int = 0                      # CPU threads of the replica's torch; 0: every core of the machine
+    # Serve's line per request in the replica's log and, through Ray's log monitor, `t2p serve`'s terminal:
+    # off by default, it cost CPU in four processes per request (bench/serve_load.py, README "Speed")
+    access_log: bool = False
 
     def __post_init__(self):
         for name in ("max_text_length", "max_spoken_text_length", "max_signs", "max_frames", "max_steps",
@@ -112,7 +117,7 @@ class ServeConfig:
     def from_args(cls, args: Mapping[str, Any]) -> "ServeConfig":
         """Typed config from plain args (`serve run … key=value` passes every value as a string)."""
         return from_dict(cls, args, coerce_strings=True, what="serve config",
-                         also_known=["model", "models", "default_model", "lexicon"])
+                         also_known=["model", "models", "default_model", "lexicon", "num_replicas"])
 
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
@@ -240,10 +245,11 @@ class T2PServer:
             return await asyncio.to_thread(self._load_model, name)
         self._loader = load  # Serve keeps its model cache on the function it wraps
         try:
-            serve.get_replica_context()
+            self.replica_id = serve.get_replica_context().replica_id.unique_id  # GET /healthz names it
             self._load = serve.multiplexed(max_num_models_per_replica=self.config.max_loaded_models)(load)
         except RayServeException:  # the API built in-process (tests): no replica, so no Serve model cache
-            self._load = load
+            self.replica_id, self._load = "in-process", load
+        self.started = time.monotonic()
 
     def _load_model(self, name: str) -> ServedModel:
         model = T2PModel.load(self.model_dirs[name], device=self.config.device)
@@ -329,6 +335,16 @@ class T2PServer:
             correct_pose, served.model, recording, job.sign, request.steps, generator))
         return corrected.pose
 
+    def health(self) -> dict:
+        """GET /healthz: which replica answered and how long it has been up (a restarted one is young)."""
+        return {"status": "ok", "replica": self.replica_id, "uptime_s": round(time.monotonic() - self.started, 3)}
+
+    def batch_stats(self) -> dict:
+        """GET /v1/stats: the batches' sizes, and where this replica's time went: seconds in refinement
+        steps, seconds items waited for their batch to form (summed), the process's CPU seconds."""
+        return {**self.stats.to_dict(), "refine_s": self.batches.busy_s, "queued_s": self.batches.waited_s,
+                "cpu_s": time.process_time()}
+
     def as_pose(self, served: ServedModel, sequence: Generated, first_pose: PoseSequence | None) -> Pose:
         return as_pose(served.model, sequence, first_pose)
 
@@ -341,21 +357,24 @@ class T2PServer:
 def build_app(args: dict[str, Any]) -> Application:
     """Serve application builder: `args` holds `model` (a folder) or `models` (several, by name:
     {name: folder} or "name=folder,name=folder"), optionally `default_model` (a name), `lexicon` (a
-    folder), and any `ServeConfig` field."""
+    folder), `num_replicas` (default 1; a config file's `deployments` section overrides it), and any
+    `ServeConfig` field."""
     args = dict(args)
     models, default_model = resolve_models(args.pop("model", None), args.pop("models", None),
                                            args.pop("default_model", None))
     lexicon = args.pop("lexicon", None)
     lexicon = str(resolve_lexicon_dir(lexicon)) if lexicon else None
+    num_replicas = int(args.pop("num_replicas", 1))
     config = ServeConfig.from_args(args)
     if config.auth_token_file:
         config = replace(config, auth_token_file=str(resolve_path(config.auth_token_file)))
     deployment = serve.deployment(serve.ingress(create_api(config))(T2PServer), name="T2PServer",
-                                  ray_actor_options={"num_cpus": 1})
+                                  ray_actor_options={"num_cpus": 1},
+                                  logging_config={"enable_access_log": config.access_log})
     # a replica only takes max_ongoing_requests at once: room for a full batch running and one filling
     # where the proxy listens is asked of Serve once, here, not through a Serve client in every
     # replica (suspected of keeping `serve run` from exiting on Ctrl-C in the full suite)
-    return deployment.options(max_ongoing_requests=2 * config.max_batch_size).bind(
+    return deployment.options(max_ongoing_requests=2 * config.max_batch_size, num_replicas=num_replicas).bind(
         models, asdict(config), lexicon, serve_proxy_host(), default_model)
 
 

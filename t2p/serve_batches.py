@@ -102,6 +102,8 @@ class FairBatcher:
                  on_run: Callable[[Hashable, int], None] = lambda group, size: None):
         self.max_batch_size, self.batch_wait_timeout_s = max_batch_size, batch_wait_timeout_s
         self.on_run = on_run  # told of every run formed: its group and size (Serve's batch stats)
+        self.busy_s = 0.0    # seconds the worker thread spent in refinement steps
+        self.waited_s = 0.0  # seconds the items waited, summed, from their arrival to their run's forming
         self.waiting: dict[Hashable, deque[_Entry]] = {}
         self.models: dict[Hashable, "T2PModel"] = {}
         self.running: dict[Hashable, _Run] = {}
@@ -189,7 +191,7 @@ class FairBatcher:
             self.turns.rotate(-1)
             run = self.running[group]
             try:
-                result = await loop.run_in_executor(self.worker, run.advance)
+                result = await loop.run_in_executor(self.worker, self._advance, run)
             except Exception as error:  # noqa: BLE001: every item of the run is told, the loop goes on
                 self._finish(group)
                 for entry in run.entries:
@@ -205,6 +207,13 @@ class FairBatcher:
             for index, entry in enumerate(run.entries):
                 if result.done or (entry.stream and result.refined[index]):
                     entry.out.put_nowait((result.sequences[index], result.done))
+
+    def _advance(self, run: _Run):
+        began = time.perf_counter()
+        try:
+            return run.advance()
+        finally:
+            self.busy_s += time.perf_counter() - began  # only the worker thread writes it
 
     def _start_ready_runs(self) -> None:
         now = time.monotonic()
@@ -224,6 +233,7 @@ class FairBatcher:
                 if not entry.cancelled:
                     entries.append(entry)
             if entries:
+                self.waited_s += sum(now - entry.arrived for entry in entries)
                 self.running[group] = _Run(self.models[group], entries)
                 self.turns.append(group)
                 self.on_run(group, len(entries))

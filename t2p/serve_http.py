@@ -134,6 +134,8 @@ class Error(BaseModel):
 
 class Health(BaseModel):
     status: str
+    replica: str = Field(description="the replica that answered (Serve's replica id): a restarted replica has a new one")
+    uptime_s: float = Field(description="seconds since that replica was made")
 
 
 class SegmentBody(BaseModel):
@@ -211,6 +213,9 @@ class Stats(BaseModel):
     max_batch_size: int
     recent_batch_sizes: list[int]
     batches_by_group: dict[str, int] = Field(description="batches per 'model/step group' (steps rounded up to a power of two)")
+    refine_s: float = Field(description="seconds this replica spent in refinement steps")
+    queued_s: float = Field(description="seconds requests waited for their batch to form, summed over requests")
+    cpu_s: float = Field(description="CPU seconds of this replica's process")
 
 
 ERRORS = {status: {"model": Error, "description": description} for status, description in {
@@ -253,8 +258,13 @@ def create_api(limits: "ServeConfig", replica: Callable[[], "T2PServer"] = curre
     api = FastAPI(title="t2p", description="Sign language notation, glosses or spoken text to pose sequences.")
     bearer = HTTPBearer(auto_error=False, description=f"the server's token (auth_token_file or ${TOKEN_ENV})")
 
-    def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
-                   server: Any = Depends(replica)) -> Any:
+    # dependencies are coroutines: FastAPI runs a plain `def` one in a worker thread, two thread hops
+    # per request that cost more than the check itself
+    async def the_replica() -> Any:
+        return replica()
+
+    async def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+                         server: Any = Depends(the_replica)) -> Any:
         token = server.token
         if token is not None and (credentials is None or not hmac.compare_digest(
                 credentials.credentials.encode(), token.encode())):
@@ -275,8 +285,8 @@ def create_api(limits: "ServeConfig", replica: Callable[[], "T2PServer"] = curre
             raise HTTPException(status_code=422, detail=str(error)) from None
 
     @api.get("/healthz")
-    async def healthz() -> Health:
-        return Health(status="ok")
+    async def healthz(server: Any = Depends(the_replica)) -> Health:
+        return Health(**server.health())
 
     @api.get("/v1/models", responses={401: ERRORS[401]})
     async def list_models(server: Any = Depends(authorized)) -> ModelList:
@@ -292,7 +302,7 @@ def create_api(limits: "ServeConfig", replica: Callable[[], "T2PServer"] = curre
 
     @api.get("/v1/stats", responses={401: ERRORS[401]})
     async def batch_stats(server: Any = Depends(authorized)) -> Stats:
-        return Stats(**server.stats.to_dict())
+        return Stats(**server.batch_stats())
 
     @api.post("/v1/generate", response_model=None, responses={**GENERATED, **ERRORS}, openapi_extra={
         "parameters": [MODEL_HEADER_PARAMETER],

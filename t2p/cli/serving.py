@@ -34,6 +34,7 @@ LIMIT_FLAGS = {
     "auth_token_file": (Path, f"file holding the bearer token (else ${TOKEN_ENV}); required unless --host is loopback"),
     "device": (str, "auto, cpu or cuda[:N]"),
     "threads": (int, "CPU threads of the replica (0: every core)"),
+    "access_log": (bool, "Serve's line per request in the proxy's and the replica's logs"),
 }
 
 
@@ -56,7 +57,8 @@ def register(subparsers) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address the HTTP proxy listens on")
     parser.add_argument("--port", type=int, default=8000, help="port the HTTP proxy listens on")
     for name, (kind, help) in LIMIT_FLAGS.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=argparse.SUPPRESS,
+        typed = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
+        parser.add_argument(f"--{name.replace('_', '-')}", **typed, default=argparse.SUPPRESS,
                             help=f"{help} (default: t2p.serve.ServeConfig's)")
     parser.set_defaults(handler=serve_command)
 
@@ -94,7 +96,8 @@ def serve_command(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own SIGTERM handler
         signal.signal(signum, lambda *_: stop.set())
     try:
-        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.start(http_options={"host": args.host, "port": args.port},
+                    logging_config={"enable_access_log": limits.access_log})  # the proxy's
         app_args = {"models": models, **({"default_model": default_model} if default_model else {}),
                     **asdict(limits), **({"lexicon": str(lexicon)} if lexicon else {})}
         serve.run(build_app(app_args), name=APP_NAME, route_prefix="/")
