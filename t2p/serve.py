@@ -94,7 +94,7 @@ class ServeConfig:
     threads: int = 0                      # CPU threads of the replica's torch; 0: every core of the machine
     # Serve's line per request in the replica's log and, through Ray's log monitor, `t2p serve`'s terminal:
     # off by default, it cost CPU in four processes per request (bench/serve_load.py, README "Speed")
-    access_log: bool = False
+    access_log: bool = True
 
     def __post_init__(self):
         for name in ("max_text_length", "max_spoken_text_length", "max_signs", "max_frames", "max_steps",
