@@ -92,8 +92,8 @@ class ServeConfig:
     auth_token_file: str = ""             # the bearer token's file; else $T2P_API_TOKEN; required beyond loopback
     device: str = "auto"                  # "auto": CUDA when the replica has a GPU, else CPU
     threads: int = 0                      # CPU threads of the replica's torch; 0: every core of the machine
-    # Serve's line per request in the replica's log and, through Ray's log monitor, `t2p serve`'s terminal:
-    # off by default, it cost CPU in four processes per request (bench/serve_load.py, README "Speed")
+    # Serve's line per request in the replica's log and, through Ray's log monitor, `t2p serve`'s terminal;
+    # turning it off moved throughput no more than run-to-run noise (bench/serve_load.py, README "Speed")
     access_log: bool = True
 
     def __post_init__(self):
