@@ -9,7 +9,7 @@
   the first sign's last frames, empty frames, and the next sign's first frames, with the known
   frames given to the refiner and held fixed at every step, so the model draws the movement from
   one to the next. The inpainted path is then re-timed (`pace_transition`) to the signs' own mean
-  speed. How its joins compare with the recordings' own motion and with spoken-to-signed's
+  speed, and each join low-pass filtered (`smooth_joins`). How its joins compare with the recordings' own motion and with spoken-to-signed's
   concatenation of the same signs: `t2p.joins` (`t2p evaluate --task compose`).
 - `plan_signs`: which signs a gloss sequence becomes; a gloss neither the model nor a lexicon knows
   is fingerspelled, letter by letter, with spoken-to-signed's fingerspelling alphabet (or left to
@@ -93,10 +93,12 @@ def compose(model: T2PModel, texts: Sequence[TextLike], first_pose: FirstPoseLik
             steps: int | None = None, guidance: float | None = None, speed: float = 1.0,
             transition_frames: int | None = None, keep_proportions: bool = False,
             max_length: int | None = None, recorded: dict[int, Generated] | None = None,
-            generator: Callable[..., list[Generated]] = generate, cut_at_connections: bool = True) -> Composition:
+            generator: Callable[..., list[Generated]] = generate, cut_at_connections: bool = True,
+            smooth: bool = True) -> Composition:
     """The signs of `texts` in order, joined by generated transitions; one signer (`first_pose`).
     With `cut_at_connections`, each sign ends (and the next begins) where the two come closest
-    (`cut_at_connection_points`), so the hand does not fall to rest and rise again between signs.
+    (`cut_at_connection_points`), so the hand does not fall to rest and rise again between signs;
+    with `smooth`, each join is low-pass filtered (`smooth_joins`).
     `max_length` caps each sign's predicted length (as in `generate`). `recorded` gives some signs
     as recordings (position -> sequence, e.g. a lexicon's, see `lexicon_sign`) instead of generating
     them; the transitions into and out of them are generated all the same. `generator`: `generate`,
@@ -151,8 +153,39 @@ def compose(model: T2PModel, texts: Sequence[TextLike], first_pose: FirstPoseLik
             segments.append(Segment(f"{names[index]}→{names[index + 1]}", position,
                                     position + len(transitions[index]), "transition"))
             position += len(transitions[index])
-    return Composition(np.concatenate([p.data for p in pieces]), np.concatenate([p.confidence for p in pieces]),
-                       segments)
+    composition = Composition(np.concatenate([p.data for p in pieces]), np.concatenate([p.confidence for p in pieces]),
+                              segments)
+    return smooth_joins(composition, model.config.fps) if smooth else composition
+
+
+JOIN_SMOOTHING_SECONDS = 0.2  # each side of a transition, faded in and out
+JOIN_CUTOFF_HZ = 6.0          # spoken-to-signed's low-pass cutoff (its `pose_butterworth_filter`)
+
+
+def smooth_joins(composition: Composition, fps: float, seconds: float = JOIN_SMOOTHING_SECONDS,
+                 cutoff: float = JOIN_CUTOFF_HZ) -> Composition:
+    """Each transition and `seconds` of the signs on either side of it low-pass filtered (a zero-phase
+    Butterworth, as spoken-to-signed filters a whole sentence), faded in and out so that the signs
+    away from their joins keep every frame as generated or recorded."""
+    from scipy.signal import butter, filtfilt
+    data = composition.data.copy()  # (frames, joints, dims)
+    b, a = butter(4, min(cutoff / (fps / 2), 0.99), btype="low")
+    margin = max(1, round(seconds * fps))
+    for transition in (s for s in composition.segments if s.kind == "transition"):
+        begin, end = max(0, transition.begin - margin), min(len(data), transition.end + margin)
+        context = slice(max(0, begin - 2 * margin), min(len(data), end + 2 * margin))
+        seen = (composition.confidence[context] > 0).all(0)  # joints drawn throughout: (joints,)
+        if context.stop - context.start <= 3 * max(len(a), len(b)) or not seen.any():
+            continue
+        filtered = filtfilt(b, a, composition.data[context][:, seen], axis=0)[begin - context.start:end - context.start]
+        weight = np.ones(end - begin)
+        ramp = np.linspace(0, 1, margin + 2)[1:-1]
+        weight[:transition.begin - begin] = ramp[-(transition.begin - begin):] if transition.begin > begin else []
+        after = end - transition.end
+        weight[len(weight) - after:] = ramp[::-1][:after] if after else []
+        window = data[begin:end]
+        window[:, seen] = (1 - weight[:, None, None]) * window[:, seen] + weight[:, None, None] * filtered
+    return Composition(data.astype(np.float32), composition.confidence, composition.segments)
 
 
 def cut_at_connection_points(signs: Sequence[Generated], fps: float, skeleton: Skeleton) -> list[Generated]:

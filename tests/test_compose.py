@@ -16,7 +16,7 @@ from t2p.pose import PoseSequence, load_sequence
 def test_composed_signs_are_the_signs_alone_joined_by_generated_transitions(six_real_signs_model):
     model, signs, sequences = six_real_signs_model
     texts = signs[:3]
-    composition = compose(model, texts, first_pose=sequences[0])
+    composition = compose(model, texts, first_pose=sequences[0], smooth=False)  # smoothing: its own test
     alone = generate(model, texts, first_poses=[sequences[0]] * 3)
     kinds = [segment.kind for segment in composition.segments]
     assert kinds == ["sign", "transition", "sign", "transition", "sign"]
@@ -341,7 +341,8 @@ def test_spoken_text_becomes_lexicon_recordings_and_fingerspelling(six_real_sign
     assert [p.source for p in planned] == ["fingerspelling:die"] * 3 + ["lexicon"] * 3
     recorded = {i: lexicon_sign(model, lexicon, sign, "de", "sgg", sequences[0])
                 for i, sign in enumerate(planned) if sign.source == "lexicon"}
-    composition = compose(model, [SignText(p.text, "text", "sgg") for p in planned], sequences[0], recorded=recorded)
+    composition = compose(model, [SignText(p.text, "text", "sgg") for p in planned], sequences[0], recorded=recorded,
+                          smooth=False)
     signs = [segment for segment in composition.segments if segment.kind == "sign"]
     assert len(signs) == 6 and all(s.kind == "transition" for s in composition.segments[1::2])
     for index, sign in recorded.items():  # the recording itself (cut where it meets its neighbours)
@@ -379,3 +380,19 @@ def test_spelled_letters_are_cut_where_they_meet_so_the_hand_does_not_drop_betwe
             joined = jump_cut(signs)
             peaks += [peak.speed for peak in join_peaks(joined.data, joined.confidence, joined.joins)]
     assert np.median(cut_peaks) < 0.6 * np.median(whole_peaks), (cut_peaks, whole_peaks)
+
+
+def test_smoothing_softens_the_joins_and_leaves_the_signs_away_from_them_as_they_were(six_real_signs_model):
+    from t2p.compose import JOIN_SMOOTHING_SECONDS, smooth_joins
+    model, signs, sequences = six_real_signs_model
+    joined = compose(model, signs[:4], first_pose=sequences[0], smooth=False)
+    smoothed = smooth_joins(joined, model.config.fps)
+    margin = round(JOIN_SMOOTHING_SECONDS * model.config.fps)
+    near = np.zeros(len(joined), bool)
+    for transition in (s for s in joined.segments if s.kind == "transition"):
+        near[max(0, transition.begin - margin):transition.end + margin] = True
+    np.testing.assert_array_equal(smoothed.data[~near], joined.data[~near])
+    assert np.abs(smoothed.data[near] - joined.data[near]).max() > 1e-4
+    before = join_peaks(joined.data, joined.confidence, joined.joins)
+    after = join_peaks(smoothed.data, smoothed.confidence, smoothed.joins)
+    assert np.median([p.jerk for p in after]) < np.median([p.jerk for p in before])
