@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from t2p.data import LengthBatch, PoseBatch
 from t2p.handshape import Hand, hands_of
 from t2p.model import Known, T2PModel, TextEncoding, interpolate_known
+from t2p.pose import Skeleton
 from t2p.schedule import RefinementSchedule
 
 if TYPE_CHECKING:
@@ -23,10 +24,12 @@ if TYPE_CHECKING:
 
 
 def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
-                   generator: torch.Generator | None = None,
-                   lengths: LengthBatch | None = None) -> dict[str, torch.Tensor]:
+                   generator: torch.Generator | None = None, lengths: LengthBatch | None = None,
+                   hands: LossHands | None = None) -> dict[str, torch.Tensor]:
     """Every loss term for one batch, and their weighted sum under "loss". The length predictor
-    learns from `lengths` (examples drawn at random) when given, else from the batch itself."""
+    learns from `lengths` (examples drawn at random) when given, else from the batch itself;
+    `hands` are the model's hands (`TrainingObjective` looks them up once), else looked up here."""
+    hands = hands if hands is not None else LossHands.of(model.skeleton)
     schedule = RefinementSchedule(model.schedule_config)
     device = batch.poses.device
     size = batch.size
@@ -44,7 +47,7 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
     # the given values, as generation builds it, and they start from their own first frame, as a
     # recording being corrected does (started elsewhere too, correction of the six real test signs
     # fell behind linear interpolation: 0.108 against 0.104)
-    given = known_values(batch.lengths, observed, config.inpainting, list(model.skeleton.hands().values()), generator).to(device)
+    given = known_values(batch.lengths, observed, config.inpainting, hands.joints, generator).to(device)
     start = training_starts(model, batch, config, generator, keep_own=given.flatten(1).any(1))
     frames = batch.poses.shape[1]
     x_start = start.unsqueeze(1).expand(-1, frames, -1, -1)
@@ -76,10 +79,9 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
     presence_error = F.binary_cross_entropy_with_logits(refined.presence_logits, observed.float(), reduction="none")
     presence = (presence_error * real_frames).sum() / real_frames.sum().clamp(min=1)
 
-    hand_shape = hand_shape_loss(predicted, clean, observed & ~given, observed,
-                                 [(joints[0], joints[1:]) for joints in model.skeleton.hands().values()])
+    hand_shape = hand_shape_loss(predicted, clean, observed & ~given, observed, hands.shapes)
 
-    hand_angles = (hand_angle_loss(predicted, clean, observed & ~given, observed, hands_of(model.skeleton))
+    hand_angles = (hand_angle_loss(predicted, clean, observed & ~given, observed, hands)
                    if config.hand_angle_weight > 0 else predicted.new_zeros(()))
 
     seen = observed.float()  # motion into and out of a gap counts too
@@ -130,6 +132,28 @@ def training_starts(model: T2PModel, batch: PoseBatch, config: TrainConfig,
     return start
 
 
+class LossHands:
+    """The hands of a skeleton as the losses index them, looked up by name once (`hands_of`; the
+    objective keeps them) instead of at every step."""
+
+    def __init__(self, hands: Sequence[Hand]):
+        self.hands = tuple(hands)
+        self.joints = [list(hand.joints) for hand in self.hands]  # every joint of each hand
+        # each hand's wrist and its other joints, as `hand_shape_loss` takes them
+        self.shapes = [(hand.wrist, [joint for joint in hand.joints if joint != hand.wrist]) for hand in self.hands]
+        self._angle_pairs: dict[torch.device, list[torch.Tensor]] = {}
+
+    @classmethod
+    def of(cls, skeleton: Skeleton) -> LossHands:
+        return cls(hands_of(skeleton))
+
+    def angle_pairs(self, device: torch.device) -> list[torch.Tensor]:
+        """Each hand's (a, b, c, d) bone pairs (`Hand.angles`) on `device`, made once per device: (angles, 4) each."""
+        if device not in self._angle_pairs:
+            self._angle_pairs[device] = [torch.tensor(hand.angles, device=device) for hand in self.hands]
+        return self._angle_pairs[device]
+
+
 def hand_shape_loss(predicted: torch.Tensor, clean: torch.Tensor, scored: torch.Tensor, observed: torch.Tensor,
                     hands: Sequence[tuple[int, list[int]]]) -> torch.Tensor:
     """Squared error of every hand joint relative to its wrist, in units of the reference hand's
@@ -150,17 +174,16 @@ def hand_shape_loss(predicted: torch.Tensor, clean: torch.Tensor, scored: torch.
 
 
 def hand_angle_loss(predicted: torch.Tensor, clean: torch.Tensor, scored: torch.Tensor, observed: torch.Tensor,
-                    hands: Sequence[Hand]) -> torch.Tensor:
+                    hands: LossHands | Sequence[Hand]) -> torch.Tensor:
     """Squared error of the fingers' joint angles (radians; the handshape metric's angles,
     `t2p.handshape`), per frame where the reference's whole hand is observed. A position error of a
     tenth of a hand at a fingertip is a few hundredths in `hand_shape_loss`, and 20-30 degrees of
     bend on a finger bone: the angles are what make a B flat and an A closed."""
     # predicted, clean: (batch, frames, joints, dims); scored, observed: (batch, frames, joints) bool
+    hands = hands if isinstance(hands, LossHands) else LossHands(hands)
     total = predicted.new_zeros(())
     count = predicted.new_zeros(())
-    for hand in hands:
-        pairs = torch.tensor(hand.angles, device=predicted.device)  # (angles, 4)
-        joints = list(hand.joints)
+    for joints, pairs in zip(hands.joints, hands.angle_pairs(predicted.device)):  # pairs: (angles, 4)
         seen = observed[:, :, joints].all(-1)                            # (batch, frames)
         weights = (seen & scored[:, :, joints].any(-1)).float()
         error = ((joint_angles(predicted, pairs) - joint_angles(clean, pairs)) ** 2).mean(-1)
@@ -275,10 +298,11 @@ class TrainingObjective(torch.nn.Module):
         super().__init__()
         self.model = model
         self.config = config
+        self.hands = LossHands.of(model.skeleton)
 
     def forward(self, batch: PoseBatch, generator: torch.Generator | None = None,
                 lengths: LengthBatch | None = None) -> dict[str, torch.Tensor]:
-        return compute_losses(self.model, batch, self.config, generator, lengths)
+        return compute_losses(self.model, batch, self.config, generator, lengths, self.hands)
 
 
 def unwrap(objective: torch.nn.Module) -> T2PModel:

@@ -5,6 +5,8 @@ import contextlib
 import io
 import json
 import os
+import signal
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +61,22 @@ def run_command(command: list[str]) -> str:
         code = main(command)
     assert code == 0, printed.getvalue()
     return printed.getvalue()
+
+
+def start_interruptible(command: list[str], **options) -> subprocess.Popen:
+    """`command` started in a process group of its own that Ctrl-C (SIGINT to the group) reaches as
+    it does from a terminal. A child inherits the signal mask of the thread that starts it, and a
+    blocked SIGINT stays blocked through exec (Ray blocks it in every process it starts, and some
+    shells that run the suite have it blocked): `serve run`, which never unblocks it, then slept on
+    through Ctrl-C until it was killed. An ignored SIGINT is inherited too. So for the start, SIGINT
+    is unblocked and handled here (a handled signal starts at its default in the child)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        return subprocess.Popen(command, start_new_session=True, **options)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")

@@ -92,6 +92,13 @@ def test_lexicon_source_reads_the_spoken_to_signed_format(tmp_path):
     assert manifest["counts"] == {"train": 2, "validation": 1, "test": 1}
 
 
+def _write_index(folder, rows):
+    """`folder`/index.jsonl holding these rows, one JSON object a line."""
+    index = folder / "index.jsonl"
+    index.write_text("\n".join(json.dumps(row) for row in rows))
+    return index
+
+
 def _index_with_bad_files(tmp_path):
     folder = tmp_path / "corpus"
     folder.mkdir()
@@ -102,9 +109,7 @@ def _index_with_bad_files(tmp_path):
             {"path": "pizza.pose", "text": "PIZZA", "notation": "text", "language": "sgg", "split": "validation"},
             {"path": "broken.pose", "text": "KAPUTT", "notation": "text", "language": "sgg"},
             {"path": "missing.pose", "text": "FEHLT", "notation": "text", "language": "sgg"}]
-    index = folder / "index.jsonl"
-    index.write_text("\n".join(json.dumps(row) for row in rows))
-    return index
+    return _write_index(folder, rows)
 
 
 def test_a_bad_file_fails_prepare_with_its_path_and_writes_no_manifest(tmp_path):
@@ -131,9 +136,7 @@ def _index_with_a_file_of_another_layout(tmp_path):
     rows = [{"path": str(POSES / "lexicon_sgg" / f"{word}.pose"), "text": word, "notation": "text", "language": "sgg"}
             for word in ("essen", "kinder", "kleine", "pizza")]
     rows.insert(2, {"path": str(tmp_path / "toy.pose"), "text": "toy", "notation": "text", "language": "sgg"})
-    index = tmp_path / "index.jsonl"
-    index.write_text("\n".join(json.dumps(row) for row in rows))
-    return index
+    return _write_index(tmp_path, rows)
 
 
 def test_a_file_that_fails_conversion_is_named_and_counted_or_fails_the_run_leaving_no_shards(tmp_path):

@@ -37,8 +37,10 @@ def toy_model():
     model = T2PModel(tiny_model_config(vocabulary, TOY_SKELETON, max_frames=16, log_length_prior=0.0))
     examples = [Example(vocabulary.encode(sign), target, np.ones((len(target), 1), np.float32))
                 for sign, target in zip(signs, TOY_TARGETS.values())]
+    # 450 steps reproduce both within 0.08 of every value and the lengths within 0.06 frames (900 did
+    # within 0.04, at twice the time)
     fit(model, examples, TrainConfig(batch_size=2, text_dropout=0.0, learning_rate=3e-3, warmup_steps=10),
-        iterations=900)
+        iterations=450)
     return model, signs
 
 

@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY, CommandRun
+from conftest import TINY, CommandRun, start_interruptible
 from t2p.cli import main
 from t2p.model import T2PModel
 from t2p.pose import read_pose
@@ -112,8 +112,8 @@ def interrupted_run(ray_session, trained_run, tmp_path_factory) -> CommandRun:
            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"}
     log = folder / "train.log"
     with open(log, "w") as output:
-        training = subprocess.Popen([str(Path(sys.executable).parent / "t2p"), *command], env=env,
-                                    stdout=output, stderr=subprocess.DEVNULL, start_new_session=True)
+        training = start_interruptible([str(Path(sys.executable).parent / "t2p"), *command], env=env,
+                                       stdout=output, stderr=subprocess.DEVNULL)
     try:
         # the driver prints an epoch once Ray Train has its report, whose checkpoint is then saved
         deadline = time.time() + 180

@@ -95,6 +95,9 @@ def serve_command(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own SIGTERM handler
         signal.signal(signum, lambda *_: stop.set())
+    # a blocked signal is inherited: started by a process that blocks them (Ray blocks SIGINT in every
+    # process it starts), Ctrl-C would never arrive and the server would run on
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         serve.start(http_options={"host": args.host, "port": args.port},
                     logging_config={"enable_access_log": limits.access_log})  # the proxy's
