@@ -33,7 +33,7 @@ from t2p.generation import FirstPoseLike, Generated, Observed, TextLike, generat
 from t2p.metrics import frame_motion, resample
 from t2p.model import T2PModel
 from t2p.notation import SignText
-from t2p.pose import Skeleton
+from t2p.pose import Skeleton, to_pose
 
 # frames of each neighbouring sign the transition window holds fixed: with 3 or 8 the window starts
 # mid-sign, unlike any training sequence, and the joins were 14-15x the signs' speed (median); with
@@ -178,11 +178,9 @@ def smooth_joins(composition: Composition, fps: float, seconds: float = JOIN_SMO
         if context.stop - context.start <= 3 * max(len(a), len(b)) or not seen.any():
             continue
         filtered = filtfilt(b, a, composition.data[context][:, seen], axis=0)[begin - context.start:end - context.start]
-        weight = np.ones(end - begin)
-        ramp = np.linspace(0, 1, margin + 2)[1:-1]
-        weight[:transition.begin - begin] = ramp[-(transition.begin - begin):] if transition.begin > begin else []
-        after = end - transition.end
-        weight[len(weight) - after:] = ramp[::-1][:after] if after else []
+        ramp = np.linspace(0, 1, margin + 2)[1:-1]  # (margin,): 0 < ... < 1
+        lead, trail = transition.begin - begin, end - transition.end  # fewer than margin at the ends
+        weight = np.concatenate([ramp[margin - lead:], np.ones(transition.end - transition.begin), ramp[::-1][:trail]])
         window = data[begin:end]
         window[:, seen] = (1 - weight[:, None, None]) * window[:, seen] + weight[:, None, None] * filtered
     return Composition(data.astype(np.float32), composition.confidence, composition.segments)
@@ -197,37 +195,14 @@ def cut_at_connection_points(signs: Sequence[Generated], fps: float, skeleton: S
     and last steps move 20x faster than the middle's median: docs/quality.md, Joins): joined whole,
     every join would drop the hand and raise it again."""
     from spoken_to_signed.gloss_to_pose.smoothing import find_best_connection_point
-    joints = _connection_joints(skeleton)
     bounds = [[0, len(sign)] for sign in signs]
     for index in range(len(signs) - 1):
-        end, begin = find_best_connection_point(*(_as_pose(s, fps, joints) for s in signs[index:index + 2]))
+        # on the skeleton's own components: the function leaves FACE_LANDMARKS out itself
+        end, begin = find_best_connection_point(*(to_pose(s.data, skeleton, fps, confidence=s.confidence)
+                                                  for s in signs[index:index + 2]))
         bounds[index][1] = max(int(end) + 1, bounds[index][0] + 1)  # its best frame is kept
         bounds[index + 1][0] = int(begin)
     return [Generated(sign.data[begin:end], sign.confidence[begin:end]) for sign, (begin, end) in zip(signs, bounds)]
-
-
-def _as_pose(sign: Generated, fps: float, joints: Sequence[int]):
-    """`sign`'s `joints` as the pose-format `Pose` that spoken-to-signed's functions read."""
-    from pose_format import Pose
-    from pose_format.numpy import NumPyPoseBody
-    from pose_format.pose_header import PoseHeader, PoseHeaderComponent, PoseHeaderDimensions
-    points = [str(joint) for joint in joints]
-    header = PoseHeader(0.1, PoseHeaderDimensions(1, 1, 1),
-                        [PoseHeaderComponent("POINTS", points, [], [(0, 0, 0)], "XYZC")])
-    body = NumPyPoseBody(fps, sign.data[:, None, list(joints)].astype(np.float64),
-                         sign.confidence[:, None, list(joints)].astype(np.float64))
-    return Pose(header, body)
-
-
-def _connection_joints(skeleton: Skeleton) -> list[int]:
-    """Every joint but the face's: spoken-to-signed leaves the face out of its connection distance,
-    where its many points barely move and would drown the hands."""
-    joints, position = [], 0
-    for component in skeleton.components:
-        if component.name != "FACE_LANDMARKS":
-            joints += range(position, position + len(component.points))
-        position += len(component.points)
-    return joints
 
 
 def _with_ends(data: np.ndarray, confidence: np.ndarray, before: Generated, after: Generated) -> Generated:
