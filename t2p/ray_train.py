@@ -17,7 +17,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Collection, Iterator, Literal, Sequence
+from typing import Collection, Iterator, Sequence
 
 import ray
 import ray.data
@@ -31,6 +31,7 @@ from t2p.config import from_dict, typed_fields
 from t2p.data import (LengthBatch, PoseBatch, ShardExamples, collate, load_manifest, model_config_from_manifest,
                       read_items, shard_paths, training_texts)
 from t2p.handshape import hands_of
+from t2p.metrics import SELECTION_METRICS
 from t2p.model import ModelConfig, T2PModel
 from t2p.objective import TrainingObjective, unwrap
 from t2p.schedule import ScheduleConfig
@@ -53,11 +54,16 @@ class TrainingJob:
     validation_items: int = 64                    # validation items scored (evenly spaced over the split)
     validate_every: int = 0                       # epochs between validations; 0: about 20 in a run
     calibrate: bool = True                        # after training, save the best-measured steps and guidance
-    # the validation metric the best checkpoint, the saved steps and a sweep's best trial are chosen on
-    select_on: Literal["val_dtw_mje", "val_neutral_dtw_mje", "val_neutral_handshape"] = "val_dtw_mje"
+    # the validation metric the best checkpoint, the saved steps and a sweep's best trial are chosen
+    # on: one of metrics.SELECTION_METRICS
+    select_on: str = "val_dtw_mje"
     max_failures: int = 1                         # worker failures survived by restarting from the last checkpoint
     wandb: bool = False
     name: str = "ray"                             # Ray's run name inside `out`
+
+    def __post_init__(self):
+        if self.select_on not in SELECTION_METRICS:
+            raise ValueError(f"training job select_on: {self.select_on!r} is not one of {', '.join(SELECTION_METRICS)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
