@@ -15,6 +15,7 @@ from pathlib import Path
 from t2p.ray_train import TrainingJob, ensure_ray, route_settings, run_training
 from t2p.train import TrainConfig
 
+
 def default_search_space() -> dict:
     from ray import tune
     return {"steps": tune.choice([1, 3, 10]),
