@@ -168,15 +168,16 @@ def _refinement(model: T2PModel, texts: Sequence[TextLike], first_poses, steps, 
     longest = max(frames)
     joints, dims = model.config.num_joints, model.config.dims
 
-    x_start = start.unsqueeze(1).expand(batch, longest, joints, dims).contiguous()
+    # x_T, where refinement starts (schedule.py): the first pose held over every frame
+    x_T = start.unsqueeze(1).expand(batch, longest, joints, dims).contiguous()
     frame_mask = torch.arange(longest, device=device).unsqueeze(0) < torch.tensor(frames, device=device).unsqueeze(1)
     known, known_mask = _observed(item_observed, batch, longest, joints, dims, device)
     any_known = bool(known_mask.any())
     if any_known:  # gaps start from the straight path between the known values, as in training
-        x_start = interpolate_known(known, known_mask[..., 0], start)
+        x_T = interpolate_known(known, known_mask[..., 0], start)
     refine = _refiner(model, text, item_guidance, device)
 
-    x_t = x_start.clone()
+    x_t = x_T.clone()
     presence = torch.ones(batch, longest, joints, dtype=torch.bool, device=device)
     everyone = torch.arange(batch, device=device)
     proportions = torch.tensor(per_item(keep_proportions, batch, False, "keep_proportions"), device=device)
@@ -192,10 +193,10 @@ def _refinement(model: T2PModel, texts: Sequence[TextLike], first_poses, steps, 
             present = present | known_mask[rows, ..., 0]
         # an absent joint rests at the starting pose, as the missing joints of training targets do:
         # the next step's input then looks like what the refiner was trained on
-        clean = torch.where(present.unsqueeze(-1), refined.poses, x_start[rows])
+        clean = torch.where(present.unsqueeze(-1), refined.poses, x_T[rows])
         if any_known:
             clean = torch.where(known_mask[rows], known[rows], clean)
-        x_t[rows] = schedule.step(x_t[rows], clean, x_start[rows], betas[rows, step], next_betas[rows, step])
+        x_t[rows] = schedule.step(x_t[rows], clean, x_T[rows], betas[rows, step], next_betas[rows, step])
         presence[rows] = present
         done = longest_schedule - step
         refined = [step < count for count in item_steps]

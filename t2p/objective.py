@@ -50,14 +50,14 @@ def compute_losses(model: T2PModel, batch: PoseBatch, config: TrainConfig,
     given = known_values(batch.lengths, observed, config.inpainting, hands.joints, generator).to(device)
     start = training_starts(model, batch, config, generator, keep_own=given.flatten(1).any(1))
     frames = batch.poses.shape[1]
-    x_start = start.unsqueeze(1).expand(-1, frames, -1, -1)
+    x_T = start.unsqueeze(1).expand(-1, frames, -1, -1)  # where refinement starts: the first pose held
     # where the reference is missing, its clean value is taken as the start: nothing to learn there
-    clean = torch.where(observed.unsqueeze(-1), batch.poses, x_start)
+    clean = torch.where(observed.unsqueeze(-1), batch.poses, x_T)
     known = Known(clean, given) if config.inpainting > 0 else None
     if known is not None:
-        x_start = interpolate_known(clean, given, start)
+        x_T = interpolate_known(clean, given, start)
     beta = schedule.sample_training_betas(size, generator, device)
-    x_t = schedule.noisy(x_start, clean, beta, generator)
+    x_t = schedule.noisy(x_T, clean, beta, generator)
     refined = model.refine(x_t, start, beta, text, batch.frame_mask, known)
     predicted = refined.poses
 
@@ -265,12 +265,12 @@ def _length_loss(model: T2PModel, batch: LengthBatch, unknown_symbols: float,
     neutral = _draw(len(start), neutral_start, generator, start.device)
     start = torch.where(neutral.view(-1, 1, 1), model.neutral_pose.expand_as(start), start)
     confidence = torch.where(neutral.view(-1, 1), torch.ones_like(batch.first_confidence), batch.first_confidence)
-    location, log_variance = model.predict_length(text, start, confidence)
+    location, log_scale_squared = model.predict_length(text, start, confidence)
     lengths = batch.lengths
     target = lengths.float().clamp(min=1).log()
-    log_variance = log_variance.clamp(min=math.log(0.01 ** 2))  # a spread of at least 1%
-    scaled_error = (target - location.detach()).abs() / torch.exp(0.5 * log_variance)
-    per_example = (target - location).abs() + 0.5 * log_variance + scaled_error  # (batch,)
+    log_scale_squared = log_scale_squared.clamp(min=math.log(0.01 ** 2))  # a spread of at least 1%
+    scaled_error = (target - location.detach()).abs() / torch.exp(0.5 * log_scale_squared)
+    per_example = (target - location).abs() + 0.5 * log_scale_squared + scaled_error  # (batch,)
     return per_example.mean()
 
 
