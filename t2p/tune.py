@@ -24,8 +24,9 @@ def default_search_space() -> dict:
             "length_weight": tune.loguniform(0.01, 1.0)}
 
 
-def parse_search(specs: list[str]) -> dict:
-    """`key=a,b,c` (a choice) or `key=low:high` (log-uniform) -> a Tune search space."""
+def parse_search(specs: list[str], grid: list[str] = ()) -> dict:
+    """`key=a,b,c` (a choice) or `key=low:high` (log-uniform) -> a Tune search space; each `grid`
+    spec `key=a,b,c` is tried at every value (a grid search: `samples` trials per grid point)."""
     from ray import tune
     space = {}
     for spec in specs:
@@ -38,6 +39,13 @@ def parse_search(specs: list[str]) -> dict:
         else:
             space[key] = tune.choice([_number(v) for v in values.split(",")])
         route_settings({key: str(_sample_value(space[key]))})  # fails early on unknown keys
+    for spec in grid:
+        key, _, values = spec.partition("=")
+        if not values or key in space:
+            raise ValueError(f"--grid expects KEY=a,b,c with a KEY not also in --search, got {spec!r}")
+        choices = [_number(v) for v in values.split(",")]
+        route_settings({key: str(choices[0])})
+        space[key] = tune.grid_search(choices)
     return space
 
 

@@ -68,3 +68,14 @@ def test_a_sweep_can_search_the_schedule_shape():
     from t2p.tune import parse_search
     space = parse_search(["shape=cosine,linear", "steps=1,3"])
     assert space["shape"].categories == ["cosine", "linear"] and space["steps"].categories == [1, 3]
+
+
+def test_a_grid_tries_every_value_beside_a_random_search():
+    from t2p.tune import parse_search
+    space = parse_search(["steps=1,3"], grid=["learning_rate=0.003,1e-07"])
+    assert space["learning_rate"] == {"grid_search": [0.003, 1e-07]}  # every value, in order
+    assert space["steps"].categories == [1, 3]
+    with pytest.raises(ValueError, match="--grid expects KEY=a,b,c"):
+        parse_search(["steps=1,3"], grid=["steps=1,3"])  # one key is searched one way
+    with pytest.raises(ValueError, match="unknown setting 'learning_rat'"):
+        parse_search([], grid=["learning_rat=0.1,0.2"])

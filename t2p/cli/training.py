@@ -152,7 +152,8 @@ def train_command(args: argparse.Namespace) -> int:
 def _register_tune(subparsers) -> None:
     parser = add_verb(subparsers, "tune", "Sweep refinement steps and loss weights with Ray Tune (one TorchTrainer per trial).",
                       "t2p tune --data data/fingerspelling --out runs/sweep --samples 8 --epochs 10 "
-                      "--search steps=1,5,10 --search smoothness_weight=0.05:2")
+                      "--search steps=1,5,10 --search smoothness_weight=0.05:2\n"
+                      "  t2p tune --data data/fingerspelling --samples 1 --grid learning_rate=0.001,0.003  # each value once")
     _add_training_options(parser)
     parser.add_argument("--out", type=Path, default=Path("runs/sweep"), help="sweep folder: trials/, best/, sweep.json")
     parser.add_argument("--samples", type=int, default=4, help="trials")
@@ -162,6 +163,8 @@ def _register_tune(subparsers) -> None:
     parser.add_argument("--search", action="append", default=[], metavar="KEY=SPEC",
                         help="KEY=a,b,c (choice) or KEY=low:high (log-uniform); default: steps, smoothness_weight "
                              "and length_weight")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=a,b,c",
+                        help="try every value of KEY (--samples trials each), beside any --search keys")
     parser.set_defaults(handler=tune_command)
 
 
@@ -172,7 +175,7 @@ def tune_command(args: argparse.Namespace) -> int:
     job = training_job_from_args(args)
     if args.grace_period < 1:
         raise CommandError("--grace-period must be >= 1")
-    summary = run_sweep(job, samples=args.samples, space=parse_search(args.search) if args.search else None,
+    summary = run_sweep(job, samples=args.samples, space=parse_search(args.search, args.grid) if args.search or args.grid else None,
                         max_concurrent=args.max_concurrent, grace_period=args.grace_period)
     metric = summary["metric"]
     for trial in summary["trials"]:
