@@ -155,7 +155,6 @@ def train_loop_per_worker(config: dict) -> None:
     every = job.validate_every or max(1, train_config.epochs // 20)
 
     for epoch in range(start_epoch, train_config.epochs):
-        _fail_once_if_asked(config.get("inject_failure"), rank, epoch)
         metrics = train_epoch(learner, shard, decode, train_config, model_config.max_frames, generator, device,
                               epoch=epoch, rank=rank)
         metrics["started_at_epoch"] = start_epoch
@@ -247,13 +246,6 @@ def train_epoch(learner: Learner, shard, decode: ShardExamples, config: TrainCon
     return {**metrics, "epoch": epoch, "learning_rate": learner.scheduler.get_last_lr()[0],
             "train_examples": _sum_over_workers(examples_seen, device),
             "train_distinct_examples": _distinct_over_workers(ids_seen)}
-
-
-def _fail_once_if_asked(failure: dict | None, rank: int, epoch: int) -> None:
-    """The test hook of `run_training(inject_failure=...)`: rank 0 raises once at that epoch."""
-    if failure and rank == 0 and epoch == failure["epoch"] and not Path(failure["marker"]).exists():
-        Path(failure["marker"]).write_text(f"failed at epoch {epoch}")  # once: the restarted run goes on
-        raise RuntimeError(f"injected failure at epoch {epoch} (test hook)")
 
 
 def _sum_over_workers(value: int, device) -> int:
@@ -455,13 +447,12 @@ def fit_workers_to_cluster(job: TrainingJob) -> TrainingJob:
     return replace(job, cpus_per_worker=share)
 
 
-def run_training(job: TrainingJob, callbacks: Sequence = (), inject_failure: dict | None = None) -> dict:
+def run_training(job: TrainingJob, callbacks: Sequence = ()) -> dict:
     """Train with Ray Train on prepared shards; write best/, metrics.csv and job.json into job.out.
 
     Re-running with the same `out` continues from the last checkpoint (Ray Train restores a run
     with the same name and storage path); a failed worker restarts the run from it, up to
-    `job.max_failures` times. Returns the best epoch's metrics. `inject_failure` ({"epoch": N,
-    "marker": path}) is a test hook: rank 0 raises once at the start of that epoch.
+    `job.max_failures` times. Returns the best epoch's metrics.
     """
     out = Path(job.out).resolve()
     data = Path(job.data).resolve()
@@ -502,8 +493,7 @@ def run_training(job: TrainingJob, callbacks: Sequence = (), inject_failure: dic
         train_loop_per_worker,
         train_loop_config={"job": job.to_dict(), "model_config": asdict(model_config),
                            "train_config": train_config.to_dict(), "schedule_config": schedule_config.to_dict(),
-                           "train_rows": manifest["counts"]["train"], "inject_failure": inject_failure,
-                           "resume_from": resume_from},
+                           "train_rows": manifest["counts"]["train"], "resume_from": resume_from},
         scaling_config=ray.train.ScalingConfig(num_workers=job.workers, use_gpu=job.gpu,
                                                resources_per_worker={"CPU": job.cpus_per_worker}),
         datasets={"train": train_data},

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from ports import free_port
+
 DATA = Path(__file__).parent / "data"
 POSES = DATA / "poses"
 ALL_POSE_FILES = sorted(POSES.glob("*/*.pose"))
@@ -29,14 +31,30 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
+@dataclass
+class LocalRay:
+    """The test session's Ray: where drivers connect (RAY_ADDRESS, `serve run --address`) and its
+    dashboard (host:port; the state API's address)."""
+    gcs: str
+    dashboard: str
+
+    @property
+    def jobs(self) -> str:
+        """The job API's address (`ray job submit --address`)."""
+        return f"http://{self.dashboard}"
+
+
 @pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray instance for the whole test session (startup costs ~10 s)."""
+def ray_session() -> LocalRay:
+    """One local Ray instance for the whole test session (startup costs ~10 s), with its dashboard on
+    loopback for the job API: test_cluster submits its job to this Ray, as a team submits to a
+    running head (a second Ray of its own cost 8 s to start, 2 s to stop and a core's share while up)."""
     import ray
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    yield ray
+        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
+                 log_to_driver=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    node = ray._private.worker.global_worker.node
+    yield LocalRay(gcs=node.gcs_address, dashboard=node.webui_url)
     ray.shutdown()
 
 

@@ -1,9 +1,10 @@
-"""The cluster path as a team uses it: cluster.yaml checked by Ray's own schema, and a separate local
-Ray cluster (`ray start --head`) running the job entrypoints through `ray job submit --working-dir .`
-and the Serve config through `serve run`."""
+"""The cluster path as a team uses it: cluster.yaml checked by Ray's own schema, and the test session's
+Ray (a head with the job API) running the job entrypoints through `ray job submit --working-dir .` and
+the Serve config through `serve run`."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import shlex
@@ -15,10 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 import yaml
 
-from conftest import start_interruptible
-from t2p.data import fingerspelling_items
+from conftest import TINY, start_interruptible
 from ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ def test_cluster_yaml_passes_rays_own_schema():
         validate_config(prepare_config(broken))
 
 
-def _run(command: list[str], env: dict, timeout: int = 300) -> str:
+def _submit(command: list[str], env: dict, timeout: int = 280) -> str:
     deadline = time.time() + 90
     while True:
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -50,74 +51,69 @@ def _run(command: list[str], env: dict, timeout: int = 300) -> str:
     return done.stdout
 
 
-@pytest.fixture
-def local_cluster(tmp_path):
-    """A Ray head started by `ray start --head` in its own temp dir; its processes are stopped by that
-    dir, so the test session's own Ray instance is left alone."""
-    temp_dir = Path("/tmp") / f"t2p-cluster-{os.getpid()}"  # short: Ray's socket paths have a length limit
-    gcs_port, dashboard_port = free_port(), free_port()
-    # the job's `python` is this environment's, as a node's own install is on a real cluster (CI does
-    # not activate the venv)
-    # token authentication off: a cluster of this test only, on loopback (the test session's own Ray
-    # may have enabled tokens in the environment)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_TRAIN_V2_ENABLED": "1", "RAY_AUTH_MODE": "disabled",
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.pop("RAY_ADDRESS", None)
-    # in a process group of its own, which every process of this cluster inherits: the dashboard
-    # agent and the client server do not name temp_dir, and left running they took a third of a core
-    # from every test after this one
-    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", f"--port={gcs_port}", "--num-cpus=2",
-                             "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                             f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    output, _ = head.communicate(timeout=300)
-    try:
-        assert head.returncode == 0, f"ray start failed:\n{output[-3000:]}"
-        yield {"jobs": f"http://127.0.0.1:{dashboard_port}", "gcs": f"127.0.0.1:{gcs_port}", "env": env}
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGTERM)
-        subprocess.run(["pkill", "-TERM", "-f", str(temp_dir)], check=False)
-        time.sleep(2)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)
-        subprocess.run(["pkill", "-KILL", "-f", str(temp_dir)], check=False)
-
-
-def test_jobs_submitted_to_a_cluster_prepare_train_and_serve(local_cluster, tmp_path):
-    items = [item for item in fingerspelling_items() if item.language == "ase"][:16]
-    index = tmp_path / "index.jsonl"
-    index.write_text("\n".join(json.dumps({"path": str(item.path), "text": item.text, "notation": "text",
-                                           "language": item.language}) for item in items))
-    data, run = tmp_path / "data", tmp_path / "run"
-    env, jobs = local_cluster["env"], local_cluster["jobs"]
-    prepare = ["python", "jobs/prepare.py", "--source", "index", "--index", str(index), "--out", str(data),
+def test_a_sweep_submitted_as_a_job_stops_a_trailing_trial_and_serves_the_same_model_as_t2p_train(
+        ray_session, real_corpus, trained_run, tmp_path):
+    """`ray job submit --working-dir .` of prepare and a Tune sweep, as a team runs them on a cluster
+    (each Ray Train run costs 20 s here, so the sweep is also this suite's Tune test), then `serve run`
+    of the repository's Serve config with the sweep's best model."""
+    from t2p.model import T2PModel
+    from t2p.train import TrainConfig
+    data, sweep = tmp_path / "data", tmp_path / "sweep"
+    index = real_corpus.folder.parent / "index.jsonl"  # the recordings `trained_run` trained on
+    prepare = [sys.executable, "jobs/prepare.py", "--source", "index", "--index", str(index), "--out", str(data),
                "--split", "0.75,0.25,0"]
-    train = ["python", "jobs/train.py", "--data", str(data), "--out", str(run), "--epochs", "1", "--batch-size", "4",
-             "--set", "d_model=32", "--set", "heads=2", "--set", "text_layers=1", "--set", "refiner_layers=1",
-             "--set", "steps=2"]
-    # both entrypoints in one job, one after the other, as a pipeline is submitted (each submission
-    # costs a CLI, an upload of the working dir and a job supervisor: 8 s here)
-    output = _run([str(BIN / "ray"), "job", "submit", "--address", jobs, "--working-dir", ".", "--",
-                   "bash", "-c", f"{shlex.join(prepare)} && {shlex.join(train)}"], env)
+    # the job `trained_run` ran (3 epochs of batch 8, validated every epoch), at two learning rates: the
+    # default, so that the first trial trains what `trained_run` trained, and one that barely learns,
+    # which ASHA compares with the first at the first validation and stops
+    learns = TrainConfig().learning_rate
+    tune = [sys.executable, "jobs/tune.py", "--data", str(data), "--out", str(sweep), "--samples", "1",
+            "--grid", f"learning_rate={learns},1e-07", "--epochs", "3", "--batch-size", "8", "--validate-every", "1",
+            *TINY]
+    # the job's `python` is this environment's, as a node's own install is on a real cluster (CI does
+    # not activate the venv); both entrypoints in one job, one after the other, as a pipeline is
+    # submitted (each submission costs a CLI, an upload of the working dir and a job supervisor)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    output = _submit([str(BIN / "ray"), "job", "submit", "--address", ray_session.jobs, "--working-dir", ".",
+                      "--runtime-env-json", json.dumps({"env_vars": {"OMP_NUM_THREADS": "1"}}), "--",
+                      "bash", "-c", f"{shlex.join(prepare)} && {shlex.join(tune)}"], env)
     assert "succeeded" in output.lower()
-    assert "prepared 16 sequences" in output  # the job's output, both commands' ...
-    assert json.loads((data / "manifest.json").read_text())["counts"]["train"] == 12  # ... and what they wrote
-    assert (run / "best" / "model.safetensors").is_file()
+    assert "prepared 32 sequences" in output  # the job's output, both commands' ...
+    assert json.loads((data / "manifest.json").read_text())["counts"]["train"] == 24  # ... and what they wrote
+    assert "<- best" in output
+
+    summary = json.loads((sweep / "sweep.json").read_text())
+    by_rate = {trial["config"]["learning_rate"]: trial for trial in summary["trials"]}
+    assert by_rate[learns]["status"] == "completed" and by_rate[learns]["validations"] == 3
+    assert by_rate[1e-7]["status"] == "stopped early" and by_rate[1e-7]["validations"] < 3
+    assert summary["best_trial"] == by_rate[learns]["trial_id"]
+    exported = T2PModel.load(sweep / "best").state_dict()
+    trial_model = T2PModel.load(sweep / "trials" / summary["best_trial"] / "best").state_dict()
+    for name, weights in trial_model.items():
+        torch.testing.assert_close(exported[name], weights, msg=name)
+    rows = list(csv.DictReader(open(sweep / "progress.csv")))
+    assert {row["trial_id"] for row in rows} == {by_rate[learns]["trial_id"], by_rate[1e-7]["trial_id"]}
+    assert (sweep / "progress.png").stat().st_size > 0 and (sweep / "trials.csv").is_file()
+    # same recordings prepared again, same seed, one worker: the same model as `t2p train` trained in
+    # this process (Ray Data's order and every draw are seeded), though a Tune trial in a job's
+    # driver trained it
+    alone = T2PModel.load(trained_run.folder / "best").state_dict()
+    assert alone.keys() == trial_model.keys()
+    for name, weights in alone.items():
+        torch.testing.assert_close(trial_model[name], weights, rtol=1e-5, atol=1e-6, msg=name)
 
     # serve run with the repository's own config, pointed at this model and a free port
     port = free_port()
     config = yaml.safe_load((REPO / "serve_configs" / "local.yaml").read_text())
     config["http_options"]["port"] = port
-    config["applications"][0]["args"]["model"] = str(run / "best")
+    config["applications"][0]["args"]["model"] = str(sweep / "best")
     serve_config = tmp_path / "serve.yaml"
     serve_config.write_text(yaml.safe_dump(config))
     # its output in a log, and its threads' stacks dumped there on SIGABRT (PYTHONFAULTHANDLER), for
     # when it does not exit on Ctrl-C (below)
     log = tmp_path / "serve.log"
     with open(log, "w") as output:
-        server = start_interruptible([str(BIN / "serve"), "run", "--address", local_cluster["gcs"], str(serve_config)],
+        server = start_interruptible([str(BIN / "serve"), "run", "--address", ray_session.gcs, str(serve_config)],
                                      cwd=REPO, env={**env, "PYTHONFAULTHANDLER": "1"}, stdout=output,
                                      stderr=subprocess.STDOUT)
     try:
