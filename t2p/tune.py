@@ -37,16 +37,20 @@ def parse_search(specs: list[str], grid: list[str] = ()) -> dict:
             low, _, high = values.partition(":")
             space[key] = tune.loguniform(float(low), float(high))
         else:
-            space[key] = tune.choice([_number(v) for v in values.split(",")])
+            space[key] = tune.choice(_choices(values))
         route_settings({key: str(_sample_value(space[key]))})  # fails early on unknown keys
     for spec in grid:
         key, _, values = spec.partition("=")
         if not values or key in space:
             raise ValueError(f"--grid expects KEY=a,b,c with a KEY not also in --search, got {spec!r}")
-        choices = [_number(v) for v in values.split(",")]
-        route_settings({key: str(choices[0])})
-        space[key] = tune.grid_search(choices)
+        space[key] = tune.grid_search(_choices(values))
+        route_settings({key: str(_sample_value(space[key]))})
     return space
+
+
+def _choices(values: str) -> list:
+    """`a,b,c` -> its values, each an int, a float or the text itself."""
+    return [_number(value) for value in values.split(",")]
 
 
 def _number(text: str):
@@ -60,6 +64,9 @@ def _number(text: str):
 
 
 def _sample_value(domain):
+    """One value of a search domain: a choice's first, a range's low end, a grid's first point."""
+    if isinstance(domain, dict):  # tune.grid_search is a plain {"grid_search": values}
+        return domain["grid_search"][0]
     return domain.categories[0] if hasattr(domain, "categories") else domain.lower
 
 

@@ -54,7 +54,7 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
 EPOCHS = 6  # a worker lost in the second, Ctrl-C after the third, with three (3 s or more) to go
 
 
-def _kill_a_training_worker() -> int:
+def _kill_a_training_worker() -> None:
     """SIGKILL to one Ray Train worker process (Ray titles it ray::RayTrainWorker...), as a machine
     lost mid-epoch."""
     import signal
@@ -64,7 +64,6 @@ def _kill_a_training_worker() -> int:
                if (process.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")]
     assert workers, "no Ray Train worker is running"
     os.kill(workers[0].pid, signal.SIGKILL)
-    return workers[0].pid
 
 
 @pytest.fixture(scope="module")
