@@ -116,6 +116,9 @@ def run_sweep(job: TrainingJob, samples: int = 4, space: dict | None = None, max
         param_space={"job": job.to_dict(), "search": space or default_search_space()},
         tune_config=tune.TuneConfig(metric=metric, mode="min", num_samples=samples,
                                     max_concurrent_trials=max_concurrent,
+                                    # a trial's driver process is kept for the next trial: 3 s less a
+                                    # trial here than a new process importing torch and Ray Train
+                                    reuse_actors=True,
                                     # max_t one past the last report: ASHA stops a trial that reaches
                                     # max_t, which killed finished trials before they exported their model
                                     # (and left their workers holding the CPUs the next trial waited for)
