@@ -1,9 +1,16 @@
-"""Ray Serve endpoint: a tiny model served on 127.0.0.1 (with a token, as an exposed one would be),
-spoken to over HTTP; the API's own features also in-process (`create_api` over a `T2PServer`)."""
+"""Ray Serve endpoint: a tiny model served on 127.0.0.1 by `serve run` of the repository's Serve config
+(with a token, as an exposed one would be), spoken to over HTTP; the API's own features also
+in-process (`create_api` over a `T2PServer`)."""
 import asyncio
 import base64
+import contextlib
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -13,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import POSES, tiny_model_config
+from conftest import POSES, start_interruptible, tiny_model_config
 from t2p.generation import as_pose, generate, iter_generate
 from t2p.model import T2PModel
 from t2p.notation import SignText, Vocabulary
@@ -23,6 +30,7 @@ from t2p.serve import ServeConfig, build_app, decode_first_pose
 from ports import free_port
 
 CONFIGS = Path(__file__).parents[1] / "serve_configs"
+BIN = Path(sys.executable).parent
 ESSEN = POSES / "lexicon_sgg" / "essen.pose"
 OPENPOSE = POSES / "layouts" / "openpose.pose"
 LIMITS = dict(max_text_length=32, max_frames=40, max_steps=5, max_batch_size=8, batch_wait_timeout_s=0.2,
@@ -76,16 +84,52 @@ def token_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(ray_session, model_dir, other_model_dirs, token_file) -> str:
-    """Three models by name, "sgg" the default; one more than the default kept loaded."""
-    from ray import serve
+def server(ray_session, model_dir, other_model_dirs, token_file, tmp_path_factory) -> str:
+    """Three models by name, "sgg" the default; one more than the default kept loaded. Started as a
+    team starts it: `serve run` of the repository's own Serve config (its port, models, token and
+    limits set here) on the session's Ray, and stopped by Ctrl-C, after which it must exit cleanly."""
+    folder = tmp_path_factory.mktemp("serve_run")
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    models = {"sgg": str(model_dir), **{name: str(folder) for name, folder in other_model_dirs.items()}}
-    serve.run(build_app({"models": models, "auth_token_file": str(token_file), "max_loaded_models": 1, **LIMITS}),
-              name="t2p-test", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
+    config = yaml.safe_load((CONFIGS / "local.yaml").read_text())
+    config["http_options"]["port"] = port
+    models = {"sgg": str(model_dir), **{name: str(path) for name, path in other_model_dirs.items()}}
+    config["applications"][0]["args"] = {**config["applications"][0]["args"], "models": models,
+                                         "auth_token_file": str(token_file), "max_loaded_models": 1, **LIMITS}
+    serve_config = folder / "serve.yaml"
+    serve_config.write_text(yaml.safe_dump(config, sort_keys=False))  # the first model is the default
+    # the venv's `serve`, as a node's own install is on a cluster (CI does not activate the venv)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONFAULTHANDLER": "1"}
+    env.pop("RAY_ADDRESS", None)
+    log = folder / "serve.log"  # its output, and its threads' stacks on SIGABRT (PYTHONFAULTHANDLER)
+    with open(log, "w") as output:
+        process = start_interruptible([str(BIN / "serve"), "run", "--address", ray_session.gcs, str(serve_config)],
+                                      cwd=CONFIGS.parent, env=env, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and process.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/healthz", trust_env=False, timeout=2).status_code == 200:
+                    break
+            time.sleep(0.25)
+        assert process.poll() is None, f"serve run exited:\n{log.read_text()[-3000:]}"
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            code = None
+            # its threads' stacks into its log, then stopped so no later test shares the cores with it
+            os.kill(process.pid, signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+    printed = log.read_text()
+    assert code is not None, f"serve run did not exit within 60 s of Ctrl-C; the end of its log:\n{printed[-6000:]}"
+    assert code == 0 and "Got KeyboardInterrupt, shutting down" in printed, printed[-3000:]
 
 
 @pytest.fixture
