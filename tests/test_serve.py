@@ -106,13 +106,12 @@ def server(ray_session, model_dir, other_model_dirs, token_file, tmp_path_factor
                                       cwd=CONFIGS.parent, env=env, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and process.poll() is None:
+        deadline, healthy = time.time() + 120, False
+        while not healthy and time.time() < deadline and process.poll() is None:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", trust_env=False, timeout=2).status_code == 200:
-                    break
-            time.sleep(0.25)
-        assert process.poll() is None, f"serve run exited:\n{log.read_text()[-3000:]}"
+                healthy = httpx.get(f"{url}/healthz", trust_env=False, timeout=2).status_code == 200
+            time.sleep(0 if healthy else 0.25)
+        assert healthy, f"serve run did not answer /healthz within 120 s:\n{log.read_text()[-3000:]}"
         yield url
     finally:
         os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
