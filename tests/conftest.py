@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from ports import free_port
 DATA = Path(__file__).parent / "data"
 POSES = DATA / "poses"
 ALL_POSE_FILES = sorted(POSES.glob("*/*.pose"))
+BIN = Path(sys.executable).parent  # this environment's scripts: t2p, ray, serve
 
 os.environ.setdefault("RAY_ACCEPT_CALLABLE_NONE", "1")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -79,6 +81,15 @@ def run_command(command: list[str]) -> str:
         code = main(command)
     assert code == 0, printed.getvalue()
     return printed.getvalue()
+
+
+def venv_environment(**variables: str) -> dict:
+    """This process's environment for a command that connects where it is told (no RAY_ADDRESS),
+    with this environment's scripts first on PATH, as a node's own install is on a cluster (CI does
+    not activate the venv), and `variables` added."""
+    environment = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **variables}
+    environment.pop("RAY_ADDRESS", None)
+    return environment
 
 
 def start_interruptible(command: list[str], **options) -> subprocess.Popen:

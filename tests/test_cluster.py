@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -16,10 +15,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY
+from conftest import BIN, TINY, venv_environment
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 def test_cluster_yaml_passes_rays_own_schema():
@@ -64,14 +62,12 @@ def test_a_sweep_submitted_as_a_job_stops_a_trailing_trial_and_trains_what_t2p_t
     tune = [sys.executable, "jobs/tune.py", "--data", str(data), "--out", str(sweep), "--samples", "1",
             "--grid", f"learning_rate={learns},1e-07", "--epochs", "3", "--batch-size", "8", "--validate-every", "1",
             *TINY]
-    # the job's `python` is this environment's, as a node's own install is on a real cluster (CI does
-    # not activate the venv); both entrypoints in one job, one after the other, as a pipeline is
-    # submitted (each submission costs a CLI, an upload of the working dir and a job supervisor)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.pop("RAY_ADDRESS", None)
+    # the job's `python` is this environment's (`venv_environment`); both entrypoints in one job, one
+    # after the other, as a pipeline is submitted (each submission costs a CLI, an upload of the
+    # working dir and a job supervisor)
     output = _submit([str(BIN / "ray"), "job", "submit", "--address", ray_session.jobs, "--working-dir", ".",
                       "--runtime-env-json", json.dumps({"env_vars": {"OMP_NUM_THREADS": "1"}}), "--",
-                      "bash", "-c", f"{shlex.join(prepare)} && {shlex.join(tune)}"], env)
+                      "bash", "-c", f"{shlex.join(prepare)} && {shlex.join(tune)}"], venv_environment())
     assert "succeeded" in output.lower()
     assert "prepared 32 sequences" in output  # the job's output, both commands' ...
     assert json.loads((data / "manifest.json").read_text())["counts"]["train"] == 24  # ... and what they wrote

@@ -7,11 +7,10 @@ same command (test_cluster runs the Tune sweep, as a submitted job)."""
 import csv
 import json
 import os
-from pathlib import Path
 
 import pytest
 
-from conftest import TINY, CommandRun, start_interruptible
+from conftest import BIN, TINY, CommandRun, start_interruptible
 from t2p.cli import main
 from t2p.model import T2PModel
 from t2p.pose import read_pose
@@ -73,7 +72,6 @@ def interrupted_run(ray_session, real_corpus, tmp_path_factory) -> CommandRun:
     `output` is what that process printed. The tests below continue this run."""
     import signal
     import subprocess
-    import sys
     import time
     folder = tmp_path_factory.mktemp("interrupted")
     run = folder / "run"
@@ -96,7 +94,7 @@ def interrupted_run(ray_session, real_corpus, tmp_path_factory) -> CommandRun:
         assert line in log.read_text(), f"no {line!r} in time:\n{log.read_text()[-3000:]}"
 
     with open(log, "w") as output:
-        training = start_interruptible([str(Path(sys.executable).parent / "t2p"), *command], env=env,
+        training = start_interruptible([str(BIN / "t2p"), *command], env=env,
                                        stdout=output, stderr=subprocess.DEVNULL)
     try:
         # the driver prints an epoch once Ray Train has its report, whose checkpoint is then saved

@@ -9,7 +9,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import POSES, start_interruptible, tiny_model_config
+from conftest import BIN, POSES, start_interruptible, tiny_model_config, venv_environment
 from t2p.generation import as_pose, generate, iter_generate
 from t2p.model import T2PModel
 from t2p.notation import SignText, Vocabulary
@@ -30,7 +29,6 @@ from t2p.serve import ServeConfig, build_app, decode_first_pose
 from ports import free_port
 
 CONFIGS = Path(__file__).parents[1] / "serve_configs"
-BIN = Path(sys.executable).parent
 ESSEN = POSES / "lexicon_sgg" / "essen.pose"
 OPENPOSE = POSES / "layouts" / "openpose.pose"
 LIMITS = dict(max_text_length=32, max_frames=40, max_steps=5, max_batch_size=8, batch_wait_timeout_s=0.2,
@@ -97,13 +95,10 @@ def server(ray_session, model_dir, other_model_dirs, token_file, tmp_path_factor
                                          "auth_token_file": str(token_file), "max_loaded_models": 1, **LIMITS}
     serve_config = folder / "serve.yaml"
     serve_config.write_text(yaml.safe_dump(config, sort_keys=False))  # the first model is the default
-    # the venv's `serve`, as a node's own install is on a cluster (CI does not activate the venv)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONFAULTHANDLER": "1"}
-    env.pop("RAY_ADDRESS", None)
     log = folder / "serve.log"  # its output, and its threads' stacks on SIGABRT (PYTHONFAULTHANDLER)
     with open(log, "w") as output:
         process = start_interruptible([str(BIN / "serve"), "run", "--address", ray_session.gcs, str(serve_config)],
-                                      cwd=CONFIGS.parent, env=env, stdout=output, stderr=subprocess.STDOUT)
+                                      cwd=CONFIGS.parent, env=venv_environment(PYTHONFAULTHANDLER="1"), stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline, healthy = time.time() + 120, False
