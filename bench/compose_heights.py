@@ -13,7 +13,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from t2p.compose import compose  # noqa: E402
+from t2p.generation.compose import compose, sign_requests  # noqa: E402
 from t2p.model import T2PModel  # noqa: E402
 from t2p.notation import SignText  # noqa: E402
 
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--language", required=True)
     args = parser.parse_args()
     model = T2PModel.load(args.model)
-    texts = [SignText(text, "text", args.language) for text in args.text]
+    texts = sign_requests([SignText(text, "text", args.language) for text in args.text])
     names = [f"{c.name}:{p}" for c in model.skeleton.components for p in c.points]
     wrists = {side: names.index(f"POSE_LANDMARKS:{side.upper()}_WRIST") for side in ("right", "left")}
     figure, axes = plt.subplots(1, 2, figsize=(11, 3.4), sharey=True)

@@ -5,10 +5,12 @@ points, and cut with the joins smoothed (what `compose` does). docs/quality.md, 
 """
 import argparse
 import functools
-import t2p.joins as joins
-from t2p.compose import compose
+
+import t2p.evaluation.joins as joins
 from t2p.data import read_items
+from t2p.generation.compose import compose
 from t2p.model import T2PModel
+
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--model", default="runs/default/best")
 parser.add_argument("--data", default="data/fingerspelling")

@@ -21,13 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.peak import gemm_peak, synchronize as _sync  # noqa: E402
-from t2p.generation import generate  # noqa: E402
-from t2p.model import ModelConfig, T2PModel  # noqa: E402
+from bench.peak import gemm_peak  # noqa: E402
+from bench.peak import synchronize as _sync  # noqa: E402
+from t2p.data.sources import fingerspelling_items  # noqa: E402
+from t2p.generation import SignRequest, generate  # noqa: E402
+from t2p.model import ModelConfig, ScheduleConfig, T2PModel  # noqa: E402
 from t2p.notation import SignText, Vocabulary  # noqa: E402
-from t2p.data import fingerspelling_items  # noqa: E402
 from t2p.pose import Skeleton, read_pose  # noqa: E402
-from t2p.schedule import ScheduleConfig  # noqa: E402
 
 CONFIGS = {
     "default": {},
@@ -68,7 +68,8 @@ def build_model(overrides: dict, device: str) -> tuple[T2PModel, list[SignText]]
 def measure(name: str, overrides: dict, args, peak: float) -> dict:
     model, signs = build_model(overrides, args.device)
     signs = signs[:args.batch]
-    call = lambda: generate(model, signs, steps=args.steps, lengths=args.frames)  # noqa: E731
+    requests = [SignRequest(sign, steps=args.steps, length=args.frames) for sign in signs]
+    call = lambda: generate(model, requests)  # noqa: E731
     for _ in range(2):
         call()
     times = []

@@ -14,8 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from t2p.data import read_items  # noqa: E402
+from t2p.evaluation.handshape import handshape_distance  # noqa: E402
 from t2p.generation import generate  # noqa: E402
-from t2p.handshape import hands_of, handshape_distance  # noqa: E402
 from t2p.model import T2PModel  # noqa: E402
 
 # three held-out letters (a flat hand, a closed one, a thumb spread out) and two trained ones
@@ -30,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
     labels, models = zip(*(spec.split("=", 1) for spec in args.models))
     loaded = [T2PModel.load(model) for model in models]
-    hands = hands_of(loaded[0].skeleton)
+    hands = [hand for hand in loaded[0].skeleton.hands() if hand.angles]
     items = {split: read_items(args.data, split) for split in ("test", "train")}
     figure, axes = plt.subplots(len(LETTERS), len(models) + 1, figsize=(2.2 * (len(models) + 1), 2.2 * len(LETTERS)))
     for row, (split, language, letter) in enumerate(LETTERS):

@@ -5,10 +5,11 @@ trying a change to the model or the loss in minutes before a full `t2p train` + 
     python bench/hand_fit.py --steps 1500 --set model.hand_relative=false --set train.hand_weight=0
     LIMIT=60 python bench/hand_fit.py --steps 600      # fit 60 training items only: can it memorise?
 
-Trains `t2p.train`'s own step on the training split (weight average as `t2p train` exports), and
+Trains with `t2p.training.loop.Learner`, the step `t2p train` runs, on the training split (its
+weight average is what is scored, as `t2p train` exports it), and
 at a third, two thirds and the end scores 60 training and the validation items from the neutral
 start at their true length: handshape and DTW-MJE with the right text and with another letter's
-text of the same language (`t2p.evaluate.other_texts`). docs/quality.md (Round III) has its table.
+text of the same language (`t2p.evaluation.evaluate.other_texts`). docs/quality.md (Round III) has its table.
 """
 from __future__ import annotations
 
@@ -20,23 +21,27 @@ import time
 import numpy as np
 import torch
 
-from t2p.data import Example, load_manifest, model_config_from_manifest, read_items, training_texts
-from t2p.evaluate import other_texts
-from t2p.generation import generate
-from t2p.handshape import handshape_distance
-from t2p.metrics import JointGroups, dtw_mje
-from t2p.model import T2PModel
+from t2p.data import load_manifest, read_items
+from t2p.data.shards import training_texts
+from t2p.evaluation import JointGroups
+from t2p.evaluation.evaluate import other_texts
+from t2p.evaluation.handshape import handshape_distance
+from t2p.evaluation.metrics import dtw_mje
+from t2p.generation import SignRequest, generate
+from t2p.model import ScheduleConfig, T2PModel
 from t2p.notation import Vocabulary
-from t2p.objective import TrainingObjective
-from t2p.schedule import ScheduleConfig
-from t2p.train import TrainConfig, _batches, make_optimizer, train_step, weight_average
-from t2p.validation import evenly_spaced
+from t2p.training import Learner, TrainConfig
+from t2p.training.batches import Example
+from t2p.training.job import model_config_from_manifest
+from t2p.training.loop import local_batches
+from t2p.training.validation import evenly_spaced
 
 
 def score(model: T2PModel, items, hands) -> str:
     results = {}
     for kind, texts in (("right", [item.sign for item in items]), ("other", other_texts(items))):
-        generated = generate(model, texts, lengths=[item.sequence.num_frames for item in items])
+        generated = generate(model, [SignRequest(text, length=item.sequence.num_frames)
+                                     for text, item in zip(texts, items)])
         shapes = [handshape_distance(g.data, i.sequence.data, hands, i.sequence.confidence, g.confidence)
                   for g, i in zip(generated, items)]
         paths = [dtw_mje(g.data, i.sequence.data, i.sequence.confidence, predicted_confidence=g.confidence)
@@ -68,22 +73,18 @@ def main() -> None:
     if os.environ.get("LIMIT"):
         training = evenly_spaced(training, int(os.environ["LIMIT"]))
     validation = read_items(args.data, "validation")
-    examples = [Example(vocabulary.encode(i.sign), i.sequence.data, i.sequence.confidence) for i in training]
+    examples = [Example(vocabulary.encode(i.sign), i.sequence) for i in training]
     generator = torch.Generator().manual_seed(train_config.seed)
     torch.manual_seed(train_config.seed)
-    objective = TrainingObjective(model, train_config)
-    optimizer, scheduler = make_optimizer(objective, train_config, args.steps)
-    average = weight_average(model, train_config.ema_decay) if train_config.ema_decay > 0 else None
+    learner = Learner.create(model, train_config, args.steps)
     hands = JointGroups.of(model.skeleton).hand_shapes
     checks = sorted({args.steps // 3, 2 * args.steps // 3, args.steps})
     started, done = time.time(), 0
-    for batch, lengths in _batches(examples, train_config, generator, args.steps):
-        train_step(objective, batch, optimizer, scheduler, train_config.grad_clip, generator, lengths)
-        if average is not None:
-            average.update_parameters(model)
+    for batch, lengths in local_batches(examples, train_config, generator, args.steps):
+        learner.step(batch, lengths, generator)
         done += 1
         if done in checks:
-            scored = (average.module if average is not None else model).eval()
+            scored = learner.exported.eval()
             print(f"step {done} ({time.time() - started:.0f} s)")
             print(f"  60 training items: {score(scored, evenly_spaced(training, 60), hands)}")
             print(f"  validation:        {score(scored, validation, hands)}", flush=True)

@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from t2p.cli.prepare import FINGERSPELLING_LENGTH_RATIO
 from t2p.data import prepare
-from t2p.sources import fingerspelling_items
+from t2p.data.sources import FINGERSPELLING_LENGTH_RATIO, fingerspelling_items
 
 
 def main() -> None:

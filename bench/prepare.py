@@ -1,4 +1,4 @@
-"""Preparation throughput and memory: `t2p.preparation.prepare` on Ray Data with 1 and 2 CPUs, on the
+"""Preparation throughput and memory: `t2p.data.prepare` on Ray Data with 1 and 2 CPUs, on the
 fingerspelling lexicon shipped in spoken-to-signed (600 files) and on a 10x copy of it (6,000 files,
 copied file by file to --workdir).
 
@@ -90,10 +90,9 @@ def measure(cpus: int, copies: int, workdir: Path, shard_rows: int) -> dict:
     """One measurement, in this process: Ray with `cpus` CPUs, then prepare timed and sampled."""
     import ray
 
-    from t2p.cli.prepare import FINGERSPELLING_LENGTH_RATIO
     from t2p.cluster import ensure_ray
-    from t2p.preparation import prepare
-    from t2p.sources import fingerspelling_items, fingerspelling_lexicon_dir
+    from t2p.data import prepare
+    from t2p.data.sources import FINGERSPELLING_LENGTH_RATIO, fingerspelling_items, fingerspelling_lexicon_dir
 
     items = fingerspelling_items()
     if copies > 1:
@@ -121,7 +120,7 @@ def measure(cpus: int, copies: int, workdir: Path, shard_rows: int) -> dict:
 
 def copy_corpus(workdir: Path, copies: int) -> None:
     """The lexicon's files copied `copies` times under workdir/copy-K (kept between runs)."""
-    from t2p.sources import fingerspelling_lexicon_dir
+    from t2p.data.sources import fingerspelling_lexicon_dir
     root = fingerspelling_lexicon_dir()
     for k in range(copies):
         target = workdir / f"copy-{k}"

@@ -1,6 +1,6 @@
 """Faults under load: one of several replicas killed in the middle of a run.
 
-Starts its own local Ray (Serve's proxy on 127.0.0.1) with `t2p.serve`'s app at `--replicas`
+Starts its own local Ray (Serve's proxy on 127.0.0.1) with `t2p.serving.app`'s app at `--replicas`
 replicas, sends `--requests` requests at `--concurrency`, and once `--kill-after` of them have
 finished kills one replica's actor (`ray.kill`, no restart by Ray: Serve's controller replaces it).
 Then it reports: requests completed, errors by kind, the slowest request (no request hangs),
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from bench.peak import describe
-    from t2p.serve import build_app
+    from t2p.serving.app import build_app
     print(describe())
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:

@@ -112,7 +112,7 @@ class Endpoint:
     def request(self, method: str, path: str, body: dict | bytes | None = None) -> tuple[int, bytes]:
         payload = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
         headers = {"content-type": "application/json"} if payload is not None else {}
-        if os.environ.get("T2P_API_TOKEN"):  # a server with a token (t2p.serve_http)
+        if os.environ.get("T2P_API_TOKEN"):  # a server with a token (t2p.serving.http)
             headers["authorization"] = f"Bearer {os.environ['T2P_API_TOKEN']}"
         for attempt in range(2):  # a dropped keep-alive connection is retried once on a fresh one
             connection = getattr(self.local, "connection", None)
@@ -214,8 +214,8 @@ def engine_throughput(model_dir: str, bodies: list[dict], limits: dict, batch: i
     from t2p.generation import as_pose, generate
     from t2p.model import T2PModel
     from t2p.pose import write_pose
-    from t2p.serve import ServeConfig
-    from t2p.serve_requests import GenerateRequest, validate_request
+    from t2p.serving import ServeConfig
+    from t2p.serving.requests import GenerateRequest, validate_request
 
     model = T2PModel.load(model_dir)
     known = {f.name for f in dataclasses.fields(ServeConfig)}
@@ -223,10 +223,7 @@ def engine_throughput(model_dir: str, bodies: list[dict], limits: dict, batch: i
     jobs = [validate_request(GenerateRequest(**body), model, config) for body in itertools.islice(itertools.cycle(bodies), batch)]
 
     def call():
-        return generate(model, [job.sign for job in jobs], first_poses=[job.first_pose for job in jobs],
-                        steps=[job.steps for job in jobs], lengths=[job.length for job in jobs],
-                        guidance=[job.guidance for job in jobs], max_length=config.max_frames,
-                        keep_proportions=[job.keep_proportions for job in jobs])
+        return generate(model, [job.request for job in jobs])
     sequences = call()  # warm-up
     times = []
     cpu_began = time.process_time()

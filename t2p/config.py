@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
+import math
 import typing
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, TypeVar
@@ -68,6 +70,45 @@ def written_whole(destination: str | Path, keep_suffix: bool = False) -> Iterato
         partial.unlink(missing_ok=True)
         raise
     partial.replace(destination)
+
+
+def write_text(destination: str | Path, text: str) -> Path:
+    """`text` (UTF-8) at `destination`, written whole (`written_whole`): a report, a table."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with written_whole(destination) as partial:
+        partial.write_text(text, encoding="utf-8")
+    return destination
+
+
+def write_json(destination: str | Path, data: Any, indent: int | None = 1) -> Path:
+    """`data` as JSON at `destination`, written whole (`written_whole`). JSON has no NaN or
+    infinity: a non-finite float is written as null rather than as the invalid `NaN` token."""
+    return write_text(destination, json.dumps(_finite(data), ensure_ascii=False, indent=indent, allow_nan=False,
+                                              default=str))
+
+
+def read_json(source: str | Path, what: str = "file") -> Any:
+    """A JSON file, or a `ValueError` in one line naming it (a missing file stays FileNotFoundError)."""
+    source = Path(source)
+    if not source.is_file():
+        raise FileNotFoundError(f"{what} {source} not found")
+    try:
+        return json.loads(source.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        where = f" (line {error.lineno})" if isinstance(error, json.JSONDecodeError) else ""
+        raise ValueError(f"{source}: not valid JSON{where}: {getattr(error, 'msg', error)}") from None
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, infinity) replaced by None, through dicts and lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 @functools.lru_cache(maxsize=None)

@@ -191,6 +191,11 @@ class Vocabulary:
     def unknown_id(self) -> int:
         return self._index[UNK]
 
+    @property
+    def bos_id(self) -> int:
+        """`<bos>`: every text's first token, and all there is of an empty (unconditional) one."""
+        return self._index[BOS]
+
     def symbol_mask(self) -> list[bool]:
         """Per token id: is it a notation's symbol (a letter, a HamNoSys or SignWriting symbol),
         as opposed to a special, language or notation token."""

@@ -1,29 +1,38 @@
-"""Poses: the one module that talks to pose-format.
+"""Poses: joints over time, and the one module that talks to pose-format.
 
-Everything else in t2p sees a `PoseSequence`: numpy arrays `(frames, joints, dims)` plus a
-confidence `(frames, joints)` in which 0 means missing, on a named `Skeleton`.
+Everything else in t2p sees `Keypoints`: numpy arrays `(frames, joints, dims)` plus a confidence
+`(frames, joints)` in which 0 means missing, on a named `Skeleton`. A `PoseSequence` is a recording
+(`Keypoints` with its frame rate and the coordinate space it was read from).
 
 - A `Skeleton` is a named choice of components and points (with their limbs and colours, taken
-  from a real header by pose-format's own `get_components`), stored with every model.
+  from a real header by pose-format's own `get_components`), stored with every model. Its hands
+  (`Skeleton.hands`) are found by point name, once, for the model, the losses, the metrics and
+  correction alike.
 - Poses of another layout are mapped onto a skeleton by point names (with an alias table between
   MediaPipe Holistic and OpenPose names); points the file lacks become masked.
 - Coordinates are shoulder-normalised with pose-format's `Pose.normalize`; the transform is kept
   so that a prediction can be written back in the space of the pose it started from.
+- Time: `resample_to_fps` changes a recording's frame rate (pose-format's cubic interpolation),
+  `resample_to_frames` stretches a sequence to a number of frames (linear); `frame_motion` is how
+  far the joints move per frame.
+
+Other modules take pose-format's `Pose` type from here. Only `t2p.evaluation.render` imports
+pose-format itself, for its `PoseVisualizer`, which draws what this module reads.
 """
 from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO, Sequence, Union
 
 import numpy as np
 from pose_format import Pose
 from pose_format.numpy import NumPyPoseBody
 from pose_format.pose_header import PoseHeader, PoseHeaderComponent, PoseHeaderDimensions
 from pose_format.utils.generic import reduce_holistic
-from pose_format.utils.openpose import BODY_POINTS as OPENPOSE_BODY_POINTS
 from pose_format.utils.openpose import HAND_POINTS as OPENPOSE_HAND_POINTS
 
 from t2p.config import written_whole
@@ -31,6 +40,34 @@ from t2p.config import written_whole
 
 class PoseFormatError(ValueError):
     """A `.pose` file that cannot be read or does not fit the skeleton."""
+
+
+# the most frames a sequence may have by default: what a model trained with default settings holds,
+# what preparation keeps, and what Serve generates per sign
+MAX_FRAMES = 256
+
+
+@dataclass
+class Keypoints:
+    """Joints over time: where each joint is and whether it is there. The one "poses plus
+    confidence" type: a generated sign, the given values of a sequence to complete, a composition."""
+    data: np.ndarray        # (frames, joints, dims) float32, 0 where missing
+    confidence: np.ndarray  # (frames, joints) float32, 0 = missing (or predicted absent)
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def num_frames(self) -> int:
+        return len(self)
+
+    def frames(self, begin: int | None = None, end: int | None = None) -> "Keypoints":
+        """Frames [begin, end) as `Keypoints` (views, not copies)."""
+        return Keypoints(self.data[begin:end], self.confidence[begin:end])
+
+    @classmethod
+    def concatenate(cls, parts: Sequence["Keypoints"]) -> "Keypoints":
+        return cls(np.concatenate([part.data for part in parts]), np.concatenate([part.confidence for part in parts]))
 
 
 # MediaPipe hand landmarks, in the order both MediaPipe and OpenPose store the 21 hand points.
@@ -41,6 +78,15 @@ HOLISTIC_HAND_POINTS = [
     "RING_FINGER_MCP", "RING_FINGER_PIP", "RING_FINGER_DIP", "RING_FINGER_TIP",
     "PINKY_MCP", "PINKY_PIP", "PINKY_DIP", "PINKY_TIP",
 ]
+# each digit from the wrist outwards, in MediaPipe's point names (OpenPose's hands map onto them)
+DIGITS = (
+    ("WRIST", "THUMB_CMC", "THUMB_MCP", "THUMB_IP", "THUMB_TIP"),
+    ("WRIST", "INDEX_FINGER_MCP", "INDEX_FINGER_PIP", "INDEX_FINGER_DIP", "INDEX_FINGER_TIP"),
+    ("WRIST", "MIDDLE_FINGER_MCP", "MIDDLE_FINGER_PIP", "MIDDLE_FINGER_DIP", "MIDDLE_FINGER_TIP"),
+    ("WRIST", "RING_FINGER_MCP", "RING_FINGER_PIP", "RING_FINGER_DIP", "RING_FINGER_TIP"),
+    ("WRIST", "PINKY_MCP", "PINKY_PIP", "PINKY_DIP", "PINKY_TIP"),
+)
+HAND_COMPONENTS = ("LEFT_HAND_LANDMARKS", "RIGHT_HAND_LANDMARKS")  # OpenPose's hands are their aliases
 UPPER_BODY_POINTS = ["LEFT_SHOULDER", "RIGHT_SHOULDER", "LEFT_ELBOW", "RIGHT_ELBOW",
                      "LEFT_WRIST", "RIGHT_WRIST", "LEFT_HIP", "RIGHT_HIP"]
 _OPENPOSE_BODY_NAMES = {"LEFT_SHOULDER": "LShoulder", "RIGHT_SHOULDER": "RShoulder",
@@ -81,6 +127,20 @@ SKELETON_PRESETS: dict[str, dict[str, dict[str, list[str] | None]]] = {
 
 
 @dataclass(frozen=True)
+class Hand:
+    """One hand of a skeleton: its joints and the bone pairs whose angles describe its shape."""
+    name: str                                       # the component as the skeleton names it
+    wrist: int
+    joints: tuple[int, ...]                         # every joint of the hand, the wrist included, in order
+    angles: tuple[tuple[int, int, int, int], ...]   # (a, b, c, d): the angle between bones a->b and c->d
+
+    @property
+    def fingers(self) -> tuple[int, ...]:
+        """The hand's joints but the wrist."""
+        return tuple(joint for joint in self.joints if joint != self.wrist)
+
+
+@dataclass(frozen=True)
 class SkeletonComponent:
     name: str
     points: tuple[str, ...]
@@ -112,15 +172,11 @@ class Skeleton:
                 return index
         raise KeyError(f"skeleton {self.name!r} has no point {component}/{point}")
 
-    def hands(self) -> dict[str, list[int]]:
-        """Component name -> joint indices of each hand component (MediaPipe's LEFT/RIGHT_HAND_LANDMARKS,
-        OpenPose's hand_left/right_keypoints_2d), in point order: the first is the wrist in both layouts."""
-        hands, offset = {}, 0
-        for component in self.components:
-            if "hand" in component.name.lower():
-                hands[component.name] = list(range(offset, offset + len(component.points)))
-            offset += len(component.points)
-        return hands
+    def hands(self) -> tuple[Hand, ...]:
+        """The skeleton's hands, found by point name (any layout's spelling): a hand is the points
+        of MediaPipe's 21 hand landmarks it has, its wrist among them, with the angles between the
+        bones it has both of. No wrist, no hand."""
+        return _hands(self)
 
     def bone_tree(self) -> list[tuple[int, int]]:
         """(parent, child) joint indices of a spanning tree of each component's limbs, parents first:
@@ -187,6 +243,29 @@ class Skeleton:
         return cls(name=preset, components=components, dims=dims)
 
 
+@lru_cache(maxsize=32)
+def _hands(skeleton: Skeleton) -> tuple[Hand, ...]:
+    hands = []
+    for component in HAND_COMPONENTS:
+        index = {}
+        for point in HOLISTIC_HAND_POINTS:
+            try:
+                index[point] = skeleton.joint_index(component, point)
+            except KeyError:
+                continue
+        if "WRIST" not in index:
+            continue
+        pairs = []
+        for digit in DIGITS:  # the bend at each joint between the wrist and the tip
+            pairs += [(before, joint, joint, after) for before, joint, after in zip(digit, digit[1:], digit[2:])]
+        for first, second in zip(DIGITS, DIGITS[1:]):  # the spread between neighbouring digits' first bones
+            pairs.append((first[1], first[2], second[1], second[2]))
+        angles = tuple(tuple(index[point] for point in pair) for pair in pairs if all(point in index for point in pair))
+        name = skeleton.joints[index["WRIST"]][0]
+        hands.append(Hand(name, index["WRIST"], tuple(sorted(index.values())), angles))
+    return tuple(hands)
+
+
 def _component(header: PoseHeader, name: str) -> PoseHeaderComponent:
     for component in header.components:
         if component.name == name:
@@ -234,18 +313,13 @@ class Layout:
 
 
 @dataclass
-class PoseSequence:
-    """One person's joints over time on a skeleton, shoulder-normalised."""
-    data: np.ndarray        # (frames, joints, dims) float32, 0 where missing
-    confidence: np.ndarray  # (frames, joints) float32, 0 = missing
+class PoseSequence(Keypoints):
+    """A recording: one person's joints over time on a skeleton, shoulder-normalised, with its frame
+    rate and the space it was read from."""
     fps: float
     normalization: Normalization
     canvas: tuple[int, int, int] = (500, 500, 0)  # header dimensions of the source
     layout: Layout | None = None                  # the source file's layout, when read from one
-
-    @property
-    def num_frames(self) -> int:
-        return int(self.data.shape[0])
 
 
 def read_pose(source: Union[str, Path, bytes, BinaryIO]) -> Pose:
@@ -366,14 +440,14 @@ def with_dims(pose: Pose, dims: int) -> Pose:
 
 
 def resampled_frames(frames: int, recorded_fps: float, fps: float) -> int:
-    """How many frames `resample` gives a sequence of `frames` recorded at `recorded_fps`, known
+    """How many frames `resample_to_fps` gives a sequence of `frames` recorded at `recorded_fps`, known
     without reading it (preparation decides what to keep before it converts anything)."""
     if math.isclose(recorded_fps, fps, rel_tol=1e-6) or frames == 1:
         return frames
     return round(frames * fps / recorded_fps)  # pose-format's NumPyPoseBody.interpolate
 
 
-def resample(sequence: PoseSequence, fps: float) -> PoseSequence:
+def resample_to_fps(sequence: PoseSequence, fps: float) -> PoseSequence:
     """`sequence` at `fps` frames per second over the same duration, by pose-format's own
     interpolation (`NumPyPoseBody.interpolate`, cubic: round(frames * fps / sequence.fps) frames,
     the first and last kept). A resampled value is observed only where the recorded frames on both
@@ -402,6 +476,59 @@ def resample(sequence: PoseSequence, fps: float) -> PoseSequence:
     data = np.where(observed[..., None], moved, 0.0)
     return PoseSequence(data.astype(np.float32), confidence.astype(np.float32), float(fps), sequence.normalization,
                         sequence.canvas, sequence.layout)
+
+
+def resample_to_frames(keypoints: Keypoints, frames: int, keep_missing_values: bool = False) -> Keypoints:
+    """`keypoints` stretched linearly in time to `frames` frames (the first and last kept): the
+    same motion in more or fewer frames, at no frame rate in particular.
+
+    An output value mixing a missing input value is missing too (confidence 0, value 0, or the
+    interpolated value with `keep_missing_values`: a generated joint predicted absent has one)."""
+    # keypoints.data: (frames_in, joints, dims); keypoints.confidence: (frames_in, joints)
+    if frames < 1:
+        raise ValueError(f"cannot resample to {frames} frames")
+    data, confidence = keypoints.data, keypoints.confidence
+    source = len(data)
+    if source == frames:
+        return Keypoints(data.copy(), confidence.copy())
+    position = np.linspace(0, source - 1, frames) if frames > 1 else np.zeros(1)
+    below = np.floor(position).astype(int)
+    above = np.minimum(below + 1, source - 1)
+    weight = (position - below)[:, None]  # (frames, 1)
+    values = (1 - weight[..., None]) * data[below] + weight[..., None] * data[above]
+    conf_below = np.where(weight < 1, confidence[below], np.inf)
+    conf_above = np.where(weight > 0, confidence[above], np.inf)
+    out_confidence = np.minimum(conf_below, conf_above).astype(np.float32)
+    if not keep_missing_values:
+        values[out_confidence <= 0] = 0.0
+    return Keypoints(values.astype(np.float32), out_confidence)
+
+
+def frame_motion(data: np.ndarray, confidence: np.ndarray | None = None, per_frame: bool = False,
+                 unseen: float = 0.0):
+    """Mean Euclidean displacement of a joint from one frame to the next (both frames observed).
+    `per_frame`: one such mean per frame-to-frame step instead, `(frames - 1,)`, `unseen` where no
+    joint is in both frames (composition paces its transitions by it; the join metrics use NaN)."""
+    # data: (frames, joints, dims); confidence: (frames, joints)
+    steps = np.linalg.norm(np.diff(data, axis=0), axis=-1)  # (frames - 1, joints)
+    both = np.ones(steps.shape, bool) if confidence is None else (confidence[1:] > 0) & (confidence[:-1] > 0)
+    if per_frame:
+        with np.errstate(invalid="ignore"):
+            return np.where(both.any(1), (steps * both).sum(1) / np.maximum(both.sum(1), 1), unseen)
+    if len(data) < 2:
+        return 0.0
+    return float(steps[both].mean()) if both.any() else float("nan")
+
+
+def component_pose(component: str, points: Sequence[str], data: np.ndarray, confidence: np.ndarray,
+                   fps: float = 1.0) -> Pose:
+    """A pose-format `Pose` of one component from arrays, masked where confidence is 0: for handing
+    a few joints to a library that reads pose-format (spoken-to-signed's signing span)."""
+    # data: (frames, points, dims); confidence: (frames, points)
+    dims = data.shape[-1]
+    header = PoseHeader(0.1, PoseHeaderDimensions(1, 1),
+                        [PoseHeaderComponent(component, list(points), [], [(0, 0, 0)], "XYZC"[:dims] + "C")])
+    return Pose(header, NumPyPoseBody(fps=float(fps), data=data[:, None], confidence=confidence[:, None]))
 
 
 def normalization_of(pose: Pose) -> Normalization:

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from ports import free_port
 
 DATA = Path(__file__).parent / "data"
@@ -112,7 +111,7 @@ def start_interruptible(command: list[str], **options) -> subprocess.Popen:
 def real_corpus(tmp_path_factory) -> CommandRun:
     """32 real fingerspelling recordings (ase and gsg) as a generic index, prepared once by `t2p prepare`
     (24 train, 8 validation rows). Training only reads it: every test may share it."""
-    from t2p.data import fingerspelling_items
+    from t2p.data.sources import fingerspelling_items
     folder = tmp_path_factory.mktemp("corpus")
     items = [item for item in fingerspelling_items() if item.language in ("ase", "gsg")][:32]
     index = folder / "index.jsonl"
@@ -174,10 +173,11 @@ OVERFIT_ITERATIONS = 600
 
 def train_six_real_signs(seed: int, iterations: int = OVERFIT_ITERATIONS):
     """A small model fitted to the six real signs (text alone decides which): (model, signs, sequences)."""
-    from t2p.data import Example, statistics
+    from t2p.data.statistics import statistics
     from t2p.model import T2PModel
     from t2p.notation import Vocabulary
-    from t2p.train import TrainConfig, fit
+    from t2p.training import TrainConfig, fit
+    from t2p.training.batches import Example
 
     skeleton, signs, sequences = six_real_signs()
     torch.manual_seed(seed)
@@ -185,7 +185,7 @@ def train_six_real_signs(seed: int, iterations: int = OVERFIT_ITERATIONS):
     config = tiny_model_config(vocabulary, skeleton, d_model=64, heads=4, text_layers=1, refiner_layers=2,
                                **statistics([(s.data, s.confidence) for s in sequences]))
     model = T2PModel(config)
-    examples = [Example(vocabulary.encode(sign), s.data, s.confidence) for sign, s in zip(signs, sequences)]
+    examples = [Example(vocabulary.encode(sign), s) for sign, s in zip(signs, sequences)]
     fit(model, examples, TrainConfig(batch_size=6, text_dropout=0.0, learning_rate=3e-3, warmup_steps=30,
                                      seed=seed), iterations=iterations)
     return model, signs, sequences

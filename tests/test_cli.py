@@ -5,7 +5,7 @@ import re
 import pytest
 
 from t2p.cli import build_parser, main
-from t2p.ray_train import TrainingJob
+from t2p.training import TrainingJob
 
 VERBS = ["prepare", "train", "tune", "quickstart", "generate", "correct", "evaluate", "compare", "render", "serve"]
 

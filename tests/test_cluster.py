@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import BIN, TINY, venv_environment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +49,7 @@ def test_a_sweep_submitted_as_a_job_stops_a_trailing_trial_and_trains_what_t2p_t
     """`ray job submit --working-dir .` of prepare and a Tune sweep, as a team runs them on a cluster
     (each Ray Train run costs 15 s here, so the sweep is also this suite's Tune test)."""
     from t2p.model import T2PModel
-    from t2p.train import TrainConfig
+    from t2p.training import TrainConfig
     data, sweep = tmp_path / "data", tmp_path / "sweep"
     index = real_corpus.folder.parent / "index.jsonl"  # the recordings `trained_run` trained on
     prepare = [sys.executable, "jobs/prepare.py", "--source", "index", "--index", str(index), "--out", str(data),

@@ -2,22 +2,25 @@
 model fitted to them (the `six_real_signs_model` session fixture)."""
 import numpy as np
 import pytest
-
 from conftest import POSES
-from t2p.compose import change_speed, compose, fingerspell, pace_transition, plan_signs, transition_length
-from t2p.correction import copy_nearest_frame, correct, hide, interpolate_linearly
-from t2p.generation import Generated, generate
-from t2p.joins import jump_cut
-from t2p.joins import RecordedMotion, join_peaks
-from t2p.metrics import JointGroups, active_signing_span, frame_motion, resample
-from t2p.pose import PoseSequence, load_sequence
+
+from t2p.evaluation import JointGroups
+from t2p.evaluation.correction import copy_nearest_frame, hide, interpolate_linearly
+from t2p.evaluation.joins import RecordedMotion, join_peaks, jump_cut
+from t2p.evaluation.metrics import active_signing_span
+from t2p.generation import SignRequest, generate
+from t2p.generation.compose import change_speed, compose, pace_transition, sign_requests, transition_length
+from t2p.generation.correction import correct
+from t2p.generation.sentence import fingerspell, plan_signs
+from t2p.pose import Keypoints, PoseSequence, frame_motion, load_sequence, resample_to_frames
 
 
 def test_composed_signs_are_the_signs_alone_joined_by_generated_transitions(six_real_signs_model):
     model, signs, sequences = six_real_signs_model
     texts = signs[:3]
-    composition = compose(model, texts, first_pose=sequences[0], smooth=False)  # smoothing: its own test
-    alone = generate(model, texts, first_poses=[sequences[0]] * 3)
+    requests = sign_requests(texts, first_pose=sequences[0])
+    composition = compose(model, requests, smooth=False)  # smoothing: its own test
+    alone = generate(model, requests)
     kinds = [segment.kind for segment in composition.segments]
     assert kinds == ["sign", "transition", "sign", "transition", "sign"]
     # each sign is the sign alone, cut where it meets its neighbours: the first keeps its onset,
@@ -48,7 +51,7 @@ def _stretch_of(kept: np.ndarray, whole: np.ndarray) -> tuple[int, int]:
 
 def _recorded(sequences, parts):
     """Real recordings cut to `parts` (one slice each), as the signs a composition is given."""
-    return [Generated(s.data[part], s.confidence[part]) for s, part in zip(sequences, parts)]
+    return [s.frames(part.start, part.stop) for s, part in zip(sequences, parts)]
 
 
 def _joins_within(composition, motion):
@@ -67,7 +70,7 @@ def test_a_jump_from_mid_sign_to_mid_sign_fails_the_join_measure_and_generated_t
     cut = _joins_within(jump_cut(recorded), motion)
     # kinder's second half ends with the hands lowered, and essen's first half starts so: no jump there
     assert cut == [False, True, False]
-    composed = compose(model, signs[:4], sequences[0], recorded=dict(enumerate(recorded)))
+    composed = compose(model, sign_requests(signs[:4], first_pose=sequences[0]), recorded=dict(enumerate(recorded)))
     assert _joins_within(composed, motion) == [True, True, True]
 
 
@@ -81,7 +84,7 @@ def test_generated_transitions_between_the_lexicons_signing_spans_move_as_the_re
     assert all(part.stop - part.start < s.num_frames for part, s in zip(parts, sequences))  # trimmed
     recorded = _recorded(sequences, parts)
     motion = RecordedMotion.of([(sign.data, sign.confidence) for sign in recorded])
-    composed = compose(model, signs[:4], sequences[0], recorded=dict(enumerate(recorded)))
+    composed = compose(model, sign_requests(signs[:4], first_pose=sequences[0]), recorded=dict(enumerate(recorded)))
     assert _joins_within(composed, motion) == [True, True, True]
 
 
@@ -94,7 +97,7 @@ def test_transitions_are_long_enough_to_travel_at_the_signs_speed():
 def test_a_transition_follows_its_path_at_an_even_pace_no_faster_than_the_signs():
     # a generated path that dawdles, then jumps: 0, 0.05, 0.1, then 1.0 (in one joint, one axis)
     positions = np.array([0.0, 0.05, 0.1, 1.0], np.float32)
-    path = Generated(np.stack([positions, np.zeros(4), np.zeros(4)], -1)[:, None, :].astype(np.float32),
+    path = Keypoints(np.stack([positions, np.zeros(4), np.zeros(4)], -1)[:, None, :].astype(np.float32),
                      np.ones((4, 1), np.float32))
     paced = pace_transition(path, velocity=0.1)
     assert len(paced) == 9  # 1.0 travelled at <= 0.1 per frame: 10 steps, 9 frames between the ends
@@ -107,7 +110,7 @@ def test_a_transition_follows_its_path_at_an_even_pace_no_faster_than_the_signs(
 
 def test_speed_changes_the_duration_not_the_path():
     data = np.linspace(0, 1, 21, dtype=np.float32).reshape(21, 1, 1).repeat(3, axis=2)
-    sequence = Generated(data, np.ones((21, 1), np.float32))
+    sequence = Keypoints(data, np.ones((21, 1), np.float32))
     fast, slow = change_speed(sequence, 2.0), change_speed(sequence, 0.5)
     assert len(fast) == 10 and len(slow) == 42
     for changed in (fast, slow):
@@ -121,20 +124,16 @@ def test_speed_is_the_metrics_resampling_keeping_absent_joints_where_generated()
     rng = np.random.default_rng(0)
     data = rng.normal(size=(15, 4, 3)).astype(np.float32)
     confidence = (rng.random((15, 4)) > 0.3).astype(np.float32)
-    fast = change_speed(Generated(data, confidence), 1.5)
-    values, present = resample(data, confidence, 10)
+    fast = change_speed(Keypoints(data, confidence), 1.5)
+    stretched = resample_to_frames(Keypoints(data, confidence), 10)
+    values, present = stretched.data, stretched.confidence
     np.testing.assert_array_equal(fast.confidence, present)
     np.testing.assert_array_equal(fast.data[present > 0], values[present > 0])
     assert np.abs(fast.data[present == 0]).sum() > 0  # an absent joint keeps the position generated for it
 
 
-def test_an_unknown_gloss_is_fingerspelled_with_the_languages_alphabet(six_real_signs_model):
-    model, _, _ = six_real_signs_model
-    model.config.known_texts = {"ase": ["A", "B", "C", "H", "E", "L", "O", "HOUSE"]}
-    try:
-        planned = plan_signs(model, ["HOUSE", "HELLO"], "ase", "en")
-    finally:
-        model.config.known_texts = {}
+def test_an_unknown_gloss_is_fingerspelled_with_the_languages_alphabet():
+    planned = plan_signs(["HOUSE", "HELLO"], "ase", {"A", "B", "C", "H", "E", "L", "O", "HOUSE"}, "en")
     assert [p.text for p in planned] == ["HOUSE", "H", "E", "L", "L", "O"]
     assert [p.source for p in planned] == ["model"] + ["fingerspelling:HELLO"] * 5
     assert fingerspell("schön", "de", "gsg", None)[-2:] == ["Ö", "N"]
@@ -143,7 +142,7 @@ def test_an_unknown_gloss_is_fingerspelled_with_the_languages_alphabet(six_real_
 
 
 def test_the_spoken_language_is_inferred_where_the_signed_language_has_one_alphabet():
-    from t2p.compose import infer_spoken_language
+    from t2p.generation.sentence import infer_spoken_language
     assert [infer_spoken_language(language) for language in ("sgg", "gsg", "ase", "fsl")] == ["de", "de", "en", "fr"]
     assert infer_spoken_language("xyz") is None and infer_spoken_language(None) is None
     assert infer_spoken_language("sgg", POSES / "lexicon_sgg") == "de"
@@ -154,7 +153,7 @@ def test_output_keeps_the_signers_bone_lengths(six_real_signs_model, layout):
     model, signs, _ = six_real_signs_model
     first = load_sequence(POSES / "layouts" / layout, model.skeleton)
     observed = first.confidence[0] > 0
-    outputs = generate(model, signs, first_poses=[first] * len(signs), keep_proportions=True)
+    outputs = generate(model, sign_requests(signs, first_pose=first, keep_proportions=True))
     names = {"shoulder width": ("LEFT_SHOULDER", "RIGHT_SHOULDER"), "upper arm": ("RIGHT_SHOULDER", "RIGHT_ELBOW"),
              "forearm": ("RIGHT_ELBOW", "RIGHT_WRIST")}
     bones = [(model.skeleton.joint_index("POSE_LANDMARKS", a), model.skeleton.joint_index("POSE_LANDMARKS", b))
@@ -174,9 +173,7 @@ def test_output_keeps_the_signers_bone_lengths(six_real_signs_model, layout):
 
 
 def _hidden(sequence: PoseSequence, model, seed: int):
-    hands = {c.name: [model.skeleton.joint_index(c.name, p) for p in c.points]
-             for c in model.skeleton.components if "HAND" in c.name}
-    return hide(sequence, hands, np.random.default_rng(seed))
+    return hide(sequence, model.skeleton.hands(), np.random.default_rng(seed))
 
 
 def _correction_errors(model, signs, sequences):
@@ -277,7 +274,7 @@ def test_output_is_written_in_the_first_poses_layout_and_space(six_real_signs_mo
     model, signs, _ = six_real_signs_model
     source = read_pose(POSES / "layouts" / layout)
     first = load_sequence(POSES / "layouts" / layout, model.skeleton)
-    (sequence,) = generate(model, signs[:1], first_poses=[first])
+    (sequence,) = generate(model, [SignRequest(signs[0], first_pose=first)])
     written = as_pose(model, sequence, first)
     assert [c.name for c in written.header.components] == [c.name for c in source.header.components]
     assert written.body.data.shape[1:] == source.body.data.shape[1:]  # every point, the file's own dimensions
@@ -326,23 +323,19 @@ def test_a_corrected_file_keeps_every_observed_value_and_point_exactly(six_real_
 def test_spoken_text_becomes_lexicon_recordings_and_fingerspelling(six_real_signs_model, tmp_path):
     """spoken-to-signed's text_to_gloss and lexicon lookup: the lexicon's recordings are the signs,
     a word it lacks is fingerspelled, and the transitions between them are generated."""
-    from t2p.compose import lexicon_sign, text_to_glosses
+    from t2p.generation.sentence import lexicon_sign, text_to_glosses
     from t2p.notation import SignText
     model, _, sequences = six_real_signs_model
     lexicon = str(POSES / "lexicon_sgg")
     pairs = text_to_glosses("Die Kinder essen Pizza", "de")
     assert [word for word, _ in pairs] == ["die", "kinder", "essen", "pizza"]
-    saved = model.config.known_texts
-    model.config.known_texts = {"sgg": ["essen", "kinder", "kleine", "pizza"]}  # what the model was trained on
-    try:
-        planned = plan_signs(model, pairs, "sgg", "de", lexicon)
-    finally:
-        model.config.known_texts = saved
+    known = {"essen", "kinder", "kleine", "pizza"}  # what a model trained on the lexicon knows
+    planned = plan_signs(pairs, "sgg", known, "de", lexicon)
     assert [p.source for p in planned] == ["fingerspelling:die"] * 3 + ["lexicon"] * 3
     recorded = {i: lexicon_sign(model, lexicon, sign, "de", "sgg", sequences[0])
                 for i, sign in enumerate(planned) if sign.source == "lexicon"}
-    composition = compose(model, [SignText(p.text, "text", "sgg") for p in planned], sequences[0], recorded=recorded,
-                          smooth=False)
+    composition = compose(model, sign_requests([SignText(p.text, "text", "sgg") for p in planned],
+                                               first_pose=sequences[0]), recorded=recorded, smooth=False)
     signs = [segment for segment in composition.segments if segment.kind == "sign"]
     assert len(signs) == 6 and all(s.kind == "transition" for s in composition.segments[1::2])
     for index, sign in recorded.items():  # the recording itself (cut where it meets its neighbours)
@@ -361,7 +354,7 @@ def test_spelled_letters_are_cut_where_they_meet_so_the_hand_does_not_drop_betwe
     from importlib.resources import files
     from pathlib import Path
 
-    from t2p.compose import cut_at_connection_points
+    from t2p.generation.compose import cut_at_connection_points
     from t2p.pose import Skeleton, read_pose
     lexicon = Path(str(files("spoken_to_signed").joinpath("assets", "fingerspelling_lexicon")))
     paths = {(row["words"], row["signed_language"]): lexicon / row["path"]
@@ -370,7 +363,7 @@ def test_spelled_letters_are_cut_where_they_meet_so_the_hand_does_not_drop_betwe
     for language, word in [("gsg", "HALO"), ("ase", "WORD"), ("sgg", "KIND")]:
         skeleton = Skeleton.from_pose(read_pose(paths[word[0], language]))
         recordings = [load_sequence(paths[letter, language], skeleton) for letter in word]
-        letters = [Generated(r.data, r.confidence) for r in recordings]
+        letters = [Keypoints(r.data, r.confidence) for r in recordings]
         cut = cut_at_connection_points(letters, recordings[0].fps, skeleton)
         for index, (kept, letter) in enumerate(zip(cut, letters)):
             begin, end = _stretch_of(kept.data, letter.data)
@@ -383,9 +376,9 @@ def test_spelled_letters_are_cut_where_they_meet_so_the_hand_does_not_drop_betwe
 
 
 def test_smoothing_softens_the_joins_and_leaves_the_signs_away_from_them_as_they_were(six_real_signs_model):
-    from t2p.compose import JOIN_SMOOTHING_SECONDS, smooth_joins
+    from t2p.generation.compose import JOIN_SMOOTHING_SECONDS, smooth_joins
     model, signs, sequences = six_real_signs_model
-    joined = compose(model, signs[:4], first_pose=sequences[0], smooth=False)
+    joined = compose(model, sign_requests(signs[:4], first_pose=sequences[0]), smooth=False)
     smoothed = smooth_joins(joined, model.config.fps)
     margin = round(JOIN_SMOOTHING_SECONDS * model.config.fps)
     near = np.zeros(len(joined), bool)

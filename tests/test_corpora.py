@@ -9,11 +9,13 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import DATA, POSES
+
 from t2p.cli import main
-from t2p.data import PreparationError, SourceItem, assign_splits, index_items, lexicon_items, prepare, read_items
-from t2p.ham2pose import ham2pose_items
+from t2p.data import PreparationError, SourceItem, prepare, read_items
+from t2p.data.ham2pose import ham2pose_items
+from t2p.data.prepare import assign_splits
+from t2p.data.sources import index_items, lexicon_items
 from t2p.pose import Skeleton, mirror, read_pose, segment, to_sequence
 
 HAM2POSE_INDEX = DATA / "hamnosys" / "ham2pose_data.json"
@@ -56,7 +58,7 @@ def test_ham2pose_prepare_lists_missing_ids_in_the_manifest_and_mirrors_the_list
     assert manifest["mirrored"] == 1 and manifest["counts"]["train"] == 6 and manifest["notation"] == ["hamnosys"]
     rows = {item.source_path.split("/")[-1][:-5]: item.sequence for item in read_items(out, "train")}
     skeleton = Skeleton.from_dict(manifest["skeleton"])
-    hands = skeleton.hands()
+    hands = {hand.name: list(hand.joints) for hand in skeleton.hands()}
     left, right = hands["hand_left_keypoints_2d"], hands["hand_right_keypoints_2d"]
     plain, mirrored = rows["pjm_12"], rows["pjm_9"]  # the same recording, pjm_9 mirrored
     # the mirrored right hand is the plain left hand reflected about the shoulders' centre
@@ -216,22 +218,23 @@ def test_prepare_resamples_a_50_fps_and_a_25_fps_recording_of_one_sign_to_the_sa
 
 
 def test_a_resampled_gap_stays_missing():
-    from t2p.pose import resample
+    from t2p.pose import resample_to_fps
     sequence = to_sequence(read_pose(POSES / "layouts" / "openpose.pose"), Skeleton.from_pose(
         read_pose(POSES / "layouts" / "openpose.pose")))
     sequence.confidence[40:50] = 0  # the tracker lost ten frames (0.42 s)
-    doubled = resample(sequence, 48)
+    doubled = resample_to_fps(sequence, 48)
     assert doubled.num_frames == 186 and doubled.fps == 48
     assert not doubled.confidence[81:99].any()  # the gap, at twice the rate, never filled by the spline
     assert np.all(doubled.data[doubled.confidence == 0] == 0)
-    assert resample(sequence, sequence.fps) is sequence
+    assert resample_to_fps(sequence, sequence.fps) is sequence
 
 
 def test_generation_writes_the_models_rate_whatever_the_first_poses(tmp_path):
-    from t2p.data import load_manifest, model_config_from_manifest
-    from t2p.generation import as_pose, generate
+    from t2p.data import load_manifest
+    from t2p.generation import SignRequest, as_pose, generate
     from t2p.model import T2PModel
     from t2p.pose import load_sequence
+    from t2p.training.job import model_config_from_manifest
     index = _one_recording_at(tmp_path)
     prepare(index_items(index), tmp_path / "out", source="index", fps=25, fractions=(1, 0, 0), progress=False)
     model = T2PModel(model_config_from_manifest(load_manifest(tmp_path / "out"), d_model=32, heads=2, text_layers=1,
@@ -239,7 +242,7 @@ def test_generation_writes_the_models_rate_whatever_the_first_poses(tmp_path):
     durations = []
     for item in index_items(index):
         first = load_sequence(item.path, model.skeleton)
-        [sequence] = generate(model, ["at25"], first_poses=[first], steps=2)
+        [sequence] = generate(model, [SignRequest("at25", first_pose=first, steps=2)])
         pose = as_pose(model, sequence, first)
         assert pose.body.fps == model.config.fps == 25
         durations.append(pose.body.data.shape[0] / pose.body.fps)

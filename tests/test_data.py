@@ -4,11 +4,13 @@ import shutil
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import POSES
-from t2p.data import (PreparationError, ShardExamples, collate, fingerspelling_items, index_items, lexicon_items, load_manifest,
-                      model_config_from_manifest, prepare, read_items, shard_paths)
+
+from t2p.data import PreparationError, load_manifest, prepare, read_items, shard_paths
+from t2p.data.sources import fingerspelling_items, index_items, lexicon_items
 from t2p.notation import tokenize
+from t2p.training.batches import ShardExamples, collate
+from t2p.training.job import model_config_from_manifest
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +64,9 @@ def test_manifest_describes_skeleton_statistics_and_vocabulary(fingerspelling):
 def test_splits_are_deterministic_and_follow_the_seed(fingerspelling, tmp_path):
     out, _ = fingerspelling
     items = fingerspelling_items()[:60]
-    first = prepare(items, tmp_path / "a", source="fingerspelling", seed=1, progress=False)
-    again = prepare(items, tmp_path / "b", source="fingerspelling", seed=1, progress=False)
-    other = prepare(items, tmp_path / "c", source="fingerspelling", seed=2, progress=False)
+    prepare(items, tmp_path / "a", source="fingerspelling", seed=1, progress=False)
+    prepare(items, tmp_path / "b", source="fingerspelling", seed=1, progress=False)
+    prepare(items, tmp_path / "c", source="fingerspelling", seed=2, progress=False)
     test_keys = lambda path: sorted(item.key for item in read_items(path, "test"))
     assert test_keys(tmp_path / "a") == test_keys(tmp_path / "b")
     assert test_keys(tmp_path / "a") != test_keys(tmp_path / "c")

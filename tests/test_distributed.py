@@ -10,15 +10,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from conftest import tiny_model_config
 from ports import free_port
-from t2p.data import Example, collate
+
 from t2p.model import T2PModel
 from t2p.notation import SignText, Vocabulary
-from t2p.pose import Skeleton, SkeletonComponent
-from t2p.objective import TrainingObjective, unwrap
-from t2p.train import TrainConfig, make_optimizer, train_step
+from t2p.pose import Keypoints, Skeleton, SkeletonComponent
+from t2p.training import Learner, TrainConfig
+from t2p.training.batches import Example, collate
+from t2p.training.loop import make_optimizer, unwrap
+from t2p.training.objective import TrainingObjective
 
 SKELETON = Skeleton("toy", (SkeletonComponent("BODY", ("P", "Q"), (), ((255, 0, 0), (0, 255, 0)), "XYC"),), 2)
 STEPS = 5
@@ -39,12 +40,13 @@ def _worker(rank: int, port: int, results: Path) -> None:
         optimizer, scheduler = make_optimizer(objective, config, STEPS)
         # each rank trains on different data and draws different noise, as real workers do
         data = np.random.default_rng(rank).normal(size=(2, 6, 2, 2)).astype(np.float32)
-        batch = collate([Example(vocabulary.encode(signs[rank]), poses, np.ones((6, 2), np.float32))
+        batch = collate([Example(vocabulary.encode(signs[rank]), Keypoints(poses, np.ones((6, 2), np.float32)))
                          for poses in data])
         gap = _gradient_gap(objective, alone, batch, rank)
         generator = torch.Generator().manual_seed(rank)
+        learner = Learner(objective, optimizer, scheduler, average=None, grad_clip=config.grad_clip)
         for _ in range(STEPS):
-            train_step(objective, batch, optimizer, scheduler, config.grad_clip, generator)
+            learner.step(batch, None, generator)
         torch.save({"gradient gap": gap, "weights": unwrap(objective).state_dict()}, results / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -89,10 +91,11 @@ def test_data_parallel_workers_keep_identical_weights(tmp_path):
 def test_workers_that_would_take_every_cpu_of_a_local_ray_get_a_share_and_a_cluster_gets_the_request(
         monkeypatch, capsys):
     import pytest
+    import ray
 
-    from t2p import ray_train
-    from t2p.ray_train import TrainingJob, fit_workers_to_cluster
-    monkeypatch.setattr(ray_train.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    from t2p.training import TrainingJob
+    from t2p.training.job import fit_workers_to_cluster
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     job = TrainingJob(data="data", out="run", workers=2)
     # two 1-CPU workers on a 2-CPU laptop left no CPU for the shard reads, and the run waited forever

@@ -10,10 +10,11 @@ import random
 import numpy as np
 import pytest
 
-from t2p.data import fingerspelling_items
-from t2p.handshape import hand_angles, hands_of, handshape_distance
-from t2p.metrics import JointGroups, dtw_mje
-from t2p.pose import PoseSequence, Skeleton, load_sequence, read_pose
+from t2p.data.sources import fingerspelling_items
+from t2p.evaluation import JointGroups
+from t2p.evaluation.handshape import hand_angles, handshape_distance
+from t2p.evaluation.metrics import dtw_mje
+from t2p.pose import Skeleton, load_sequence, read_pose
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def _rotated(data: np.ndarray, joints: list[int], angle: float) -> np.ndarray:
 
 def test_handshape_ignores_where_the_hand_is_how_it_is_turned_and_its_size(lexicon):
     skeleton, recordings = lexicon
-    hands = hands_of(skeleton)
+    hands = skeleton.hands()
     _, _, sequence = next(r for r in recordings if (r[2].confidence[:, list(hands[1].joints)] > 0).all())
     joints = list(hands[1].joints)
     moved = sequence.data.copy()
@@ -53,7 +54,7 @@ def test_handshape_ignores_where_the_hand_is_how_it_is_turned_and_its_size(lexic
 
 def test_a_closed_hand_is_far_from_an_open_one():
     skeleton = Skeleton.from_pose(read_pose(fingerspelling_items()[0].path))
-    hand = hands_of(skeleton)[1]
+    hand = skeleton.hands()[1]
     index = {point: skeleton.joint_index(hand.name, point) for point in
              ("WRIST", "INDEX_FINGER_MCP", "INDEX_FINGER_PIP", "INDEX_FINGER_DIP", "INDEX_FINGER_TIP")}
     straight = np.zeros((1, skeleton.num_joints, 3))
@@ -93,7 +94,7 @@ def test_the_same_letter_in_another_language_is_closer_than_another_letter_in_mo
 
 def test_an_untracked_hand_is_not_judged(lexicon):
     skeleton, recordings = lexicon
-    hands = hands_of(skeleton)
+    hands = skeleton.hands()
     _, _, sequence = recordings[0]
     confidence = sequence.confidence.copy()
     confidence[:, list(hands[0].joints)] = 0  # the left hand never seen: only the right is the signing hand
@@ -108,10 +109,10 @@ def test_an_untracked_hand_is_not_judged(lexicon):
 def test_the_training_angle_loss_measures_the_metrics_angles_and_ignores_a_turned_hand(lexicon):
     import torch
 
-    from t2p.objective import hand_angle_loss, joint_angles
+    from t2p.training.objective import hand_angle_loss, joint_angles
 
     skeleton, recordings = lexicon
-    hands = hands_of(skeleton)
+    hands = skeleton.hands()
     sequence = next(r[2] for r in recordings if (r[2].confidence[:, list(hands[1].joints)] > 0).all())
     poses = torch.tensor(sequence.data, dtype=torch.float32).unsqueeze(0)  # (1, frames, joints, dims)
     pairs = torch.tensor(hands[1].angles)

@@ -6,14 +6,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ALL_POSE_FILES, POSES
 from fastdtw import fastdtw
 
-from conftest import ALL_POSE_FILES, POSES
 from t2p.cli import main
-from t2p.evaluate import compare_files
-from t2p.metrics import (METRICS, JointGroups, active_signing_span, back_retrieval_ranks, displacement_ratio, dtw_mje,
-                         dtw_mje_matrix, dtwp, length_error, mje, ndtw_mje, ndtwp, presence_error, resample, score)
-from t2p.pose import Normalization, PoseSequence, Skeleton, load_sequence, read_pose
+from t2p.evaluation import JointGroups, compare_files, score
+from t2p.evaluation.metrics import (
+    METRICS,
+    active_signing_span,
+    back_retrieval_ranks,
+    displacement_ratio,
+    dtw_mje,
+    dtw_mje_matrix,
+    dtwp,
+    length_error,
+    mje,
+    ndtw_mje,
+    ndtwp,
+    presence_error,
+)
+from t2p.pose import Keypoints, Normalization, PoseSequence, Skeleton, load_sequence, read_pose, resample_to_frames
 
 ESSEN = POSES / "lexicon_sgg" / "essen.pose"
 PIZZA = POSES / "lexicon_sgg" / "pizza.pose"
@@ -264,7 +276,8 @@ def test_resampling_keeps_the_ends_and_marks_values_mixed_with_missing_ones_miss
     data = np.arange(5, dtype=np.float32).reshape(5, 1, 1)
     confidence = np.ones((5, 1), np.float32)
     confidence[2] = 0
-    values, observed = resample(data, confidence, 9)
+    stretched = resample_to_frames(Keypoints(data, confidence), 9)
+    values, observed = stretched.data, stretched.confidence
     assert values.shape == (9, 1, 1)
     assert values[0, 0, 0] == 0 and values[-1, 0, 0] == 4
     assert values[1, 0, 0] == pytest.approx(0.5)
@@ -416,7 +429,7 @@ def _same_letter_by_signwriting_triplets():
     No recording of the test above takes part."""
     import random
 
-    from t2p.data import fingerspelling_items
+    from t2p.data.sources import fingerspelling_items
     used = ({(letter, a) for letter, a, _ in SAME_LETTER} | {(letter, b) for letter, _, b in SAME_LETTER}
             | {(other, language) for other in OTHER_LETTERS for language in ("sgg", "gsg")})
     from signwriting.fingerspelling.fingerspelling import get_chars, variant_signs
@@ -454,8 +467,8 @@ def test_dtw_mje_puts_the_same_letter_closer_in_most_held_out_pairs_and_ndtw_mje
 
     anchor, same, _ = triplets[0]
     reference, prediction = load(*anchor), load(*same)
-    slow = PoseSequence(*resample(prediction.data, prediction.confidence, 2 * prediction.num_frames),
-                        prediction.fps, prediction.normalization)
+    stretched = resample_to_frames(prediction, 2 * prediction.num_frames)
+    slow = PoseSequence(stretched.data, stretched.confidence, prediction.fps, prediction.normalization)
     joints = groups.upper_body_and_hands
     at_its_speed = ndtw_mje(prediction.data, reference.data, joints, prediction.confidence, reference.confidence)
     at_half_speed = ndtw_mje(slow.data, reference.data, joints, slow.confidence, reference.confidence)
@@ -463,7 +476,7 @@ def test_dtw_mje_puts_the_same_letter_closer_in_most_held_out_pairs_and_ndtw_mje
 
 
 def test_speed_and_jerk_are_fluent_pose_synthesis_s_over_the_joints_seen_throughout():
-    from t2p.joins import RecordedMotion, join_peaks, speed_and_jerk
+    from t2p.evaluation.joins import RecordedMotion, join_peaks, speed_and_jerk
     # one joint moving 0.1 per frame along x, then stopping dead; a second joint that comes into view
     x = np.concatenate([np.arange(6) * 0.1, np.full(4, 0.5)])
     data = np.zeros((10, 2, 3), np.float32)

@@ -4,15 +4,15 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import POSES, tiny_model_config
-from t2p.data import Example, collate
-from t2p.generation import as_pose, generate, iter_generate, Observed, refinement_steps
+
+from t2p.generation import SignRequest, as_pose, generate, refinement_steps
 from t2p.model import T2PModel
 from t2p.notation import SignText, Vocabulary
-from t2p.pose import Skeleton, SkeletonComponent, load_sequence, read_pose, to_sequence, write_pose
-from t2p.objective import compute_losses
-from t2p.train import TrainConfig, fit
+from t2p.pose import Keypoints, Skeleton, SkeletonComponent, load_sequence, read_pose, to_sequence, write_pose
+from t2p.training import TrainConfig, fit
+from t2p.training.batches import Example, collate
+from t2p.training.objective import compute_losses
 
 TOY_SKELETON = Skeleton("toy", (SkeletonComponent("BODY", ("P",), (), ((255, 0, 0),), "XYC"),), 2)
 
@@ -35,7 +35,7 @@ def toy_model():
     signs = [SignText(text, "text") for text in TOY_TARGETS]
     vocabulary = Vocabulary.build(signs)
     model = T2PModel(tiny_model_config(vocabulary, TOY_SKELETON, max_frames=16, log_length_prior=0.0))
-    examples = [Example(vocabulary.encode(sign), target, np.ones((len(target), 1), np.float32))
+    examples = [Example(vocabulary.encode(sign), Keypoints(target, np.ones((len(target), 1), np.float32)))
                 for sign, target in zip(signs, TOY_TARGETS.values())]
     # 450 steps reproduce both within 0.08 of every value and the lengths within 0.06 frames (900 did
     # within 0.04, at twice the time)
@@ -49,7 +49,8 @@ def test_each_toy_text_gets_its_own_sequence_exactly(toy_model, steps):
     model, signs = toy_model
     for sign in signs:
         target = TOY_TARGETS[sign.text]
-        (sequence,) = generate(model, [sign], first_poses=[target[0]], steps=steps)
+        start = Keypoints(target[:1], np.ones((1, 1), np.float32))
+        (sequence,) = generate(model, [SignRequest(sign, first_pose=start, steps=steps)])
         assert sequence.data.shape == target.shape, sign.text
         np.testing.assert_array_equal(np.round(sequence.data), target, err_msg=sign.text)
         assert (sequence.confidence == 1).all()
@@ -82,8 +83,8 @@ def real_model(six_real_signs_model):
 
 def test_real_sequences_are_reproduced_well_under_the_static_baseline(real_data, real_model):
     _, signs, sequences = real_data
-    generated = generate(real_model, signs, first_poses=sequences, steps=10,
-                         lengths=[s.num_frames for s in sequences])
+    generated = generate(real_model, [SignRequest(sign, first_pose=s, steps=10, length=s.num_frames)
+                                      for sign, s in zip(signs, sequences)])
     model_error = np.mean([_mean_joint_error(g.data, s.data, s.confidence) for g, s in zip(generated, sequences)])
     static_error = np.mean([_mean_joint_error(np.repeat(s.data[:1], s.num_frames, 0), s.data, s.confidence)
                             for s in sequences])
@@ -93,7 +94,7 @@ def test_real_sequences_are_reproduced_well_under_the_static_baseline(real_data,
 
 def test_every_keypoint_is_predicted_in_every_frame(real_data, real_model):
     _, signs, sequences = real_data
-    (generated,) = generate(real_model, signs[:1], steps=3)
+    (generated,) = generate(real_model, [SignRequest(signs[0], steps=3)])
     assert np.isfinite(generated.data).all()
     assert generated.data.shape[1:] == (50, 3)
     assert generated.confidence.shape == generated.data.shape[:2]
@@ -115,7 +116,8 @@ def test_generation_applies_every_requested_step(real_model, steps):
     counting = CountingRefiner(real_model.refiner)
     real_model.refiner = counting
     try:
-        updates = list(iter_generate(real_model, ["essen", "pizza"], steps=steps))
+        updates = list(refinement_steps(real_model, [SignRequest("essen", steps=steps),
+                                                     SignRequest("pizza", steps=steps)], every_step=True))
     finally:
         real_model.refiner = counting.inner
     assert counting.calls == steps
@@ -129,16 +131,17 @@ def test_one_step_returns_the_refiners_estimate_itself(real_model, real_data, mo
     estimates = []
     refine = real_model.refine
     monkeypatch.setattr(real_model, "refine", lambda *args: estimates.append(refine(*args)) or estimates[-1])
-    updates = list(iter_generate(real_model, signs[:1], first_poses=[sequences[0]], steps=1, guidance=1.0))
+    request = SignRequest(signs[0], first_pose=sequences[0], steps=1, guidance=1.0)
+    updates = list(refinement_steps(real_model, [request], every_step=True))
     assert len(updates) == 1 and len(estimates) == 1
-    (output,) = updates[0]
+    (output,) = updates[0].sequences
     poses = estimates[0].poses[0].numpy()                       # (frames, joints, dims)
     present = estimates[0].presence_logits[0].numpy() > 0       # (frames, joints)
     np.testing.assert_array_equal(output.confidence, present.astype(np.float32))
     np.testing.assert_allclose(output.data[present], poses[present], atol=1e-5)
     # the estimate is not the start held still, so equality with it is a claim about the step
     assert np.abs(poses[present] - sequences[0].data[0][None].repeat(len(poses), 0)[present]).max() > 0.1
-    (generated,) = generate(real_model, signs[:1], first_poses=[sequences[0]], steps=1, guidance=1.0)
+    (generated,) = generate(real_model, [request])
     np.testing.assert_array_equal(generated.data, output.data)  # generate returns that same last step
 
 
@@ -146,7 +149,7 @@ def test_text_is_encoded_once_per_call_not_per_step(real_model, monkeypatch):
     calls = []
     original = real_model.text_encoder.forward
     monkeypatch.setattr(real_model.text_encoder, "forward", lambda *a: calls.append(1) or original(*a))
-    generate(real_model, ["essen", "kinder"], steps=5)
+    generate(real_model, [SignRequest("essen", steps=5), SignRequest("kinder", steps=5)])
     assert len(calls) == 1
 
 
@@ -157,10 +160,10 @@ def test_batching_changes_nothing(real_model, real_data):
     steps = [4, 10, 1, 6]
     guidance = [None, 2.0, None, 1.5]
     first = [sequences[2], None, sequences[0], None]
-    batched = generate(real_model, texts, first_poses=first, steps=steps, lengths=lengths, guidance=guidance, seed=3)
-    for i in range(len(texts)):
-        (alone,) = generate(real_model, [texts[i]], first_poses=[first[i]], steps=steps[i], lengths=[lengths[i]],
-                            guidance=[guidance[i]], seed=3)
+    requests = [SignRequest(*item, seed=3) for item in zip(texts, first, steps, lengths, guidance)]
+    batched = generate(real_model, requests)
+    for i, request in enumerate(requests):
+        (alone,) = generate(real_model, [request])
         assert alone.data.shape == batched[i].data.shape
         np.testing.assert_allclose(batched[i].data, alone.data, atol=1e-4)
         np.testing.assert_array_equal(batched[i].confidence, alone.confidence)
@@ -170,15 +173,16 @@ def test_refinement_steps_are_generate_one_step_at_a_time(real_model, real_data)
     """What Serve takes turns with and streams: one record per step of the longest schedule, saying
     which items it refined (fewer steps join later); the last step's sequences are `generate`'s."""
     _, signs, sequences = real_data
-    texts, steps, first = signs[:3], [4, 1, 3], [sequences[0], None, None]
-    quiet = list(refinement_steps(real_model, texts, first_poses=first, steps=steps, lengths=[9, 5, 7]))
+    requests = [SignRequest(sign, first_pose=first, steps=steps, length=length)
+                for sign, first, steps, length in zip(signs[:3], [sequences[0], None, None], [4, 1, 3], [9, 5, 7])]
+    quiet = list(refinement_steps(real_model, requests))
     assert [(step.step, step.steps, step.done) for step in quiet] == [(1, 4, False), (2, 4, False), (3, 4, False),
                                                                        (4, 4, True)]
     assert [step.refined for step in quiet] == [[True, False, False], [True, False, True], [True, False, True],
                                                 [True, True, True]]
     assert all(step.sequences is None for step in quiet[:-1])  # unasked, the steps before the last cost nothing extra
-    every = list(refinement_steps(real_model, texts, first_poses=first, steps=steps, lengths=[9, 5, 7], every_step=True))
-    expected = generate(real_model, texts, first_poses=first, steps=steps, lengths=[9, 5, 7])
+    every = list(refinement_steps(real_model, requests, every_step=True))
+    expected = generate(real_model, requests)
     for sequence, last, streamed in zip(expected, quiet[-1].sequences, every[-1].sequences):
         np.testing.assert_array_equal(last.data, sequence.data)
         np.testing.assert_array_equal(streamed.data, sequence.data)
@@ -187,21 +191,21 @@ def test_refinement_steps_are_generate_one_step_at_a_time(real_model, real_data)
 
 def test_the_longest_predicted_length_may_differ_per_item(real_model, real_data):
     _, signs, _ = real_data
-    (free,) = generate(real_model, signs[:1], steps=1)
+    (free,) = generate(real_model, [SignRequest(signs[0], steps=1)])
     assert len(free) > 3
-    capped, same = generate(real_model, [signs[0], signs[0]], steps=1, max_length=[3, None])
+    capped, same = generate(real_model, [SignRequest(signs[0], steps=1, max_length=3), SignRequest(signs[0], steps=1)])
     assert len(capped) == 3 and len(same) == len(free)
 
 
 def test_each_item_samples_its_length_with_its_own_seed(real_model, real_data):
     _, signs, _ = real_data
     seeds = [1, 2, 1, None]
-    batched = generate(real_model, signs[:4], seed=seeds, steps=1, length_temperature=2.0)
-    alone = [generate(real_model, [sign], seed=seed, steps=1, length_temperature=2.0)[0]
-             for sign, seed in zip(signs[:4], seeds)]
+    requests = [SignRequest(sign, seed=seed, steps=1, length_temperature=2.0) for sign, seed in zip(signs[:4], seeds)]
+    batched = generate(real_model, requests)
+    alone = [generate(real_model, [request])[0] for request in requests]
     assert [len(s) for s in batched] == [len(s) for s in alone]
     # and a seed does change the sampled length (else this test could not fail)
-    lengths = {len(generate(real_model, [signs[0]], seed=seed, steps=1, length_temperature=2.0)[0])
+    lengths = {len(generate(real_model, [SignRequest(signs[0], seed=seed, steps=1, length_temperature=2.0)])[0])
                for seed in range(6)}
     assert len(lengths) > 1
 
@@ -227,8 +231,9 @@ def test_a_gap_is_filled_from_the_values_around_it(real_model, real_data):
     confidence[10:20] = 0  # a gap of ten frames
     moved = reference.data.copy()
     moved[20:, :, 0] += 0.5  # everything after the gap half a shoulder width to the side
-    (filled,), (filled_moved,) = (generate(real_model, signs[:1], first_poses=[reference], steps=5,
-                                           observed=[Observed(data, confidence)]) for data in (reference.data, moved))
+    (filled,), (filled_moved,) = (generate(real_model, [SignRequest(signs[0], first_pose=reference, steps=5,
+                                                                    observed=Keypoints(data, confidence))])
+                                  for data in (reference.data, moved))
     gap = slice(10, 20)
     shift = (filled_moved.data[gap, :, 0] - filled.data[gap, :, 0]).mean()
     assert 0.1 < shift < 0.5  # part of the way: the gap leads from the old position to the new one
@@ -242,8 +247,9 @@ def test_save_and_load_give_the_same_outputs(real_model, tmp_path):
     real_model.save(tmp_path / "model")
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors"]
     loaded = T2PModel.load(tmp_path / "model")
-    before = generate(real_model, ["essen", "kinder"], steps=4, guidance=2.0)
-    after = generate(loaded, ["essen", "kinder"], steps=4, guidance=2.0)
+    requests = [SignRequest(text, steps=4, guidance=2.0) for text in ("essen", "kinder")]
+    before = generate(real_model, requests)
+    after = generate(loaded, requests)
     for a, b in zip(before, after):
         np.testing.assert_array_equal(a.data, b.data)
         np.testing.assert_array_equal(a.confidence, b.confidence)
@@ -263,7 +269,7 @@ def test_loading_rejects_unknown_config_keys(real_model, tmp_path):
 
 def test_generated_pose_is_written_in_the_first_pose_space(real_model, real_data, tmp_path):
     _, signs, sequences = real_data
-    (generated,) = generate(real_model, signs[:1], first_poses=[sequences[0]], steps=2)
+    (generated,) = generate(real_model, [SignRequest(signs[0], first_pose=sequences[0], steps=2)])
     write_pose(as_pose(real_model, generated, sequences[0]), tmp_path / "out.pose")
     back = to_sequence(read_pose(tmp_path / "out.pose"), real_model.skeleton, normalize=False)
     np.testing.assert_array_equal(back.confidence, generated.confidence)
@@ -276,7 +282,7 @@ def test_generated_pose_is_written_in_the_first_pose_space(real_model, real_data
 def test_losses_are_finite_and_ignore_padding(real_model, real_data):
     _, signs, sequences = real_data
     vocabulary = real_model.vocabulary
-    examples = [Example(vocabulary.encode(g), s.data, s.confidence) for g, s in zip(signs, sequences)]
+    examples = [Example(vocabulary.encode(g), s) for g, s in zip(signs, sequences)]
     batch = collate(examples)
     assert batch.frame_mask.sum(1).tolist() == [s.num_frames for s in sequences]
     poisoned = collate(examples)
@@ -290,39 +296,39 @@ def test_losses_are_finite_and_ignore_padding(real_model, real_data):
 
 
 def test_invalid_arguments_are_clear_errors(real_model):
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        generate(real_model, [SignRequest("essen", steps=0)])
     with pytest.raises(ValueError, match="steps must be in 1..1000"):
-        generate(real_model, ["essen"], steps=0)
+        generate(real_model, [SignRequest("essen", steps=1001)])
     with pytest.raises(ValueError, match="length must be in 1..128"):
-        generate(real_model, ["essen"], lengths=1000)
-    with pytest.raises(ValueError, match="got 2 values for 1 texts"):
-        generate(real_model, ["essen"], steps=[1, 2])
+        generate(real_model, [SignRequest("essen", length=1000)])
+    for guidance in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="guidance must be a finite number"):
+            SignRequest("essen", guidance=guidance)
 
 
 def test_the_best_measured_steps_and_guidance_become_the_model_default(real_model, real_data):
     from dataclasses import replace
 
     from t2p.data import PreparedItem
-    from t2p.validation import choose_generation_defaults
+    from t2p.training.validation import choose_generation_defaults
     _, signs, sequences = real_data
     items = [PreparedItem(str(i), str(i), "validation", sign, sign.text, sequence, "")
              for i, (sign, sequence) in enumerate(zip(signs, sequences))]
-    saved = real_model.schedule_config
-    try:
-        table = choose_generation_defaults(real_model, items, steps=(1, 4), guidance=(1.0, 3.0))
-        assert [(row["steps"], row["guidance"]) for row in table] == [(1, 1.0), (1, 3.0), (4, 1.0), (4, 3.0)]
-        (chosen,) = [row for row in table if row["chosen"]]
-        lowest = min(row["val_dtw_mje"] for row in table)
-        good = [row for row in table if row["val_dtw_mje"] <= lowest * 1.01]
-        assert chosen in good  # as good as the best, within 1% ...
-        assert chosen["steps"] == min(row["steps"] for row in good)  # ... and the cheapest such
-        assert (real_model.schedule_config.steps, real_model.schedule_config.guidance) == (chosen["steps"],
-                                                                                           chosen["guidance"])
-    finally:
-        real_model.schedule_config = replace(saved)
+    saved = replace(real_model.schedule_config)
+    schedule, table = choose_generation_defaults(real_model, items, steps=(1, 4), guidance=(1.0, 3.0))
+    assert [(row["steps"], row["guidance"]) for row in table] == [(1, 1.0), (1, 3.0), (4, 1.0), (4, 3.0)]
+    (chosen,) = [row for row in table if row["chosen"]]
+    lowest = min(row["val_dtw_mje"] for row in table)
+    good = [row for row in table if row["val_dtw_mje"] <= lowest * 1.01]
+    assert chosen in good  # as good as the best, within 1% ...
+    assert chosen["steps"] == min(row["steps"] for row in good)  # ... and the cheapest such
+    assert (schedule.steps, schedule.guidance) == (chosen["steps"], chosen["guidance"])
+    assert real_model.schedule_config == saved  # the model itself is left as it was
 
 
 def test_training_batches_group_similar_lengths_and_use_every_example_once():
-    from t2p.train import length_batches
+    from t2p.training.batches import length_batches
     lengths = [25, 258, 24, 26, 105, 27, 25, 30]
     batches = length_batches(lengths, 3, torch.Generator().manual_seed(0))
     assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))

@@ -2,8 +2,8 @@ import csv
 import json
 
 import pytest
-
 from conftest import DATA, POSES
+
 from t2p.notation import UNK, NotationError, SignText, Vocabulary, tokenize
 
 HAMNOSYS = json.loads((DATA / "hamnosys" / "ham2pose_data.json").read_text())

@@ -9,8 +9,8 @@ import json
 import os
 
 import pytest
-
 from conftest import BIN, TINY, CommandRun, start_interruptible
+
 from t2p.cli import main
 from t2p.model import T2PModel
 from t2p.pose import read_pose

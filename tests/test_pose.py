@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
-
 from conftest import ALL_POSE_FILES, POSES
-from t2p.pose import (ALIASES, PoseFormatError, Skeleton, load_sequence, read_pose, to_pose, to_sequence,
-                      write_pose)
+
+from t2p.pose import ALIASES, PoseFormatError, Skeleton, load_sequence, read_pose, to_pose, to_sequence, write_pose
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +93,9 @@ def test_unreadable_file_names_the_file(tmp_path):
 def test_each_hand_is_found_with_its_wrist_first(layout):
     skeleton = Skeleton.from_pose(read_pose(POSES / "layouts" / f"{layout}.pose"))
     hands = skeleton.hands()
-    assert len(hands) == 2 and all(len(joints) == 21 for joints in hands.values())
-    for name, joints in hands.items():
-        wrist = skeleton.joints[joints[0]]
-        assert wrist[0] == name
+    assert len(hands) == 2 and all(len(hand.joints) == 21 and len(hand.angles) == 19 for hand in hands)
+    for hand in hands:
+        wrist = skeleton.joints[hand.wrist]
+        assert hand.joints[0] == hand.wrist and wrist[0] == hand.name
         assert any(point == "WRIST" for _, point in ALIASES.get(wrist, (wrist,)))  # OpenPose's by alias
+        assert {skeleton.joints[joint][0] for joint in hand.joints} == {hand.name}  # one component each

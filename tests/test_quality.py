@@ -10,13 +10,16 @@ here, and so does one that ignores the text.
 import numpy as np
 import pytest
 import torch
-
 from conftest import train_six_real_signs
+
 from t2p.data import PreparedItem
-from t2p.baselines import MeanBaseline, static_baseline
-from t2p.generation import generate, starting_poses
-from t2p.handshape import handshape_distance
-from t2p.metrics import JointGroups, dtw_mje
+from t2p.evaluation import JointGroups
+from t2p.evaluation.baselines import MeanBaseline, static_baseline
+from t2p.evaluation.handshape import handshape_distance
+from t2p.evaluation.metrics import dtw_mje
+from t2p.generation import SignRequest, generate, starting_poses
+from t2p.generation.compose import sign_requests
+
 
 @pytest.fixture(scope="module")
 def six_signs(six_real_signs_model):
@@ -31,7 +34,7 @@ def _error(output, reference) -> float:
 
 def test_six_real_signs_are_reproduced_from_text_far_below_every_text_blind_baseline(six_signs):
     model, signs, sequences = six_signs
-    generated = generate(model, signs, first_poses=sequences)  # predicted lengths, default steps
+    generated = generate(model, [SignRequest(sign, first_pose=s) for sign, s in zip(signs, sequences)])
     training = [PreparedItem(str(i), str(i), "train", sign, sign.text, s, "") for i, (sign, s) in
                 enumerate(zip(signs, sequences))]
     mean_sequence = MeanBaseline(training)
@@ -51,9 +54,8 @@ def test_another_text_gives_another_sign(six_signs):
     """The same signer and length with another item's text is further from the reference than
     with its own text: the text, not the first pose, says what is signed."""
     model, signs, sequences = six_signs
-    count = len(signs)
     for i, reference in enumerate(sequences):
-        outputs = generate(model, signs, first_poses=[reference] * count, lengths=[reference.num_frames] * count)
+        outputs = generate(model, sign_requests(signs, first_pose=reference, length=reference.num_frames))
         errors = [_error((output.data, output.confidence), reference) for output in outputs]
         others = [error for j, error in enumerate(errors) if j != i]
         assert errors[i] <= 2 / 3 * min(others), (signs[i].text, np.round(errors, 3).tolist())
@@ -78,9 +80,8 @@ def test_from_the_neutral_start_another_text_gives_another_sign_and_another_hand
     model gives every text the same output: a ratio of 1)."""
     model, signs, sequences = six_signs
     hands = JointGroups.of(model.skeleton).hand_shapes
-    count = len(signs)
     for i, reference in enumerate(sequences):
-        outputs = generate(model, signs, lengths=[reference.num_frames] * count)
+        outputs = generate(model, sign_requests(signs, length=reference.num_frames))
         errors = [_error((output.data, output.confidence), reference) for output in outputs]
         shapes = [handshape_distance(o.data, reference.data, hands, reference.confidence, o.confidence)
                   for o in outputs]
@@ -93,7 +94,8 @@ def test_a_missing_hand_is_predicted_absent(six_signs):
     """kinder and the ASL sample are one-handed (one hand never tracked): the model writes that
     hand with confidence 0 rather than drawing it, and keeps the hands that are there."""
     model, signs, sequences = six_signs
-    generated = generate(model, signs, first_poses=sequences, lengths=[s.num_frames for s in sequences])
+    generated = generate(model, [SignRequest(sign, first_pose=s, length=s.num_frames)
+                                 for sign, s in zip(signs, sequences)])
     hands = [[model.skeleton.joints.index(joint) for joint in model.skeleton.joints if joint[0] == name]
              for name in ("LEFT_HAND_LANDMARKS", "RIGHT_HAND_LANDMARKS")]
     absent_hands = 0

@@ -3,17 +3,18 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import DATA, POSES
 from PIL import Image
 
-import t2p.render as render_module
-from conftest import DATA, POSES
+import t2p.evaluation.render as render_module
 from t2p.cli import main
-from t2p.data import lexicon_items, prepare
+from t2p.data import prepare
+from t2p.data.sources import lexicon_items
+from t2p.evaluation.render import Panel, render, render_file, render_refinement
 from t2p.model import T2PModel
 from t2p.notation import hamnosys_symbols
 from t2p.pose import Skeleton, load_sequence, read_pose, to_pose, write_pose
-from t2p.render import Panel, render, render_file, render_refinement
-from t2p.data import model_config_from_manifest
+from t2p.training.job import model_config_from_manifest
 
 ESSEN = POSES / "lexicon_sgg" / "essen.pose"    # 73 frames
 KINDER = POSES / "lexicon_sgg" / "kinder.pose"  # 45 frames
@@ -90,12 +91,20 @@ def test_render_command_writes_an_mp4(tmp_path, capsys):
     assert "45 frames" in capsys.readouterr().out
 
 
-def test_render_command_draws_a_models_refinement(tmp_path, tiny_model):
+def test_render_command_draws_a_models_refinement(tmp_path, tiny_model, capsys):
+    from t2p.generation import SignRequest, generate
     tiny_model.save(tmp_path / "model")
     out = tmp_path / "steps.gif"
     assert main(["render", str(ESSEN), "--model", str(tmp_path / "model"), "--text", "essen", "--steps", "2",
                  "--height", "48", "-o", str(out)]) == 0
-    assert out.is_file()
+    # one frame per frame of the sign the library generates for the same request (the start is x_T) ...
+    (expected,) = generate(tiny_model, [SignRequest("essen", first_pose=load_sequence(ESSEN, tiny_model.skeleton),
+                                                    steps=2)])
+    assert _gif_frames(out) == len(expected) and f"({len(expected)} frames" in capsys.readouterr().out
+    # ... and three panels side by side: the start, step 1 and step 2
+    single = render_file(ESSEN, tmp_path / "one.gif", panel_height=48)
+    with Image.open(out) as image:
+        assert 2.5 * single.width < image.width < 3.5 * single.width
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -196,7 +205,7 @@ def _near(pixels: np.ndarray, colour, tolerance: int = 40) -> np.ndarray:
 
 
 def test_a_correction_draws_the_filled_values_in_green_and_only_there(tmp_path):
-    from t2p.render import HIGHLIGHT_COLOR, render_correction
+    from t2p.evaluation.render import HIGHLIGHT_COLOR, render_correction
     damaged = read_pose(ESSEN)
     offset = 0
     for component in damaged.header.components:
@@ -219,7 +228,7 @@ def test_a_correction_draws_the_filled_values_in_green_and_only_there(tmp_path):
 
 
 def test_a_composed_sentence_names_the_sign_or_transition_of_every_frame(tmp_path):
-    from t2p.render import render_composition
+    from t2p.evaluation.render import render_composition
     segments = [{"text": "A", "begin": 0, "end": 30, "kind": "sign"},
                 {"text": "A→B", "begin": 30, "end": 40, "kind": "transition"},
                 {"text": "B", "begin": 40, "end": 73, "kind": "sign"}]

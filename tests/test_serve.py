@@ -18,15 +18,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import BIN, POSES, start_interruptible, tiny_model_config, venv_environment
-from t2p.generation import as_pose, generate, iter_generate
-from t2p.model import T2PModel
+from ports import free_port
+
+from t2p.generation import SignRequest, as_pose, generate, refinement_steps
+from t2p.model import ScheduleConfig, T2PModel
 from t2p.notation import SignText, Vocabulary
 from t2p.pose import Skeleton, SkeletonComponent, _source_indices, read_pose, to_pose, to_sequence, write_pose
-from t2p.schedule import ScheduleConfig
-from t2p.serve import ServeConfig, build_app, decode_first_pose
-from ports import free_port
+from t2p.serving import ServeConfig
+from t2p.serving.app import build_app
+from t2p.serving.requests import decode_first_pose
 
 CONFIGS = Path(__file__).parents[1] / "serve_configs"
 ESSEN = POSES / "lexicon_sgg" / "essen.pose"
@@ -198,8 +199,9 @@ def test_concurrent_requests_share_batches_and_equal_generating_alone(server, mo
         first = body.get("first_pose")
         first_sequence = to_sequence(read_pose(base64.b64decode(first)), model.skeleton) if first else None
         sign = SignText(body["text"], body.get("notation", "text"), body.get("language"))
-        (alone,) = generate(model, [sign], first_poses=[first_sequence], steps=body.get("steps"),
-                            lengths=[body.get("length", LIMITS["max_frames"])], guidance=[body.get("guidance")])
+        (alone,) = generate(model, [SignRequest(sign, first_pose=first_sequence, steps=body.get("steps"),
+                                                length=body.get("length", LIMITS["max_frames"]),
+                                                guidance=body.get("guidance"))])
         served, served_confidence = _served_sequence(response.content, model, first)
         assert served.shape[:2] == alone.data.shape[:2]
         np.testing.assert_allclose(served, alone.data[..., :served.shape[-1]], atol=1e-4)
@@ -250,8 +252,9 @@ def test_a_stream_sends_every_refinement_step_and_ends_with_the_response(client,
     assert [(event["step"], event["steps"]) for event in events] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert {key: events[-1][key] for key in whole} == whole  # the last step is the response
     assert events[0]["frames"] != events[-1]["frames"]  # each step refines the one before
-    steps = iter_generate(model, [SignText("kinder", "text")], steps=4, lengths=[6])
-    for event, (expected,) in zip(events, steps):  # each step as `iter_generate` (and `t2p render`) has it
+    steps = refinement_steps(model, [SignRequest(SignText("kinder", "text"), steps=4, length=6)], every_step=True)
+    for event, step in zip(events, steps):  # each step as `refinement_steps` (and `t2p render`) has it
+        (expected,) = step.sequences
         np.testing.assert_allclose(np.asarray(event["frames"], np.float32), _written(model, expected), atol=1e-4)
 
     as_file = client.post("/v1/generate", json=body | {"format": "pose"})
@@ -280,8 +283,8 @@ def test_models_are_picked_by_name_and_batches_never_mix_them(server, model, oth
     responses, before, after = _send_at_once(server, picks)
     before, after = before["batches_by_group"], after["batches_by_group"]
     other = T2PModel.load(other_model_dirs["other"])
-    (expected_sgg,), (expected_other,) = (generate(m, [SignText("essen", "text")], steps=2, lengths=[8])
-                                          for m in (model, other))
+    request = SignRequest(SignText("essen", "text"), steps=2, length=8)
+    (expected_sgg,), (expected_other,) = (generate(m, [request]) for m in (model, other))
     for pick, response in zip(picks, responses):
         expected = expected_other if pick.get("model") == "other" else expected_sgg
         np.testing.assert_allclose(np.asarray(response.json()["frames"], np.float32), _written(model, expected),
@@ -291,8 +294,7 @@ def test_models_are_picked_by_name_and_batches_never_mix_them(server, model, oth
 
     with httpx.Client(base_url=server, trust_env=False, timeout=60, headers=AUTH) as client:
         by_header = client.post("/v1/generate", json=body, headers={"serve_multiplexed_model_id": "third"})
-        (expected_third,) = generate(T2PModel.load(other_model_dirs["third"]), [SignText("essen", "text")], steps=2,
-                                     lengths=[8])
+        (expected_third,) = generate(T2PModel.load(other_model_dirs["third"]), [request])
         np.testing.assert_allclose(np.asarray(by_header.json()["frames"], np.float32), _written(model, expected_third),
                                    atol=1e-4)
         loaded = {m["name"]: m["loaded"] for m in client.get("/v1/models").json()["models"]}
@@ -313,13 +315,13 @@ def test_a_json_body_is_read_whatever_its_content_type(client):
 
 
 def test_texts_are_composed_into_one_sequence_at_the_asked_speed(client, model):
-    from t2p.compose import compose_sentence
+    from t2p.generation.sentence import compose_sentence
     body = {"texts": ["essen", "pizza", "kinder"], "language": "sgg", "steps": 2, "speed": 1.5}
     response = client.post("/v1/generate", json=body)
     assert response.status_code == 200, response.text
     # what `t2p generate --compose` calls too, capped at the replica's frames
-    expected = compose_sentence(model, body["texts"], "text", "sgg", steps=2, speed=1.5,
-                                max_length=LIMITS["max_frames"]).composition
+    expected = compose_sentence(model, body["texts"], "text", "sgg", speed=1.5,
+                                settings=SignRequest("", steps=2, max_length=LIMITS["max_frames"])).composition
     served, _ = _served_sequence(response.content, model, None)
     assert served.shape == expected.data.shape
     np.testing.assert_allclose(served, expected.data, atol=1e-4)
@@ -342,7 +344,7 @@ def test_a_recording_is_corrected_over_http_with_observed_values_kept(client, mo
     np.testing.assert_allclose(written.data[observed], recording.data[observed], atol=1e-3)
     assert (written.confidence[10:16] > 0).any()  # filled
     assert original.shape[0] == written.data.shape[0]
-    from t2p.correction import correct_pose  # what `t2p correct` calls too
+    from t2p.generation.correction import correct_pose  # what `t2p correct` calls too
     sent = read_pose(base64.b64decode(_pose_b64(pose)))
     expected = to_sequence(correct_pose(model, sent, SignText("essen", "text", "sgg")).pose, model.skeleton,
                            normalize=False)
@@ -428,11 +430,11 @@ def test_serve_configs_are_valid_and_let_a_replica_fill_its_batches(name):
     raw = yaml.safe_load((CONFIGS / name).read_text())
     ServeDeploySchema.model_validate(raw)
     (application,) = raw["applications"]
-    assert application["import_path"] == "t2p.serve:build_app"
+    assert application["import_path"] == "t2p.serving.app:build_app"
     limits = ServeConfig.from_args({k: v for k, v in application["args"].items() if k != "model"})
     (deployment,) = application["deployments"]
     assert deployment["max_ongoing_requests"] >= limits.max_batch_size
-    from t2p.serve_http import is_loopback
+    from t2p.serving.http import is_loopback
     if not is_loopback(raw["http_options"]["host"]):  # reachable from elsewhere: a token, from a file
         assert application["args"]["auth_token_file"].startswith("/")
     if name == "gpu.yaml":
@@ -463,10 +465,15 @@ def test_t2p_serve_refuses_a_missing_model_folder_in_one_line(tmp_path, capsys):
     assert error.startswith("t2p serve: error: model folder") and "\n" not in error
 
 
-def test_t2p_serve_offers_every_serve_limit_as_a_flag():
+def test_t2p_serve_offers_every_serve_limit_as_a_flag_with_its_help_and_default():
     from dataclasses import fields
-    from t2p.cli.serving import LIMIT_FLAGS
-    assert list(LIMIT_FLAGS) == [spec.name for spec in fields(ServeConfig)]
+
+    from t2p.cli import build_parser
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    flags = {action.dest: action for action in serve._actions}
+    for spec in fields(ServeConfig):
+        assert spec.name in flags, spec.name
+        assert flags[spec.name].help.startswith(spec.metadata["help"]) and repr(spec.default) in flags[spec.name].help
 
 
 # --- safe to expose: over HTTP, through Serve's proxy --------------------------------------------
@@ -508,12 +515,12 @@ def sgg_model_dir(model, tmp_path_factory) -> Path:
 
 def in_process(model_dir, lexicon=None, http_host="127.0.0.1", server_out: list | None = None, **config):
     """A TestClient over `create_api` and a `T2PServer` made in this process (appended to `server_out`);
-    its batches are the replica's (`t2p.serve_batches`), without Serve around them. Use it as
+    its batches are the replica's (`t2p.serving.batches`), without Serve around them. Use it as
     `with in_process(...) as client`: one event loop for all its requests."""
     from fastapi.testclient import TestClient
 
-    from t2p.serve import T2PServer
-    from t2p.serve_http import create_api
+    from t2p.serving.app import T2PServer
+    from t2p.serving.http import create_api
     limits = ServeConfig(**{**LIMITS, **config})
     server = T2PServer(str(model_dir), asdict(limits), lexicon, http_host=http_host)
     if server_out is not None:
@@ -548,7 +555,7 @@ SENTENCE = {"texts": ["essen"], "language": "sgg", "steps": 1, "format": "json"}
 
 
 def test_spoken_text_is_one_sentence_of_lexicon_signs_and_fingerspelling_with_its_segments(sgg_model_dir):
-    from t2p.compose import compose_sentence
+    from t2p.generation.sentence import compose_sentence
     model = T2PModel.load(sgg_model_dir)
     body = {"spoken_text": "Die Kinder essen Pizza", "language": "sgg", "steps": 1}
     with in_process(sgg_model_dir, lexicon=str(LEXICON)) as client:
@@ -557,8 +564,8 @@ def test_spoken_text_is_one_sentence_of_lexicon_signs_and_fingerspelling_with_it
         described = client.get("/v1/model").json()
     assert as_json.status_code == as_file.status_code == 200, as_json.text
     # the spoken language inferred (sgg has one alphabet: de's); the same library call as `t2p generate --compose`
-    expected = compose_sentence(model, spoken_text=body["spoken_text"], language="sgg", lexicon=LEXICON, steps=1,
-                                max_length=LIMITS["max_frames"])
+    expected = compose_sentence(model, spoken_text=body["spoken_text"], language="sgg", lexicon=LEXICON,
+                                settings=SignRequest("", steps=1, max_length=LIMITS["max_frames"]))
     assert as_json.json()["spoken_language"] == expected.spoken_language == "de"
     segments = as_json.json()["segments"]
     assert segments == [asdict(segment) for segment in expected.composition.segments]
@@ -658,7 +665,7 @@ def test_a_request_past_its_timeout_is_a_504_with_a_message(model_dir):
 
 
 def test_a_token_is_required_beyond_loopback_and_checked_in_constant_time(model_dir, token_file, monkeypatch):
-    from t2p.serve import T2PServer
+    from t2p.serving.app import T2PServer
     monkeypatch.delenv("T2P_API_TOKEN", raising=False)
     for host in ("0.0.0.0", "::", "", "192.168.1.5", "example.org"):
         with pytest.raises(ValueError, match="set \\$T2P_API_TOKEN or auth_token_file"):
@@ -685,40 +692,40 @@ def test_t2p_serve_refuses_to_listen_beyond_loopback_without_a_token(model_dir, 
 # --- fair batches: the replica's scheduler, without Serve -----------------------------------------
 
 def test_batches_group_items_by_model_and_power_of_two_steps(model):
-    from t2p.serve_batches import FairBatcher, Item, step_group
+    from t2p.serving.batches import FairBatcher, step_group
     assert [step_group(steps) for steps in (1, 2, 3, 4, 5, 8, 9, 100)] == [1, 2, 4, 4, 8, 8, 16, 128]
     runs = []
 
     async def send():
         batcher = FairBatcher(max_batch_size=8, batch_wait_timeout_s=0.05, on_run=lambda group, size: runs.append((group, size)))
-        items = [Item("essen", steps=3, length=4), Item("pizza", steps=4, length=6), Item("essen", steps=5, length=4),
-                 Item("kinder", steps=3, length=4)]
+        items = [SignRequest("essen", steps=3, length=4), SignRequest("pizza", steps=4, length=6),
+                 SignRequest("essen", steps=5, length=4), SignRequest("kinder", steps=3, length=4)]
         keys = ["a", "a", "a", "b"]  # "b": another model's name, with the same weights here
         return await asyncio.gather(*(batcher.generate(model, key, item) for key, item in zip(keys, items))), items
 
     results, items = asyncio.run(send())
     assert sorted(runs) == [(("a", 4), 2), (("a", 8), 1), (("b", 4), 1)]
     for item, result in zip(items, results):  # each as generated alone
-        (alone,) = generate(model, [item.text], steps=item.steps, lengths=[item.length], max_length=item.max_length)
+        (alone,) = generate(model, [item])
         np.testing.assert_allclose(result.data, alone.data, atol=1e-5)
 
 
 def test_a_one_step_request_waits_for_a_step_of_a_long_batch_not_for_all_of_it(model):
-    from t2p.serve_batches import FairBatcher, Item
+    from t2p.serving.batches import FairBatcher
 
     async def race():
         batcher = FairBatcher(max_batch_size=8, batch_wait_timeout_s=0)
         long_steps = []
 
         async def long_run():
-            async for _ in batcher.stream(model, "m", Item("essen", steps=64, length=40)):
+            async for _ in batcher.stream(model, "m", SignRequest("essen", steps=64, length=40)):
                 long_steps.append(len(long_steps) + 1)
 
         running = asyncio.create_task(long_run())
         while not long_steps:  # the long batch has begun
             await asyncio.sleep(0.001)
         begun = len(long_steps)
-        await batcher.generate(model, "m", Item("pizza", steps=1, length=40))
+        await batcher.generate(model, "m", SignRequest("pizza", steps=1, length=40))
         done_at = len(long_steps)
         await running
         return begun, done_at, len(long_steps)
@@ -730,9 +737,9 @@ def test_a_one_step_request_waits_for_a_step_of_a_long_batch_not_for_all_of_it(m
 
 
 def test_sentences_and_one_sign_requests_share_batches_in_process(model_dir, model):
-    from t2p.compose import compose_sentence
-    from t2p.serve import T2PServer
-    from t2p.serve_http import create_api
+    from t2p.generation.sentence import compose_sentence
+    from t2p.serving.app import T2PServer
+    from t2p.serving.http import create_api
     server = T2PServer(str(model_dir), asdict(ServeConfig(**LIMITS)), http_host="127.0.0.1")
     api = create_api(server.config, lambda: server)
     sentence = {"texts": ["essen", "pizza"], "language": "sgg", "steps": 1, "format": "json"}
@@ -749,9 +756,10 @@ def test_sentences_and_one_sign_requests_share_batches_in_process(model_dir, mod
     stats = server.stats.to_dict()
     # 2 signs and 1 transition of the sentence, 2 one-sign requests: the signs shared one batch, then the transition
     assert stats["recent_batch_sizes"][2:] == [4, 1], stats
-    expected = compose_sentence(model, sentence["texts"], "text", "sgg", steps=1, max_length=LIMITS["max_frames"])
+    expected = compose_sentence(model, sentence["texts"], "text", "sgg",
+                                settings=SignRequest("", steps=1, max_length=LIMITS["max_frames"]))
     np.testing.assert_allclose(np.asarray(composed.json()["frames"], np.float32),
-                               _written(model, expected.composition.generated), atol=1e-4)
+                               _written(model, expected.composition.keypoints), atol=1e-4)
 
 
 def test_a_stream_is_for_one_sign_and_ends_with_an_error_event_past_its_timeout(model_dir):

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from t2p.schedule import ScheduleConfig
-from t2p.ray_train import TrainingJob, _wandb_logger
-from t2p.train import TrainConfig
+from t2p.model import ScheduleConfig
+from t2p.training import TrainConfig, TrainingJob
+from t2p.training.progress import wandb_logger
 
 wandb = pytest.importorskip("wandb")
 
@@ -59,7 +59,7 @@ def test_an_offline_wandb_run_holds_the_config_and_every_epochs_metrics(tmp_path
     epochs = [{"epoch": 0, "train_loss": 2.5, "learning_rate": 1e-3, "val_dtw_mje": 0.42},
               {"epoch": 1, "train_loss": 1.25, "learning_rate": 5e-5, "val_dtw_mje": 0.31}]
 
-    run = _wandb_logger(job, config)
+    run = wandb_logger(job, config)
     try:
         assert run.offline
         for metrics in epochs:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 
 VERB_MODULES = ("t2p.cli.prepare", "t2p.cli.training", "t2p.cli.generation", "t2p.cli.evaluation",
@@ -63,6 +64,17 @@ def resolve_device(name: str) -> str:
     raise CommandError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
 
 
+def finite_number(text: str) -> float:
+    """An argparse type: a float that is a number (not nan or inf, which float() accepts)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def refuse_unknown_language(model, language: str | None) -> None:
     """As Serve does: a language the model was not trained on would be an unknown token, silently."""
     if language is not None and language not in model.vocabulary.languages:
@@ -77,13 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  t2p quickstart            # prepare the fingerspelling data, train, generate")
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
     for module_name in VERB_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name == module_name:
-                continue  # a verb group not installed in this build
-            raise
-        module.register(subparsers)
+        importlib.import_module(module_name).register(subparsers)
     return parser
 
 

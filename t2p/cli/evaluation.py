@@ -6,6 +6,12 @@ import json
 from pathlib import Path
 
 from t2p.cli import CommandError, add_device_option, add_verb, refuse_unknown_language, resolve_device
+from t2p.data import SPLITS
+from t2p.evaluation.evaluate import BASELINE_LENGTHS, STARTS
+from t2p.evaluation.metrics import METRICS
+from t2p.notation import NOTATIONS
+
+TASKS = ("generate", "correct", "compose")
 
 
 def register(subparsers) -> None:
@@ -17,8 +23,6 @@ def register(subparsers) -> None:
 # --- evaluate ------------------------------------------------------------------------------------
 
 def _register_evaluate(subparsers) -> None:
-    from t2p.evaluate import STARTS
-    from t2p.metrics import METRICS
     parser = add_verb(subparsers, "evaluate",
                       "Score a model against the static, retrieval and mean baselines on every metric; write "
                       "report.json, report.md, a plot per metric and rendered examples.",
@@ -26,8 +30,8 @@ def _register_evaluate(subparsers) -> None:
                       "--steps 1,3,10,30 --guidance 1,2,4")
     parser.add_argument("--model", type=Path, required=True, help="model folder (config.json + model.safetensors)")
     parser.add_argument("--data", type=Path, required=True, help="prepared shards (t2p prepare)")
-    parser.add_argument("--split", choices=["train", "validation", "test"], default="test")
-    parser.add_argument("--task", choices=["generate", "correct", "compose"], default="generate",
+    parser.add_argument("--split", choices=SPLITS, default="test")
+    parser.add_argument("--task", choices=TASKS, default="generate",
                         help="generate: from text against the baselines; correct: fill hidden frames and a hidden "
                              "hand of real recordings, against linear interpolation and nearest-frame copy; "
                              "compose: sentences of three signs, the peak speed and jerk at each join against the "
@@ -40,7 +44,7 @@ def _register_evaluate(subparsers) -> None:
     parser.add_argument("--limit", type=int, help="evaluate only the first N items")
     parser.add_argument("--examples", type=int, default=3, help="rendered side-by-side examples")
     parser.add_argument("--batch-size", type=int, default=32, help="items per generation call")
-    parser.add_argument("--baseline-length", choices=["predicted", "reference"], default="predicted",
+    parser.add_argument("--baseline-length", choices=BASELINE_LENGTHS, default="predicted",
                         help="length of the retrieval and mean baselines: the model's predicted length or the "
                              "reference length")
     parser.add_argument("--start", type=_starts, default=STARTS, metavar="START[,START...]",
@@ -54,7 +58,6 @@ def _register_evaluate(subparsers) -> None:
 
 
 def _starts(text: str) -> tuple[str, ...]:
-    from t2p.evaluate import STARTS
     starts = tuple(part.strip() for part in text.split(",") if part.strip())
     unknown = [start for start in starts if start not in STARTS]
     if unknown or not starts:
@@ -73,8 +76,7 @@ def _numbers(kind):
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    from t2p.evaluate import EvaluationConfig, evaluate
-    from t2p.metrics import METRICS
+    from t2p.evaluation import EvaluationConfig, evaluate
     from t2p.model import T2PModel
 
     if args.task == "correct":
@@ -108,8 +110,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 
 def _evaluate_correction(args: argparse.Namespace) -> int:
-    from t2p.correction import evaluate_correction
     from t2p.data import read_items
+    from t2p.evaluation.correction import evaluate_correction
     from t2p.model import T2PModel
 
     model = T2PModel.load(args.model, device=resolve_device(args.device))
@@ -124,8 +126,8 @@ def _evaluate_correction(args: argparse.Namespace) -> int:
 
 
 def _evaluate_composition(args: argparse.Namespace) -> int:
-    from t2p.joins import evaluate_composition
     from t2p.data import read_items
+    from t2p.evaluation.joins import evaluate_composition
     from t2p.model import T2PModel
 
     model = T2PModel.load(args.model, device=resolve_device(args.device))
@@ -141,7 +143,6 @@ def _evaluate_composition(args: argparse.Namespace) -> int:
 # --- compare -------------------------------------------------------------------------------------
 
 def _register_compare(subparsers) -> None:
-    from t2p.metrics import METRICS
     parser = add_verb(subparsers, "compare",
                       "Every metric between two .pose files of any supported layout (the first is the "
                       "prediction, the second the reference).",
@@ -155,8 +156,7 @@ def _register_compare(subparsers) -> None:
 
 
 def compare_command(args: argparse.Namespace) -> int:
-    from t2p.evaluate import compare_files
-    from t2p.metrics import METRICS
+    from t2p.evaluation import compare_files
 
     values = compare_files(args.predicted, args.reference, args.metrics)
     if args.json:
@@ -183,7 +183,7 @@ def _register_render(subparsers) -> None:
     parser.add_argument("--original", type=Path,
                         help="the recording a corrected pose was made from (t2p correct): filled values in green")
     parser.add_argument("--text", default="", help="caption (with --model: the text to generate)")
-    parser.add_argument("--notation", help="notation of --text for --model (default: the model's)")
+    parser.add_argument("--notation", choices=NOTATIONS, help="notation of --text for --model (default: the model's)")
     parser.add_argument("--language", help="sign language of --text for --model (ISO 639-3)")
     parser.add_argument("--model", type=Path, help="model folder: render the refinement of --text")
     parser.add_argument("--steps", type=int, help="refinement steps to render (needs --model)")
@@ -194,7 +194,7 @@ def _register_render(subparsers) -> None:
 
 
 def render_command(args: argparse.Namespace) -> int:
-    from t2p.render import FORMATS, render_composition, render_correction, render_file, render_refinement
+    from t2p.evaluation.render import FORMATS, render_composition, render_correction, render_file, render_refinement
 
     if args.out.suffix.lower() not in FORMATS:
         raise CommandError(f"-o must end in {' or '.join(FORMATS)}, got {args.out.name!r}")

@@ -1,14 +1,16 @@
 """`t2p prepare`: .pose recordings (the shipped fingerspelling lexicon, a lexicon folder, an index,
-Ham2Pose's layout) into Parquet shards + manifest.json, on Ray Data (`t2p.preparation.prepare`)."""
+Ham2Pose's layout) into Parquet shards + manifest.json, on Ray Data (`t2p.data.prepare`)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from t2p.cli import DEFAULT_DATA, CommandError, add_verb
-from t2p.preparation import DEFAULT_MAX_FRAMES
+from t2p.data.prepare import SPLIT_BY
+from t2p.data.sources import FINGERSPELLING_LENGTH_RATIO, FINGERSPELLING_NOTATIONS
+from t2p.pose import MAX_FRAMES, SKELETON_PRESETS
 
-FINGERSPELLING_LENGTH_RATIO = 4.0  # the shipped lexicon has two badly trimmed files (t2p.preparation.prepare)
+SOURCES = ("fingerspelling", "lexicon", "index", "ham2pose")
 SKIPS_SHOWN = 20  # skipped files named on the terminal; the manifest lists them all
 
 
@@ -17,7 +19,7 @@ def register(subparsers) -> None:
                       "t2p prepare --source lexicon --index my_lexicon/index.csv --out data/mine --fps 25\n"
                       "  t2p prepare --source ham2pose --index data.json --poses poses/ --mirror-list "
                       "pjm_left_videos.json --out data/ham2pose")
-    parser.add_argument("--source", choices=["fingerspelling", "lexicon", "index", "ham2pose"], default="fingerspelling",
+    parser.add_argument("--source", choices=SOURCES, default="fingerspelling",
                         help="fingerspelling: the lexicon shipped in the spoken-to-signed package; lexicon: a "
                              "spoken-to-signed lexicon folder (start/end ms cut segments; optional signer column); "
                              "index: a csv/jsonl with path,text,notation,language[,split,signer]; ham2pose: "
@@ -27,13 +29,14 @@ def register(subparsers) -> None:
     parser.add_argument("--mirror-list", type=Path, metavar="FILE",
                         help="--source ham2pose: ids of left-handed signers' recordings to mirror (a JSON list, "
                              "as Ham2Pose's data/pjm_left_videos.json, or one id per line)")
-    parser.add_argument("--notation", choices=["text", "signwriting"], default="text",
+    parser.add_argument("--notation", choices=FINGERSPELLING_NOTATIONS, default="text",
                         help="text per fingerspelling row: the letter, or its SignWriting where the signwriting "
                              "package can spell it")
-    parser.add_argument("--skeleton", choices=["upper_body", "upper_body_face"], default="upper_body")
+    parser.add_argument("--skeleton", choices=list(SKELETON_PRESETS), default="upper_body",
+                        help="the points kept: the upper body and hands, or with the face's contours too")
     parser.add_argument("--out", type=Path, default=Path(DEFAULT_DATA), help="output folder")
     parser.add_argument("--split", default="0.8,0.1,0.1", help="train,validation,test fractions (by item)")
-    parser.add_argument("--split-by", choices=["key", "signer"], default="key",
+    parser.add_argument("--split-by", choices=SPLIT_BY, default="key",
                         help="key: hold out whole signs (same text and language); signer: hold out whole signers "
                              "(fractions of signers; every item needs a signer)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split assignment")
@@ -42,7 +45,7 @@ def register(subparsers) -> None:
     parser.add_argument("--shard-rows", type=int, default=256,
                         help="rows per Parquet shard; one Ray task converts and writes one shard, so this bounds "
                              "each task's memory")
-    parser.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES, metavar="N",
+    parser.add_argument("--max-frames", type=int, default=MAX_FRAMES, metavar="N",
                         help="skip (and list in the manifest) sequences longer than N frames at the corpus's rate; "
                              "a model trained on the data holds N frames (ModelConfig.max_frames)")
     parser.add_argument("--max-length-ratio", type=float, metavar="R",
@@ -55,7 +58,8 @@ def register(subparsers) -> None:
 
 
 def prepare_command(args: argparse.Namespace) -> int:
-    from t2p import preparation, sources
+    from t2p.data import PreparationError, prepare
+    from t2p.data.sources import fingerspelling_items, index_items, lexicon_items
     try:
         fractions = tuple(float(part) for part in args.split.split(","))
     except ValueError:
@@ -64,13 +68,13 @@ def prepare_command(args: argparse.Namespace) -> int:
         raise CommandError("--poses and --mirror-list are for --source ham2pose")
     missing: list[str] = []
     if args.source == "fingerspelling":
-        items = sources.fingerspelling_items(args.notation)
+        items = fingerspelling_items(args.notation)
     elif args.index is None:
         raise CommandError(f"--source {args.source} needs --index PATH")
     elif args.source == "lexicon":
-        items = sources.lexicon_items(args.index)
+        items = lexicon_items(args.index)
     elif args.source == "index":
-        items = sources.index_items(args.index)
+        items = index_items(args.index)
     else:
         items, missing = _ham2pose(args)
     try:
@@ -84,11 +88,10 @@ def prepare_command(args: argparse.Namespace) -> int:
         if args.max_frames < 1 or args.shard_rows < 1:
             raise CommandError(f"--max-frames and --shard-rows must be >= 1, got {args.max_frames} and "
                                f"{args.shard_rows}")
-        manifest = preparation.prepare(items, args.out, source=args.source, skeleton=args.skeleton,
-                                       fractions=fractions, seed=args.seed, skip_bad=args.skip_bad,
-                                       shard_rows=args.shard_rows, max_length_ratio=ratio, split_by=args.split_by,
-                                       missing=missing, fps=args.fps, max_frames=args.max_frames)
-    except preparation.PreparationError as error:
+        manifest = prepare(items, args.out, source=args.source, skeleton=args.skeleton, fractions=fractions,
+                           seed=args.seed, skip_bad=args.skip_bad, shard_rows=args.shard_rows, max_length_ratio=ratio,
+                           split_by=args.split_by, missing=missing, fps=args.fps, max_frames=args.max_frames)
+    except PreparationError as error:
         raise CommandError(str(error)) from None
     counts = manifest["counts"]
     print(f"prepared {sum(counts.values())} sequences into {args.out}: "
@@ -114,7 +117,7 @@ def prepare_command(args: argparse.Namespace) -> int:
 
 
 def _ham2pose(args: argparse.Namespace):
-    from t2p.ham2pose import ham2pose_items
+    from t2p.data.ham2pose import ham2pose_items
     if args.poses is None:
         raise CommandError("--source ham2pose needs --poses DIR, the folder of <id>.pose files")
     source = ham2pose_items(args.index, args.poses, args.mirror_list)

@@ -1,4 +1,4 @@
-"""`t2p serve`: the Ray Serve endpoint of `t2p.serve` on this machine, until Ctrl-C or SIGTERM."""
+"""`t2p serve`: the Ray Serve endpoint of `t2p.serving.app` on this machine, until Ctrl-C or SIGTERM."""
 from __future__ import annotations
 
 import argparse
@@ -6,36 +6,16 @@ import os
 import signal
 import socket
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from t2p.cli import CommandError, add_verb
+from t2p.serving import ServeConfig
+from t2p.serving.config import TOKEN_ENV
 
 APP_NAME = "t2p"
-TOKEN_ENV = "T2P_API_TOKEN"  # t2p.serve_http.TOKEN_ENV (not imported: --help stays fast)
-
-
-# the limits of t2p.serve.ServeConfig; unset flags keep its defaults (GET /v1/model lists them)
-LIMIT_FLAGS = {
-    "max_text_length": (int, "characters of text (and of each of texts) per request"),
-    "max_spoken_text_length": (int, "characters of spoken_text per request"),
-    "max_signs": (int, "signs of a sentence, before and after fingerspelling"),
-    "max_frames": (int, "frames per sign, asked for or predicted"),
-    "max_steps": (int, "refinement steps per request"),
-    "max_step_frames": (int, "steps x frames of one request"),
-    "max_batch_size": (int, "requests per generate call"),
-    "batch_wait_timeout_s": (float, "seconds a batch waits to fill"),
-    "max_loaded_models": (int, "models a replica keeps loaded besides the one requests get unnamed (least recently used out)"),
-    "max_guidance": (float, "largest |guidance|"),
-    "max_first_pose_bytes": (int, "size of a first_pose .pose file"),
-    "max_body_bytes": (int, "size of a request body (larger: 413)"),
-    "request_timeout_s": (float, "seconds a request may take (longer: 504)"),
-    "cors_origins": (str, "comma-separated origins browsers may call from, e.g. https://app.example"),
-    "auth_token_file": (Path, f"file holding the bearer token (else ${TOKEN_ENV}); required unless --host is loopback"),
-    "device": (str, "auto, cpu or cuda[:N]"),
-    "threads": (int, "CPU threads of the replica (0: every core)"),
-    "access_log": (bool, "Serve's line per request in the proxy's and the replica's logs"),
-}
+# every limit of ServeConfig is a flag of its own; unset flags keep its defaults (GET /v1/model lists them)
+LIMITS = fields(ServeConfig)
 
 
 def register(subparsers) -> None:
@@ -47,7 +27,7 @@ def register(subparsers) -> None:
                       "\"language\": \"sgg\", \"format\": \"json\"}'\n"
                       f"  {TOKEN_ENV}=$(openssl rand -hex 32) t2p serve --host 0.0.0.0   # beyond loopback: a token")
     parser.add_argument("--model", default=argparse.SUPPRESS,
-                        help="model folder (default: $T2P_MODEL, else runs/default/best in the repo)")
+                        help="model folder (default: $T2P_MODEL, else runs/default/best)")
     parser.add_argument("--models", nargs="+", metavar="NAME=DIR", default=argparse.SUPPRESS,
                         help="several model folders by name, picked per request by \"model\" (instead of --model)")
     parser.add_argument("--default-model", metavar="NAME",
@@ -56,16 +36,18 @@ def register(subparsers) -> None:
                         help="a spoken-to-signed lexicon folder (index.csv): its recordings sign the glosses it has")
     parser.add_argument("--host", default="127.0.0.1", help="address the HTTP proxy listens on")
     parser.add_argument("--port", type=int, default=8000, help="port the HTTP proxy listens on")
-    for name, (kind, help) in LIMIT_FLAGS.items():
+    for limit in LIMITS:
+        kind = {"int": int, "float": float, "str": str, "bool": bool}[limit.type]
         typed = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
-        parser.add_argument(f"--{name.replace('_', '-')}", **typed, default=argparse.SUPPRESS,
-                            help=f"{help} (default: t2p.serve.ServeConfig's)")
+        parser.add_argument(f"--{limit.name.replace('_', '-')}", **typed, default=argparse.SUPPRESS,
+                            help=f"{limit.metadata['help']} (default: {limit.default!r})")
     parser.set_defaults(handler=serve_command)
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from t2p.serve import ServeConfig, build_app, resolve_lexicon_dir, resolve_model_dir, resolve_models
-    from t2p.serve_http import load_token, require_token_if_exposed
+    from t2p.serving.app import build_app
+    from t2p.serving.config import resolve_lexicon_dir, resolve_models
+    from t2p.serving.http import load_token, require_token_if_exposed
 
     given = vars(args)
     if "models" in given:
@@ -74,15 +56,13 @@ def serve_command(args: argparse.Namespace) -> int:
         pairs = [entry.split("=", 1) for entry in given["models"]]
         if not all(len(pair) == 2 for pair in pairs):
             raise CommandError(f"--models takes NAME=DIR, got {' '.join(given['models'])}")
-        models, default_model = resolve_models(None, {name: str(resolve_model_dir(folder, base=Path.cwd()))
-                                                      for name, folder in pairs}, args.default_model)
+        models, default_model = resolve_models(None, dict(pairs), args.default_model)
     else:
-        model_dir = resolve_model_dir(given["model"], base=Path.cwd()) if "model" in given else resolve_model_dir(None)
-        models, default_model = {"default": str(model_dir)}, args.default_model
-    lexicon = resolve_lexicon_dir(args.lexicon, base=Path.cwd()) if args.lexicon else None
+        models, default_model = resolve_models(given.get("model"), None, args.default_model)
+    lexicon = resolve_lexicon_dir(args.lexicon) if args.lexicon else None
     if "auth_token_file" in given:
-        given["auth_token_file"] = str(given["auth_token_file"].resolve())
-    limits = ServeConfig(**{name: given[name] for name in LIMIT_FLAGS if name in given})
+        given["auth_token_file"] = str(Path(given["auth_token_file"]).resolve())
+    limits = ServeConfig(**{limit.name: given[limit.name] for limit in LIMITS if limit.name in given})
     require_token_if_exposed(args.host, load_token(limits.auth_token_file))  # before Ray starts
     _check_port_free(args.host, args.port)
 

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields, replace
 from pathlib import Path
 
 from t2p.cli import DEFAULT_DATA, DEFAULT_RUN, CommandError, add_verb
-from t2p.cli.prepare import FINGERSPELLING_LENGTH_RATIO
-from t2p.metrics import SELECTION_METRICS
+from t2p.training import TrainConfig, TrainingJob
+from t2p.training.config import SELECTION_METRICS
 
 
 def register(subparsers) -> None:
@@ -17,31 +18,35 @@ def register(subparsers) -> None:
 
 # --- train ---------------------------------------------------------------------------------------
 
-# Defaults of the training flags; the parser's own defaults are None, so that a resumed run can tell
-# a flag the user gave (and must match the saved job) from one left out (the saved value stands).
-TRAINING_DEFAULTS = {"data": Path(DEFAULT_DATA), "workers": 1, "device": "cpu", "cpus_per_worker": 1.0,
-                     "max_failures": 1, "validation_items": 64, "validate_every": 0, "select_on": "val_dtw_mje"}
+# The defaults of the training flags are TrainingJob's own; the parser's defaults are None, so that a
+# resumed run can tell a flag the user gave (and must match the saved job) from one left out (the
+# saved value stands).
+JOB_DEFAULTS = {f.name: f.default for f in fields(TrainingJob) if f.name not in ("data", "out")}
+TRAIN_DEFAULTS = TrainConfig()
+DEVICES = ("cpu", "cuda")
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
-    defaults = TRAINING_DEFAULTS
-    parser.add_argument("--data", type=Path, help=f"prepared shards (t2p prepare; default {defaults['data']})")
+    defaults = JOB_DEFAULTS
+    parser.add_argument("--data", type=Path, help=f"prepared shards (t2p prepare; default {DEFAULT_DATA})")
     parser.add_argument("--workers", type=int, help=f"Ray Train workers (default {defaults['workers']})")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker (the same as --device cuda)")
-    parser.add_argument("--device", choices=["cpu", "cuda"],
+    parser.add_argument("--device", choices=DEVICES,
                         help="where the workers train: cuda reserves one GPU per worker (default cpu)")
     parser.add_argument("--cpus-per-worker", type=float,
-                        help="CPUs reserved per worker (default 1; on a local Ray, lowered to fit beside data loading)")
+                        help=f"CPUs reserved per worker (default {defaults['cpus_per_worker']:g}; on a local Ray, "
+                             "lowered to fit beside data loading)")
     parser.add_argument("--max-failures", type=int, metavar="N",
                         help=f"worker failures survived by restarting from the last checkpoint (default {defaults['max_failures']})")
-    parser.add_argument("--epochs", type=int, help="epochs (default: TrainConfig.epochs)")
-    parser.add_argument("--batch-size", type=int, help="batch size per worker")
+    parser.add_argument("--epochs", type=int, help=f"epochs (default {TRAIN_DEFAULTS.epochs})")
+    parser.add_argument("--batch-size", type=int, help=f"batch size per worker (default {TRAIN_DEFAULTS.batch_size})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any model, training or schedule setting, e.g. --set d_model=256 --set steps=20")
     parser.add_argument("--validation-items", type=int,
                         help=f"validation items scored at each validation, evenly spaced over the split (default {defaults['validation_items']})")
     parser.add_argument("--validate-every", type=int, metavar="EPOCHS",
-                        help="epochs between validations and checkpoints (default 0: about 20 in a run)")
+                        help=f"epochs between validations and checkpoints (default {defaults['validate_every']}: "
+                             "about 20 in a run)")
     parser.add_argument("--select-on", choices=list(SELECTION_METRICS), metavar="METRIC",
                         help="validation metric that picks the best checkpoint, the saved steps and guidance, and "
                              "a sweep's best trial (lower is better): "
@@ -52,7 +57,9 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 def _option(args: argparse.Namespace, name: str):
     value = getattr(args, name)
-    return TRAINING_DEFAULTS[name] if value is None else value
+    if value is not None:
+        return value
+    return Path(DEFAULT_DATA) if name == "data" else "cpu" if name == "device" else JOB_DEFAULTS[name]
 
 
 def _register_train(subparsers) -> None:
@@ -64,8 +71,8 @@ def _register_train(subparsers) -> None:
     parser.set_defaults(handler=train_command)
 
 
-def training_job_from_args(args: argparse.Namespace):
-    from t2p.ray_train import TrainingJob, route_settings
+def training_job_from_args(args: argparse.Namespace) -> TrainingJob:
+    from t2p.training import route_settings
     settings = {}
     for pair in args.set:
         if "=" not in pair:
@@ -77,12 +84,6 @@ def training_job_from_args(args: argparse.Namespace):
         train["epochs"] = args.epochs
     if args.batch_size is not None:
         train["batch_size"] = args.batch_size
-    if _option(args, "workers") < 1:
-        raise CommandError("--workers must be >= 1")
-    if _option(args, "max_failures") < 0:
-        raise CommandError("--max-failures must be >= 0")
-    if _option(args, "validate_every") < 0 or _option(args, "validation_items") < 1:
-        raise CommandError("--validate-every must be >= 0 and --validation-items >= 1")
     return TrainingJob(data=str(_option(args, "data")), out=str(args.out), workers=_option(args, "workers"),
                        gpu=args.gpu or _option(args, "device") == "cuda",
                        cpus_per_worker=_option(args, "cpus_per_worker"), model=model, train=train, schedule=schedule,
@@ -110,27 +111,22 @@ def changed_flags(args: argparse.Namespace, saved, only_given: bool) -> list[str
 
 
 def train_command(args: argparse.Namespace) -> int:
-    import json
-
-    from t2p.ray_train import TrainingJob, run_training
+    from t2p.training.job import JOB_FILE, read_job, run_training
     if args.resume is not None:
-        saved = args.resume / "job.json"
-        if not saved.is_file():
-            raise CommandError(f"{args.resume} is not a t2p run folder (no job.json)")
-        job = TrainingJob.from_dict(json.loads(saved.read_text())["job"])
+        if not (args.resume / JOB_FILE).is_file():
+            raise CommandError(f"{args.resume} is not a t2p run folder (no {JOB_FILE})")
+        job = read_job(args.resume)
         changed = changed_flags(args, job, only_given=True)
         if changed:
             raise CommandError(f"--resume continues {args.resume} as it was started; {', '.join(changed)} "
                                "differ(s) from its job.json: start a new run with --out instead")
         if args.epochs is not None:
-            job.train["epochs"] = args.epochs
+            job = replace(job, train={**job.train, "epochs": args.epochs})
         print(f"resuming {args.resume} (epochs: {job.train.get('epochs', 'default')})")
     else:
         job = training_job_from_args(args)
-        saved = Path(job.out) / "job.json"
-        if saved.is_file():  # the same command again (after Ctrl-C, a lost machine) continues that run
-            changed = changed_flags(args, TrainingJob.from_dict(json.loads(saved.read_text())["job"]),
-                                    only_given=False)
+        if (Path(job.out) / JOB_FILE).is_file():  # the same command again (after Ctrl-C, a lost machine) continues that run
+            changed = changed_flags(args, read_job(Path(job.out)), only_given=False)
             if changed:
                 raise CommandError(f"{job.out} holds a run started with other settings ({', '.join(changed)} "
                                    "differ); continue it with --resume, or train into a new --out")
@@ -169,7 +165,7 @@ def _register_tune(subparsers) -> None:
 
 
 def tune_command(args: argparse.Namespace) -> int:
-    from t2p.tune import parse_search, run_sweep
+    from t2p.training.tune import parse_search, run_sweep
     if args.samples < 1:
         raise CommandError("--samples must be >= 1")
     job = training_job_from_args(args)
@@ -195,24 +191,26 @@ def _register_quickstart(subparsers) -> None:
                       "t2p quickstart --epochs 5   # a shorter run")
     parser.add_argument("--data", type=Path, default=Path(DEFAULT_DATA))
     parser.add_argument("--out", type=Path, default=Path(DEFAULT_RUN))
-    parser.add_argument("--epochs", type=int, help="epochs (default: TrainConfig.epochs)")
+    parser.add_argument("--epochs", type=int, help=f"epochs (default {TRAIN_DEFAULTS.epochs})")
     parser.set_defaults(handler=quickstart_command)
 
 
 def quickstart_command(args: argparse.Namespace) -> int:
     import time
 
-    from t2p import data
+    from t2p.data import prepare
+    from t2p.data.shards import MANIFEST_FILE
+    from t2p.data.sources import FINGERSPELLING_LENGTH_RATIO, fingerspelling_items
     from t2p.generation import as_pose, generate
     from t2p.model import T2PModel
     from t2p.notation import SignText
     from t2p.pose import write_pose
-    from t2p.ray_train import TrainingJob, run_training
+    from t2p.training.job import run_training
 
     started = time.time()
-    if not (args.data / data.MANIFEST_FILE).is_file():
-        manifest = data.prepare(data.fingerspelling_items(), args.data, source="fingerspelling",
-                                max_length_ratio=FINGERSPELLING_LENGTH_RATIO)
+    if not (args.data / MANIFEST_FILE).is_file():
+        manifest = prepare(fingerspelling_items(), args.data, source="fingerspelling",
+                           max_length_ratio=FINGERSPELLING_LENGTH_RATIO)
         print(f"prepared {sum(manifest['counts'].values())} fingerspelling sequences into {args.data}")
     train = {"epochs": args.epochs} if args.epochs else {}
     best = run_training(TrainingJob(data=str(args.data), out=str(args.out), train=train))

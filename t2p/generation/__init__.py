@@ -1,0 +1,8 @@
+"""Generation: the one refinement loop (`generate`, `refinement_steps`) over `SignRequest`s, a
+generated sequence as a `.pose` (`as_pose`), sentences (`compose`, `sentence`) and corrections."""
+from t2p.generation.loop import RefinementStep, generate, refinement_steps, starting_poses
+from t2p.generation.output import as_pose
+from t2p.generation.request import Generator, SignRequest
+
+__all__ = ["Generator", "RefinementStep", "SignRequest", "as_pose", "generate", "refinement_steps",
+           "starting_poses"]
