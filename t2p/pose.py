@@ -323,7 +323,9 @@ class PoseSequence(Keypoints):
 
 
 def read_pose(source: Union[str, Path, bytes, BinaryIO]) -> Pose:
-    """Read a `.pose` file (path, bytes or file object); errors name the file."""
+    """Read a `.pose` file (path, bytes or file object); errors name the file. A file is refused
+    when it is not a pose, holds fewer frames than its header announces (a truncated copy), has no
+    frames, or has a non-finite coordinate or confidence where a point is observed."""
     label = str(source) if isinstance(source, (str, Path)) else "<bytes>"
     try:
         if isinstance(source, (str, Path)):
@@ -332,15 +334,63 @@ def read_pose(source: Union[str, Path, bytes, BinaryIO]) -> Pose:
             buffer = source
         else:
             buffer = source.read()
-        pose = Pose.read(buffer)
     except FileNotFoundError:
         raise PoseFormatError(f"{label}: no such .pose file") from None
+    except OSError as error:
+        raise PoseFormatError(f"{label}: cannot be read ({error.strerror or error})") from None
+    _check_complete(buffer, label)
+    try:
+        pose = Pose.read(buffer)
     except Exception as error:  # pose-format raises assorted errors on truncated or foreign files
         raise PoseFormatError(f"{label}: not a readable .pose file ({type(error).__name__}: {error})") from None
     if pose.body.data.shape[0] == 0:
         raise PoseFormatError(f"{label}: the pose has no frames")
     _layout_family(pose.header)
+    _check_finite(pose, label)
     return pose
+
+
+def _check_complete(buffer: bytes, label: str) -> None:
+    """A body that holds as many frames as it announces. pose-format 0.2 stores the frame count,
+    0.1 only its low 16 bits (and reads as many frames as the bytes left hold: a truncated 0.1 file
+    would read as a shorter one, its confidence taken from the coordinates' bytes)."""
+    from pose_format.utils.reader import BufferReader, ConstStructs
+    reader = BufferReader(buffer)
+    try:
+        header = PoseHeader.read(reader)
+        version = round(header.version, 3)
+        if version not in (0.1, 0.2):
+            return  # 0.0 stores each frame on its own: pose-format's reader notices a missing one
+        if version == 0.1:
+            _, announced = reader.unpack(ConstStructs.double_ushort)
+        else:
+            reader.unpack(ConstStructs.float)
+            announced = reader.unpack(ConstStructs.uint)
+        people = reader.unpack(ConstStructs.ushort)
+    except Exception as error:  # a header cut short, or not a pose header at all
+        raise PoseFormatError(f"{label}: not a readable .pose file ({type(error).__name__}: {error})") from None
+    frame_bytes = people * sum(len(c.points) for c in header.components) * (header.num_dims() + 1) * 4
+    if not frame_bytes:
+        return
+    held, rest = divmod(reader.bytes_left(), frame_bytes)
+    complete = held >= announced if version == 0.2 else (rest == 0 and held % 65536 == announced)
+    if not complete:
+        raise PoseFormatError(f"{label}: truncated: the header announces {announced} frames, the file holds "
+                              f"{held} whole frame(s) of data and confidence ({reader.bytes_left()} bytes)")
+
+
+def _check_finite(pose: Pose, label: str) -> None:
+    """Every observed point finite, and every confidence: NaN or infinity is a damaged file."""
+    confidence = np.asarray(pose.body.confidence)
+    data = np.ma.getdata(pose.body.data)
+    observed = np.nan_to_num(confidence, nan=1.0) > 0
+    bad = ~np.isfinite(confidence) | (observed & ~np.isfinite(data).all(-1))  # (frames, people, points)
+    if bad.any():
+        frame, person, point = (int(index) for index in np.argwhere(bad)[0])
+        names = [(c.name, p) for c in pose.header.components for p in c.points]
+        component, name = names[point] if point < len(names) else ("?", str(point))
+        raise PoseFormatError(f"{label}: frame {frame} has a non-finite value (NaN or infinity) at {component}/{name}"
+                              f"{f' of person {person}' if person else ''}; {int(bad.sum())} such value(s) in all")
 
 
 def segment(pose: Pose, start_ms: int, end_ms: int) -> Pose:

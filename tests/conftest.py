@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import os
@@ -131,6 +132,15 @@ def trained_run(ray_session, real_corpus, tmp_path_factory) -> CommandRun:
     command = ["train", "--data", str(real_corpus.folder), "--out", str(run), "--epochs", "3", "--batch-size", "8",
                "--validate-every", "1", *TINY]
     return CommandRun(run, command, run_command(command))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_idle_refinement_threads():
+    """After each module, the servers and batchers its tests made in this process are collected:
+    their refinement threads end with them. An idle thread that has run torch keeps its thread pool,
+    which made the training of later modules 2-3x slower on 2 cores."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)

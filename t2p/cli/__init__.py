@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
 import sys
+
+from t2p.cluster import VERBOSE_ENV
 
 VERB_MODULES = ("t2p.cli.prepare", "t2p.cli.training", "t2p.cli.generation", "t2p.cli.evaluation",
                 "t2p.cli.serving")
@@ -38,9 +41,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def add_verb(subparsers, name: str, help: str, example: str) -> argparse.ArgumentParser:
-    """A verb parser whose --help ends with a worked example."""
-    return subparsers.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}",
-                                 formatter_class=HelpFormatter)
+    """A verb parser whose --help ends with a worked example, and a --verbose switch."""
+    parser = subparsers.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}",
+                                   formatter_class=HelpFormatter)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's own log lines too (otherwise they stay in Ray's session logs, "
+                             "/tmp/ray/session_latest/logs, and t2p shows its own lines and progress)")
+    return parser
 
 
 def add_device_option(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    if getattr(args, "verbose", False):
+        os.environ[VERBOSE_ENV] = "1"  # read by the processes Ray starts too
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
@@ -107,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CommandError, ValueError, FileNotFoundError) as error:
         print(f"t2p {args.verb}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a folder that cannot be written (read-only, full, not permitted), ...
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"t2p {args.verb}: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from t2p.cli import CommandError, add_device_option, add_verb, refuse_unknown_language, resolve_device
@@ -66,12 +67,15 @@ def _starts(text: str) -> tuple[str, ...]:
 
 
 def _numbers(kind):
-    """An argparse type: one number or a comma-separated list of them, as a tuple."""
+    """An argparse type: one number or a comma-separated list of them (finite ones), as a tuple."""
     def parse(text: str) -> tuple:
         try:
-            return tuple(kind(part) for part in text.split(","))
+            values = tuple(kind(part) for part in text.split(","))
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {kind.__name__}s separated by commas, got {text!r}") from None
+        if not all(math.isfinite(value) for value in values):
+            raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+        return values
     return parse
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from t2p.cli import DEFAULT_DATA, CommandError, add_verb
+from t2p.cli import DEFAULT_DATA, CommandError, add_verb, finite_number
 from t2p.data.prepare import SPLIT_BY
 from t2p.data.sources import FINGERSPELLING_LENGTH_RATIO, FINGERSPELLING_NOTATIONS
 from t2p.pose import MAX_FRAMES, SKELETON_PRESETS
@@ -48,10 +48,10 @@ def register(subparsers) -> None:
     parser.add_argument("--max-frames", type=int, default=MAX_FRAMES, metavar="N",
                         help="skip (and list in the manifest) sequences longer than N frames at the corpus's rate; "
                              "a model trained on the data holds N frames (ModelConfig.max_frames)")
-    parser.add_argument("--max-length-ratio", type=float, metavar="R",
+    parser.add_argument("--max-length-ratio", type=finite_number, metavar="R",
                         help="skip recordings more than R times as long as their language's median (badly trimmed "
                              f"files); default {FINGERSPELLING_LENGTH_RATIO:g} for --source fingerspelling, else off")
-    parser.add_argument("--fps", type=float, metavar="N",
+    parser.add_argument("--fps", type=finite_number, metavar="N",
                         help="resample every recording to N frames per second (pose-format's interpolation); "
                              "default the recordings' median rate. The model's lengths are in this rate")
     parser.set_defaults(handler=prepare_command)

@@ -19,7 +19,7 @@ confidence 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -48,33 +48,36 @@ class RefinementStep:
     steps: int                          # the longest schedule's steps: after step == steps, generation is done
     refined: list[bool]                 # per request: whether this step refined it (fewer steps: it joins later)
     sequences: list[Keypoints] | None   # per request, the sequence now: after every step if asked, else the last only
+    rows: int = 0                       # how many requests went through the refiner in this step
 
     @property
     def done(self) -> bool:
         return self.step == self.steps
 
 
-def refinement_steps(model: T2PModel, requests: Sequence[SignRequest | SignText | str],
-                     every_step: bool = False) -> Iterator[RefinementStep]:
+def refinement_steps(model: T2PModel, requests: Sequence[SignRequest | SignText | str], every_step: bool = False,
+                     wanted: Callable[[], Sequence[bool]] | None = None) -> Iterator[RefinementStep]:
     """The loop, one refinement step at a time: a `RefinementStep` after each step, with the
     sequences after every step (`every_step`) or after the last only (the output's finishing
-    touches are not paid per step). A `ValueError` names what is wrong with a request before the
-    first step."""
+    touches are not paid per step). `wanted`, asked before each step, says which requests someone
+    still waits for: the others are refined no more (Serve: a client that left, or timed out).
+    A `ValueError` names what is wrong with a request before the first step."""
     requests = as_requests(requests)
     if requests:
-        yield from _refinement(model, requests, every_step)
+        yield from _refinement(model, requests, every_step, wanted)
 
 
 @torch.inference_mode()  # on a generator, entered and left around each step (never while the caller runs)
-def _refinement(model: T2PModel, requests: list[SignRequest], every_step: bool) -> Iterator[RefinementStep]:
+def _refinement(model: T2PModel, requests: list[SignRequest], every_step: bool,
+                wanted: Callable[[], Sequence[bool]] | None) -> Iterator[RefinementStep]:
     model.eval()
     batch = _Batch.of(model, requests)
     for step in range(batch.longest_schedule - 1, -1, -1):
-        batch.refine(step)
+        rows = batch.refine(step, None if wanted is None else list(wanted()))
         done = batch.longest_schedule - step
         refined = [step < count for count in batch.steps]
         sequences = batch.output() if every_step or step == 0 else None
-        yield RefinementStep(done, batch.longest_schedule, refined, sequences)
+        yield RefinementStep(done, batch.longest_schedule, refined, sequences, rows)
 
 
 class _Batch:
@@ -124,9 +127,14 @@ class _Batch:
                    known, known_mask, [defaults.guidance if r.guidance is None else r.guidance for r in requests],
                    torch.tensor([r.keep_proportions for r in requests], device=device))
 
-    def refine(self, step: int) -> None:
-        """Refinement step `step` (counting down) for the requests whose schedule has begun."""
+    def refine(self, step: int, wanted: list[bool] | None = None) -> int:
+        """Refinement step `step` (counting down) for the requests whose schedule has begun (and,
+        given `wanted`, that someone still waits for); returns how many it refined."""
         rows = self.everyone if step < self.fewest_steps else self.everyone[step < self.starts_at]
+        if wanted is not None and not all(wanted):
+            rows = rows[torch.tensor(wanted, device=rows.device)[rows]]
+        if len(rows) == 0:
+            return 0
         given = Known(self.known[rows], self.known_mask[rows, ..., 0]) if self.any_known else None
         refined = self.refiner(rows, self.x_t[rows], self.start[rows], self.betas[rows, step], self.frame_mask[rows],
                                given)
@@ -141,6 +149,7 @@ class _Batch:
         self.x_t[rows] = self.schedule.step(self.x_t[rows], clean, self.x_T[rows], self.betas[rows, step],
                                             self.next_betas[rows, step])
         self.presence[rows] = present
+        return len(rows)
 
     def output(self) -> list[Keypoints]:
         """Every request's sequence as it is now, on the CPU (one copy for the batch, then views)."""

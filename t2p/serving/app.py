@@ -93,6 +93,7 @@ class BatchStats:
     largest: int = 0
     recent: deque = field(default_factory=lambda: deque(maxlen=256))
     groups: dict = field(default_factory=dict)
+    recent_step_rows: deque = field(default_factory=lambda: deque(maxlen=256))  # requests refined per step
 
     def record(self, size: int, calls: int, group: str = "") -> None:
         self.batches += 1
@@ -106,7 +107,7 @@ class BatchStats:
         return {"batches": self.batches, "requests": self.requests, "generate_calls": self.generate_calls,
                 "mean_batch_size": self.requests / self.batches if self.batches else 0.0,
                 "max_batch_size": self.largest, "recent_batch_sizes": list(self.recent),
-                "batches_by_group": dict(self.groups)}
+                "batches_by_group": dict(self.groups), "recent_step_rows": list(self.recent_step_rows)}
 
 
 def model_catalog(folder: str | Path) -> dict:
@@ -147,7 +148,8 @@ class T2PServer:
         self.stats = BatchStats()
         self.batches = FairBatcher(self.config.max_batch_size, self.config.batch_wait_timeout_s,
                                    on_run=lambda group, size: self.stats.record(size, calls=1,
-                                                                                group=f"{group[0]}/{group[1]}"))
+                                                                                group=f"{group[0]}/{group[1]}"),
+                                   on_step=lambda group, rows: self.stats.recent_step_rows.append(rows))
         # sentences and corrections wait on their batches in threads of their own, not the default
         # executor's few, which serialise responses
         self.compositions = ThreadPoolExecutor(max_workers=2 * self.config.max_batch_size,
@@ -252,10 +254,20 @@ class T2PServer:
     def as_pose(self, served: ServedModel, sequence: Keypoints, first_pose: PoseSequence | None) -> Pose:
         return as_pose(served.model, sequence, first_pose)
 
-    def __del__(self):
+    def close(self) -> None:
+        """Stop the refinement and composition threads. A replica's process ends with them; a
+        process that goes on (tests, an embedding application) must call it: an idle refinement
+        thread that has run torch keeps its thread pool, which slowed later training in the same
+        process 2x on 2 cores."""
         batches = getattr(self, "batches", None)
         if batches is not None:
             batches.shutdown()
+        compositions = getattr(self, "compositions", None)
+        if compositions is not None:
+            compositions.shutdown(wait=False, cancel_futures=True)
+
+    def __del__(self):
+        self.close()
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -275,8 +287,7 @@ def build_app(args: dict[str, Any]) -> Application:
     deployment = serve.deployment(serve.ingress(create_api(config))(T2PServer), name="T2PServer",
                                   ray_actor_options={"num_cpus": 1},
                                   logging_config={"enable_access_log": config.access_log})
-    # a replica only takes max_ongoing_requests at once: room for a full batch running and one filling
     # where the proxy listens is asked of Serve once, here, not through a Serve client in every
     # replica (suspected of keeping `serve run` from exiting on Ctrl-C in the full suite)
-    return deployment.options(max_ongoing_requests=2 * config.max_batch_size, num_replicas=num_replicas).bind(
+    return deployment.options(max_ongoing_requests=config.max_ongoing_requests, num_replicas=num_replicas).bind(
         models, asdict(config), lexicon, proxy_host(), default_model)

@@ -56,7 +56,8 @@ class _Run:
         (the items' results then come at once, as a list)."""
         if self.steps is None:
             items = [entry.item for entry in self.entries]
-            self.steps = refinement_steps(self.model, items, every_step=any(entry.stream for entry in self.entries))
+            self.steps = refinement_steps(self.model, items, every_step=any(entry.stream for entry in self.entries),
+                                          wanted=lambda: [not entry.cancelled for entry in self.entries])
             try:
                 return next(self.steps)
             except ValueError:
@@ -78,9 +79,11 @@ class FairBatcher:
     """Groups of waiting items, and the runs that take turns on one worker thread (see the module)."""
 
     def __init__(self, max_batch_size: int, batch_wait_timeout_s: float,
-                 on_run: Callable[[Hashable, int], None] = lambda group, size: None):
+                 on_run: Callable[[Hashable, int], None] = lambda group, size: None,
+                 on_step: Callable[[Hashable, int], None] = lambda group, rows: None):
         self.max_batch_size, self.batch_wait_timeout_s = max_batch_size, batch_wait_timeout_s
-        self.on_run = on_run  # told of every run formed: its group and size (Serve's batch stats)
+        self.on_run = on_run    # told of every run formed: its group and size (Serve's batch stats)
+        self.on_step = on_step  # told of every step taken: its group and how many requests it refined
         self.busy_s = 0.0    # seconds the worker thread spent in refinement steps
         self.waited_s = 0.0  # seconds the items waited, summed, from their arrival to their run's forming
         self.waiting: dict[Hashable, deque[_Entry]] = {}
@@ -126,10 +129,11 @@ class FairBatcher:
 
         return batched
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: bool = False) -> None:
+        """Stop the loop and the worker thread (`wait`: until the thread has ended)."""
         if self._loop_task is not None:
             self._loop_task.cancel()
-        self.worker.shutdown(wait=False, cancel_futures=True)
+        self.worker.shutdown(wait=wait, cancel_futures=True)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -159,6 +163,9 @@ class FairBatcher:
             group = self.turns[0]
             self.turns.rotate(-1)
             run = self.running[group]
+            if all(entry.cancelled for entry in run.entries):  # nobody waits for any of it: no more steps
+                self._finish(group)
+                continue
             try:
                 result = await loop.run_in_executor(self.worker, self._advance, run)
             except Exception as error:  # noqa: BLE001: every item of the run is told, the loop goes on
@@ -171,6 +178,7 @@ class FairBatcher:
                 for entry, outcome in zip(run.entries, result):
                     entry.out.put_nowait(outcome if isinstance(outcome, ValueError) else (outcome, True))
                 continue
+            self.on_step(group, result.rows)
             if result.done:
                 self._finish(group)
             for index, entry in enumerate(run.entries):

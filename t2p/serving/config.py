@@ -48,6 +48,12 @@ class ServeConfig:
     max_body_bytes: int = _limit(12 << 20, "size of a request body, larger: 413 (a base64 first_pose is 4/3 of "
                                            "its file)")
     request_timeout_s: float = _limit(60.0, "seconds a request may take, longer: 504")
+    body_timeout_s: float = _limit(10.0, "seconds a request's body may take to arrive, longer: 408 (a slow upload "
+                                         "holds no place in a batch, and not for long)")
+    # how many requests a replica handles at once: reading bodies and waiting for their batch are
+    # cheap awaits (the refinement itself is one step at a time), so this is far above a batch, and
+    # /healthz, which shares the replica with them, is not starved by slow clients
+    max_ongoing_requests: int = _limit(1024, "requests a replica handles at once (waiting included)")
     cors_origins: str = _limit("", "comma-separated origins browsers may call from (*: any), e.g. "
                                    "https://app.example; empty: none")
     auth_token_file: str = _limit("", f"file holding the bearer token (else ${TOKEN_ENV}); required beyond "
@@ -60,13 +66,18 @@ class ServeConfig:
     def __post_init__(self):
         for name in ("max_text_length", "max_spoken_text_length", "max_signs", "max_frames", "max_steps",
                      "max_step_frames", "max_batch_size", "max_first_pose_bytes", "max_body_bytes",
-                     "max_loaded_models"):
+                     "max_loaded_models", "max_ongoing_requests"):
             if getattr(self, name) < 1:
                 raise ValueError(f"serve config: {name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.batch_wait_timeout_s <= 10:
             raise ValueError(f"serve config: batch_wait_timeout_s must be in [0, 10], got {self.batch_wait_timeout_s}")
         if not self.request_timeout_s > 0:
             raise ValueError(f"serve config: request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if not self.body_timeout_s > 0:
+            raise ValueError(f"serve config: body_timeout_s must be > 0, got {self.body_timeout_s}")
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(f"serve config: max_ongoing_requests ({self.max_ongoing_requests}) must be at least "
+                             f"max_batch_size ({self.max_batch_size}), or batches never fill")
         if not self.max_guidance >= 0:
             raise ValueError(f"serve config: max_guidance must be >= 0, got {self.max_guidance}")
         if self.threads < 0:

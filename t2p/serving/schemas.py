@@ -92,6 +92,8 @@ class Stats(BaseModel):
     max_batch_size: int
     recent_batch_sizes: list[int]
     batches_by_group: dict[str, int] = Field(description="batches per 'model/step group' (steps rounded up to a power of two)")
+    recent_step_rows: list[int] = Field(description="requests each recent refinement step refined (a request nobody "
+                                                    "waits for any more is dropped from its batch's next step)")
     refine_s: float = Field(description="seconds this replica spent in refinement steps")
     queued_s: float = Field(description="seconds requests waited for their batch to form, summed over requests")
     cpu_s: float = Field(description="CPU seconds of this replica's process")

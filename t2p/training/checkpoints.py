@@ -73,10 +73,29 @@ def latest_checkpoint(run_dir: Path) -> str | None:
     return str(folders[-1]) if folders else None
 
 
-def worker_error(error: BaseException) -> BaseException:
-    """A worker's own message where t2p wrote one (e.g. an unreadable checkpoint, by path) as one
-    ValueError line for the CLI; anything else as Ray raised it."""
-    for line in str(error).splitlines():
+def worker_error(error: BaseException, run_dir: Path) -> BaseException:
+    """What went wrong in a run, the real cause first, as one ValueError line for the CLI: t2p's own
+    message (e.g. an unreadable checkpoint, by path), a run folder that cannot be written, or a Ray
+    cluster that went away; anything else as Ray raised it."""
+    text = str(error)
+    for line in text.splitlines():
         if CHECKPOINT_ERROR in line:
             return ValueError(line[line.index(CHECKPOINT_ERROR):])
+    for line in text.splitlines():
+        if any(mark in line for mark in ("PermissionError", "Read-only file system", "No space left on device")):
+            cause = line.split(":", 1)[-1].strip() if "Error" in line.split(":", 1)[0] else line.strip()
+            return ValueError(f"cannot write to {run_dir}: {cause[:200]}")
+    if _cluster_went_away(error):
+        return ValueError(f"the Ray cluster went away during training ({type(error).__name__}); re-run the same "
+                          "command to resume from the last checkpoint")
     return error
+
+
+def _cluster_went_away(error: BaseException) -> bool:
+    """Whether an error (or its cause) is Ray losing its processes: the head node killed or stopped."""
+    from ray.exceptions import ActorDiedError, RayActorError, RaySystemError
+    while error is not None:
+        if isinstance(error, (ActorDiedError, RayActorError, RaySystemError, ConnectionError)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
