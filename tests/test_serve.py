@@ -8,9 +8,11 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import asdict, replace
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -35,6 +37,7 @@ OPENPOSE = POSES / "layouts" / "openpose.pose"
 LIMITS = dict(max_text_length=32, max_frames=40, max_steps=5, max_batch_size=8, batch_wait_timeout_s=0.2,
               max_body_bytes=1 << 20, cors_origins="https://app.example")
 TOKEN = "test-token-0123456789"
+INGRESS_REQUEST_TIMEOUT_S = 2
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MODEL_MAX_FRAMES, MODEL_MAX_TOKENS, PREDICTED_FRAMES = 64, 16, 50
 
@@ -91,6 +94,11 @@ def server(ray_session, model_dir, other_model_dirs, token_file, tmp_path_factor
     port = free_port()
     config = yaml.safe_load((CONFIGS / "local.yaml").read_text())
     config["http_options"]["port"] = port
+    ingress = config["controller_options"]["runtime_env"]["env_vars"]
+    # HAProxy's stats and metrics ports free (another server on the machine may hold the defaults);
+    # headers and a buffered body within 2 s, so the slow-client tests wait little
+    ingress.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()),
+                   T2P_HAPROXY_REQUEST_TIMEOUT_S=str(INGRESS_REQUEST_TIMEOUT_S))
     models = {"sgg": str(model_dir), **{name: str(path) for name, path in other_model_dirs.items()}}
     config["applications"][0]["args"] = {**config["applications"][0]["args"], "models": models,
                                          "auth_token_file": str(token_file), "max_loaded_models": 1, **LIMITS}
@@ -525,7 +533,12 @@ def in_process(model_dir, lexicon=None, http_host="127.0.0.1", server_out: list 
     server = T2PServer(str(model_dir), asdict(limits), lexicon, http_host=http_host)
     if server_out is not None:
         server_out.append(server)
-    return TestClient(create_api(limits, lambda: server))
+
+    class Client(TestClient):
+        def __exit__(self, *exc_info):
+            super().__exit__(*exc_info)
+            server.close()  # its refinement thread, else it slows the tests after it
+    return Client(create_api(limits, lambda: server))
 
 
 def test_a_text_in_a_notation_the_model_was_not_trained_on_is_a_422_and_one_cli_line(model, tmp_path, capsys):
@@ -671,7 +684,7 @@ def test_a_token_is_required_beyond_loopback_and_checked_in_constant_time(model_
         with pytest.raises(ValueError, match="set \\$T2P_API_TOKEN or auth_token_file"):
             T2PServer(str(model_dir), asdict(ServeConfig(**LIMITS)), http_host=host)
     for host in ("127.0.0.1", "::1", "localhost"):
-        T2PServer(str(model_dir), asdict(ServeConfig(**LIMITS)), http_host=host)
+        T2PServer(str(model_dir), asdict(ServeConfig(**LIMITS)), http_host=host).close()
     monkeypatch.setenv("T2P_API_TOKEN", "from-the-environment")
     with in_process(model_dir, http_host="0.0.0.0") as client:
         assert client.get("/v1/model", headers={"Authorization": "Bearer from-the-environment"}).status_code == 200
@@ -736,6 +749,37 @@ def test_a_one_step_request_waits_for_a_step_of_a_long_batch_not_for_all_of_it(m
     assert short_done_at - begun <= 2, (begun, short_done_at)
 
 
+async def _drain(stream) -> list:
+    return [item async for item in stream]
+
+
+def test_requests_nobody_waits_for_leave_their_batch_within_one_step(model):
+    """Six streams share a run; four clients leave after the first step, and one request times out:
+    the next step but one refines only the rest, and a run nobody waits for stops."""
+    from t2p.serving.batches import FairBatcher
+    rows = []
+
+    async def leave():
+        batcher = FairBatcher(max_batch_size=8, batch_wait_timeout_s=0.05, on_step=lambda group, count: rows.append(count))
+        streams = [batcher.stream(model, "m", SignRequest("essen", steps=5, length=30)) for _ in range(6)]
+        await asyncio.gather(*(anext(stream) for stream in streams))  # everyone has the first step
+        for stream in streams[:4]:
+            await stream.aclose()  # the client went away
+        rest = await asyncio.gather(*(_drain(stream) for stream in streams[4:]))
+        # one request given up on (a timeout) while it waits: its run stops, no step is spent on it
+        before = len(rows)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(batcher.generate(model, "m", SignRequest("pizza", steps=5, length=30)), 0.01)
+        await asyncio.sleep(0.5)
+        return rest, len(rows) - before
+
+    rest, steps_after_timeout = asyncio.run(leave())
+    assert all(len(items) == 4 for items in rest)  # the two left got every step
+    assert rows[0] == 6 and rows[-1] == 2, rows
+    assert rows.count(6) <= 2, rows  # dropped within one step of leaving
+    assert steps_after_timeout <= 1, rows  # the run nobody waits for stops
+
+
 def test_sentences_and_one_sign_requests_share_batches_in_process(model_dir, model):
     from t2p.generation.sentence import compose_sentence
     from t2p.serving.app import T2PServer
@@ -751,7 +795,10 @@ def test_sentences_and_one_sign_requests_share_batches_in_process(model_dir, mod
             await client.post("/v1/generate", json=sentence)  # a first sentence imports the gloss tools (slow, once)
             return await asyncio.gather(*(client.post("/v1/generate", json=body) for body in [sentence, *signs]))
 
-    composed, *alone = asyncio.run(send_all())
+    try:
+        composed, *alone = asyncio.run(send_all())
+    finally:
+        server.close()
     assert composed.status_code == 200 and all(response.status_code == 200 for response in alone)
     stats = server.stats.to_dict()
     # 2 signs and 1 transition of the sentence, 2 one-sign requests: the signs shared one batch, then the transition
@@ -801,3 +848,122 @@ def test_openapi_describes_every_response_body(model_dir):
     assert {"400", "401", "413", "422", "500", "504"} <= set(generated)
     assert {"step", "steps", "frames", "pose", "error", "status"} <= set(schemas["StepEvent"]["properties"])
     assert {"/healthz", "/v1/models", "/v1/model", "/v1/stats", "/v1/generate", "/v1/correct"} <= set(described["paths"])
+
+
+# --- the page at /, in a real browser -------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium package, which .ci/run installs: never a download
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        if os.environ.get("T2P_REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium package")
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def _canvas_pixels(page) -> np.ndarray:
+    import io
+
+    from PIL import Image
+    return np.asarray(Image.open(io.BytesIO(page.locator("#canvas").screenshot())).convert("L"), dtype=np.int16)
+
+
+def test_the_page_streams_a_sign_step_by_step_in_a_real_browser(server, browser):
+    page = browser.new_page()
+    console_errors, outside = [], []
+    page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
+    page.on("request", lambda request: outside.append(request.url) if not request.url.startswith(server) else None)
+    page.on("response", lambda response: console_errors.append(f"{response.status} {response.url}")
+            if response.status >= 400 else None)
+    page.add_init_script(f"sessionStorage.setItem('t2p-token', '{TOKEN}')")  # as typed into the page before
+    page.goto(f"{server}/")
+    page.wait_for_function("document.querySelector('#language').options.length > 0")
+    assert page.locator("#model").input_value() == "sgg"
+    page.fill("#text", "essen")
+    page.fill("#steps", "4")
+    page.click("#send")
+    page.wait_for_function("Number(document.querySelector('#canvas').dataset.steps) >= 4", timeout=60_000)
+    page.wait_for_function("!document.querySelector('#download').disabled")
+    page.fill("#step", "1")
+    page.dispatch_event("#step", "input")
+    first = _canvas_pixels(page)
+    page.fill("#step", "4")
+    page.dispatch_event("#step", "input")
+    last = _canvas_pixels(page)
+    assert first.shape == last.shape and np.mean(first != last) > 0.001  # the drawing moved between step 1 and 4
+    assert page.inner_text("#status").startswith("Refinement step 4 of 4")
+    with page.expect_download() as download:
+        page.click("#download")
+    assert read_pose(Path(download.value.path()).read_bytes()).body.data.shape[0] > 0
+    assert not console_errors, console_errors
+    assert not outside, outside  # nothing fetched from anywhere but the server: it works offline
+
+    page.fill("#token", "not-the-token")
+    page.dispatch_event("#token", "change")
+    page.wait_for_function("document.querySelector('#error').textContent.includes('401')")
+    assert "a valid bearer token is required" in page.inner_text("#error")
+    page.close()
+
+
+def _half_sent_uploads(url: str, count: int) -> list[socket.socket]:
+    """`count` connections, each having sent a request's headers and half its body, then nothing."""
+    port = int(url.rsplit(":", 1)[1])
+    head = (f"POST /v1/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 400\r\n\r\n").encode()
+    connections = []
+    for _ in range(count):
+        connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+        connection.sendall(head + b'{"text": "essen", "steps": 1, "comment": "' + b"x" * 150)
+        connections.append(connection)
+    return connections
+
+
+def _answered_within(call, seconds: float):
+    begun = time.perf_counter()
+    response = call()
+    took = time.perf_counter() - begun
+    assert took < seconds, f"took {took:.2f} s"
+    return response
+
+
+def test_two_hundred_slow_uploads_leave_healthz_and_requests_answering_within_a_second(server, client):
+    request = {"text": "essen", "steps": 1, "length": 9, "format": "json"}
+    assert client.post("/v1/generate", json=request).status_code == 200  # the model loaded, before any timing
+    connections = _half_sent_uploads(server, 200)
+    try:
+        time.sleep(0.5)  # all of them in and stalled
+        for _ in range(3):
+            assert _answered_within(lambda: httpx.get(f"{server}/healthz", trust_env=False, timeout=5), 1).status_code == 200
+            response = _answered_within(lambda: client.post("/v1/generate", json=request), 1)
+            assert response.status_code == 200, response.text
+        # and each stalled upload is told why it was dropped once its time is up
+        time.sleep(INGRESS_REQUEST_TIMEOUT_S + 1)
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda connection: connection.recv(4096), connections))
+        assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), {answer[:40] for answer in answers}
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+def test_the_ingress_bounds_how_long_headers_may_take_and_how_many_there_are(server):
+    port = int(server.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=INGRESS_REQUEST_TIMEOUT_S + 5) as slow:
+        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a")  # and then nothing
+        begun = time.perf_counter()
+        assert slow.recv(4096).startswith(b"HTTP/1.1 408")
+        assert time.perf_counter() - begun < INGRESS_REQUEST_TIMEOUT_S + 2
+    many = {f"X-Header-{number}": "x" for number in range(100)}
+    assert httpx.get(f"{server}/healthz", headers=many, trust_env=False, timeout=5).status_code == 400
+    huge = {"X-Huge": "x" * (64 << 10)}
+    assert httpx.get(f"{server}/healthz", headers=huge, trust_env=False, timeout=5).status_code in (400, 431)
+    assert httpx.get(f"{server}/healthz", trust_env=False, timeout=5).status_code == 200

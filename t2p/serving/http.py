@@ -33,7 +33,7 @@ from typing import Any, AsyncIterator, Callable, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
@@ -143,6 +143,7 @@ class BodyLimit:
 
 ERRORS = {status: {"model": Error, "description": description} for status, description in {
     400: "the body is not a JSON object", 401: "no valid bearer token (when the server has one)",
+    408: "the body took longer than body_timeout_s to arrive",
     413: "the body is over max_body_bytes", 422: "a field is wrong or over a limit, or an unknown model (the message names it)",
     500: "the server failed (not the request's fault)",
     504: "the request took longer than request_timeout_s"}.items()}
@@ -189,7 +190,7 @@ def create_api(limits: ServeConfig, replica: Callable[[], Replica] = current_rep
     _document_schemas(api, [StepEvent, PoseBody, SegmentBody])
     api.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     if limits.cors_origins:  # added last, so outermost: a 413 or 401 reaches a browser's page too
-        api.add_middleware(CORSMiddleware, allow_origins=limits.cors_origin_list(), allow_methods=["GET", "POST"],
+        api.add_middleware(CORSMiddleware, allow_origins=limits.cors_origin_list(), allow_methods=["GET", "HEAD", "POST"],
                            allow_headers=["Authorization", "Content-Type", MODEL_HEADER],
                            expose_headers=[SEGMENTS_HEADER])
     return api
@@ -223,6 +224,16 @@ async def _within_timeout(work, limits: ServeConfig):
         raise HTTPException(status_code=504, detail=timeout_message(limits)) from None
 
 
+async def read_body(http_request: Request, limits: ServeConfig) -> bytes:
+    """The request's body, or 408 once it has taken `body_timeout_s` to arrive: a client that
+    uploads slowly (or stops) is answered and let go, and never holds a place in a batch."""
+    try:
+        return await asyncio.wait_for(http_request.body(), limits.body_timeout_s)
+    except asyncio.TimeoutError:
+        raise HTTPException(status_code=408, detail=f"the body did not arrive within {limits.body_timeout_s:g} s "
+                                                    "(body_timeout_s): the upload was too slow") from None
+
+
 async def _served_model(server: Replica, name: str | None) -> ServedModel:
     try:
         return await server.get_model(name)
@@ -230,25 +241,35 @@ async def _served_model(server: Replica, name: str | None) -> ServedModel:
         raise HTTPException(status_code=422, detail=str(error)) from None
 
 
+PAGE = "page.html"  # beside this module: the page at / (served as it is, nothing fetched from elsewhere)
+
+
 def _read_routes(api: FastAPI, the_replica, authorized) -> None:
-    """/healthz (no token) and the routes that describe the server."""
-    @api.get("/healthz")
+    """The page (/), /healthz (neither needs a token) and the routes that describe the server."""
+    page = (Path(__file__).with_name(PAGE)).read_text(encoding="utf-8")
+
+    @api.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
+    async def home() -> HTMLResponse:
+        """A page to try the API from a browser: type a sign, watch its refinement step by step."""
+        return HTMLResponse(page, headers={"cache-control": "no-cache"})
+
+    @api.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz(server: Any = Depends(the_replica)) -> Health:
         return Health(**server.health())
 
-    @api.get("/v1/models", responses={401: ERRORS[401]})
+    @api.api_route("/v1/models", methods=["GET", "HEAD"], responses={401: ERRORS[401]})
     async def list_models(server: Any = Depends(authorized)) -> ModelList:
         """The models this server has, by the names requests pick them with."""
         return ModelList(**server.list_models())
 
-    @api.get("/v1/model", responses={401: ERRORS[401], 422: ERRORS[422]})
+    @api.api_route("/v1/model", methods=["GET", "HEAD"], responses={401: ERRORS[401], 422: ERRORS[422]})
     async def describe(http_request: Request, model: str | None = None,
                        server: Any = Depends(authorized)) -> ModelDescription:
         """A model's skeleton, notations, languages, lexicon and limits (`?model=NAME`, else the default)."""
         served = await _served_model(server, requested_model(http_request, model))
         return ModelDescription(**server.describe(served))
 
-    @api.get("/v1/stats", responses={401: ERRORS[401]})
+    @api.api_route("/v1/stats", methods=["GET", "HEAD"], responses={401: ERRORS[401]})
     async def batch_stats(server: Any = Depends(authorized)) -> Stats:
         return Stats(**server.batch_stats())
 
@@ -262,9 +283,10 @@ def _generate_route(api: FastAPI, authorized, limits: ServeConfig) -> None:
         """One sign (`text`), or a sentence (`texts` and/or `spoken_text`) composed with transitions;
         `"stream": true` (one sign): its sequence after every refinement step, as it is made."""
         deadline = asyncio.get_running_loop().time() + limits.request_timeout_s
+        body = await read_body(http_request, limits)
 
         async def work():
-            request = parse_request(await http_request.body(), GenerateRequest)
+            request = parse_request(body, GenerateRequest)
             served = await _served_model(server, requested_model(http_request, request.model))
             try:
                 if request.is_sentence:
@@ -292,8 +314,10 @@ def _correct_route(api: FastAPI, authorized, limits: ServeConfig) -> None:
             "schema": CorrectRequest.model_json_schema()}}}})
     async def correct_route(http_request: Request, server: Any = Depends(authorized)) -> Response:
         """A recording with missing frames or keypoints, completed; observed values kept exactly."""
+        body = await read_body(http_request, limits)
+
         async def work():
-            request = parse_request(await http_request.body(), CorrectRequest)
+            request = parse_request(body, CorrectRequest)
             served = await _served_model(server, requested_model(http_request, request.model))
             try:
                 corrected = await server.correct(served, request)
