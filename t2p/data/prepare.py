@@ -309,23 +309,30 @@ def _without_long_outliers(candidates: list[_Kept], ratio: float, skips: _Skips)
 
 def _on_ray(tasks: list, work, progress: bool, phase: str, **kwargs):
     """`work(task, **kwargs)` for every task, one Ray Data task each, in parallel; yields the results
-    in the tasks' order. Tasks and results travel as JSON text: metadata only, never poses. `phase`
-    names the pass in Ray's progress output."""
+    in the tasks' order. Tasks and results travel as JSON text: metadata only, never poses. With
+    `progress`, a bar counts the recordings done (a line when the output is not a terminal)."""
+    import time
+
     import ray
     import ray.data
+    from tqdm import tqdm
 
-    from t2p.cluster import ensure_ray
+    from t2p.cluster import ensure_ray, quiet_ray_logs
     ensure_ray(quiet=not progress)
-    context = ray.data.DataContext.get_current()
-    shown = context.enable_progress_bars
-    context.enable_progress_bars = progress
-    try:
-        dataset = ray.data.from_items([{"index": i, "task": json.dumps(task)} for i, task in enumerate(tasks)],
-                                      override_num_blocks=len(tasks))
-        results = dataset.map_batches(_batch_of, batch_size=1, num_cpus=1, fn_kwargs={"work": work, "kwargs": kwargs},
-                                      ).take_all()
-    finally:
-        context.enable_progress_bars = shown
+    quiet_ray_logs()
+    sizes = [len(task["rows"]) if isinstance(task, dict) else len(task) for task in tasks]  # recordings per task
+    dataset = ray.data.from_items([{"index": i, "task": json.dumps(task)} for i, task in enumerate(tasks)],
+                                  override_num_blocks=len(tasks))
+    began = time.perf_counter()
+    results = []
+    with tqdm(total=sum(sizes), desc=f"prepare: {phase}", unit="file", disable=not progress or None,
+              leave=False) as bar:
+        for row in dataset.map_batches(_batch_of, batch_size=1, num_cpus=1,
+                                       fn_kwargs={"work": work, "kwargs": kwargs}).iter_rows():
+            results.append(row)
+            bar.update(sizes[row["index"]])
+    if progress:
+        print(f"prepare: {phase} {sum(sizes)} recordings in {time.perf_counter() - began:.1f} s", flush=True)
     for result in sorted(results, key=lambda row: row["index"]):
         yield json.loads(result["result"])
 

@@ -105,7 +105,7 @@ def evaluate_correction(model: T2PModel, items: Sequence[PreparedItem], seed: in
     rng = np.random.default_rng(seed)
     errors: dict[str, dict[str, list[float]]] = {m: {"frames": [], "hand": []}
                                                  for m in ("model", "linear interpolation", "nearest frame")}
-    for item in tqdm(items, desc="correct", unit="item", leave=False):
+    for item in tqdm(items, desc="correct", unit="item", leave=False, disable=None):
         truth = item.sequence
         hidden = hide(truth, hands, rng)
         filled = {"model": correct(model, hidden.sequence, item.sign if use_text else None, steps).data,

@@ -196,7 +196,7 @@ class _Systems:
         """The model's outputs at each (steps, guidance); the first timing of each goes into `seconds`."""
         from tqdm import tqdm
         generated = {}
-        for setting in tqdm(settings, desc="generate", unit="setting", disable=not progress):
+        for setting in tqdm(settings, desc="generate", unit="setting", disable=not progress or None):
             began = time.perf_counter()
             generated[setting] = _generate(self.model, [item.sign for item in self.items], first_poses, *setting,
                                            self.config.batch_size)
@@ -222,7 +222,7 @@ class _Systems:
         """Every metric and the back-retrieval hits of one system's outputs, one dict per item."""
         from tqdm import tqdm
         scores = []
-        for item, output in tqdm(list(zip(self.items, outputs)), desc="score", unit="item", disable=not progress):
+        for item, output in tqdm(list(zip(self.items, outputs)), desc="score", unit="item", disable=not progress or None):
             reference = item.sequence
             scores.append(score(PoseSequence(output.data, output.confidence, reference.fps, reference.normalization,
                                              reference.canvas), reference, self.groups, metrics))

@@ -265,7 +265,7 @@ def evaluate_composition(model: T2PModel, items: Sequence[PreparedItem], signs_p
                                             "linear blend": [], "jump cut": []}
     segment_errors: dict[str, list[float]] = {"alone": [], "composed": []}
     recordings = []
-    for sentence in tqdm(sentences, desc="compose", unit="sentence", leave=False):
+    for sentence in tqdm(sentences, desc="compose", unit="sentence", leave=False, disable=None):
         first_pose = sentence[0].sequence
         signs = [SignRequest(item.sign, first_pose=first_pose, steps=steps) for item in sentence]
         recorded = [Keypoints(item.sequence.data, item.sequence.confidence) for item in sentence]

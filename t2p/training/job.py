@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +23,7 @@ import ray.train.torch
 import torch
 from ray.train.torch import TorchTrainer
 
-from t2p.cluster import ensure_ray
+from t2p.cluster import ensure_ray, quiet_ray_logs
 from t2p.config import from_dict, read_json, write_json
 from t2p.data import load_manifest, read_items, shard_paths
 from t2p.data.shards import training_texts
@@ -38,7 +39,7 @@ from t2p.training.checkpoints import (
 )
 from t2p.training.config import DEFAULT_SELECTION, TrainConfig, TrainingJob
 from t2p.training.loop import Learner
-from t2p.training.progress import EpochPrinter, wandb_logger
+from t2p.training.progress import EpochPrinter, epoch_done, wandb_logger
 from t2p.training.runs import copy_folder, write_csv
 from t2p.training.validation import choose_generation_defaults, evenly_spaced, validation_metrics
 
@@ -77,10 +78,13 @@ def train_loop_per_worker(config: dict) -> None:
     logger = wandb_logger(job, config) if rank == 0 and job.wandb else None
     validated = set(job.validation_epochs(train_config.epochs))
 
+    progress = config.get("progress") if rank == 0 else None
     for epoch in range(start_epoch, train_config.epochs):
         metrics = train_epoch(learner, shard, decode, train_config, model_config.max_frames, generator, device,
                               epoch=epoch, rank=rank)
         metrics["started_at_epoch"] = start_epoch
+        if progress is not None and epoch not in validated:
+            epoch_done(progress, metrics)
         if epoch not in validated:
             history.append(metrics)
             if logger is not None:
@@ -184,27 +188,35 @@ def run_training(job: TrainingJob, callbacks: Sequence = ()) -> dict:
     Re-running with the same `out` continues from the last checkpoint (Ray Train restores a run
     with the same name and storage path); a failed worker restarts the run from it, up to
     `job.max_failures` times. Returns the best epoch's metrics, with the steps and guidance saved
-    with the model."""
+    with the model and the seconds each phase took ("seconds": ray, training, export, calibration)."""
+    seconds, began = {}, time.perf_counter()
     job, manifest, configs = _start_run(job)
     model_config, train_config, schedule_config = configs
     ensure_ray()
     job = fit_workers_to_cluster(job)
+    quiet_ray_logs(Path(job.out) / "ray.log")
+    seconds["ray"], began = time.perf_counter() - began, time.perf_counter()
     printer = EpochPrinter(train_config.epochs)
-    trainer = _trainer(job, manifest, model_config, train_config, schedule_config, [printer, *callbacks])
+    trainer = _trainer(job, manifest, model_config, train_config, schedule_config, [printer, *callbacks],
+                       progress=printer.queue)
     try:
         with printer.printing():
             result = trainer.fit()
-    except Exception as error:  # a worker's own message (an unreadable checkpoint) as one line, else as Ray raised it
-        raise worker_error(error) from error
+    except Exception as error:  # the real cause as one line where t2p can tell it (worker_error), else as Ray raised it
+        raise worker_error(error, Path(job.out)) from error
     if result.error:
-        raise worker_error(result.error) from result.error
+        raise worker_error(result.error, Path(job.out)) from result.error
+    seconds["training"], began = time.perf_counter() - began, time.perf_counter()
     out = Path(job.out)
     best = export_run(out, result, job.select_on)
+    seconds["export"], began = time.perf_counter() - began, time.perf_counter()
     if not job.calibrate:  # e.g. a sweep over steps: the trial's own setting is what is measured
         return {**best, "steps": schedule_config.steps, "guidance": schedule_config.guidance,
                 "val_dtw_mje_chosen": best["val_dtw_mje"], "selected_on": job.select_on,
-                "selected_score": best[job.select_on]}
-    return {**best, **calibrate(out / "best", job)}
+                "selected_score": best[job.select_on], "seconds": seconds}
+    chosen = calibrate(out / "best", job)
+    seconds["calibration"] = time.perf_counter() - began
+    return {**best, **chosen, "seconds": seconds}
 
 
 def _start_run(job: TrainingJob) -> tuple[TrainingJob, dict, tuple[ModelConfig, TrainConfig, ScheduleConfig]]:
@@ -240,7 +252,7 @@ def read_job(run_dir: Path) -> TrainingJob:
 
 
 def _trainer(job: TrainingJob, manifest: dict, model_config: ModelConfig, train_config: TrainConfig,
-             schedule_config: ScheduleConfig, callbacks: Sequence) -> TorchTrainer:
+             schedule_config: ScheduleConfig, callbacks: Sequence, progress=None) -> TorchTrainer:
     """The TorchTrainer of a run: its workers, the training shards as a Ray dataset, its run folder
     and callbacks, checkpoints kept, failures survived, and a resumed run's newest checkpoint."""
     out, data = Path(job.out), Path(job.data)
@@ -264,7 +276,8 @@ def _trainer(job: TrainingJob, manifest: dict, model_config: ModelConfig, train_
         train_loop_per_worker,
         train_loop_config={"job": job.to_dict(), "model_config": asdict(model_config),
                            "train_config": train_config.to_dict(), "schedule_config": schedule_config.to_dict(),
-                           "train_rows": manifest["counts"]["train"], "resume_from": resume_from},
+                           "train_rows": manifest["counts"]["train"], "resume_from": resume_from,
+                           "progress": progress},
         scaling_config=ray.train.ScalingConfig(num_workers=job.workers, use_gpu=job.gpu,
                                                resources_per_worker={"CPU": job.cpus_per_worker}),
         datasets={"train": train_data},

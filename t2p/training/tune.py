@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from t2p.cluster import ensure_ray
+from ray.tune import Callback
+
+from t2p.cluster import ensure_ray, verbose
 from t2p.config import write_json
 from t2p.training.config import TrainConfig, TrainingJob, route_settings
 from t2p.training.job import run_training
@@ -124,8 +126,8 @@ def run_sweep(job: TrainingJob, samples: int = 4, space: dict | None = None, max
                                     scheduler=ASHAScheduler(max_t=validations + 1, grace_period=grace_period,
                                                             reduction_factor=reduction_factor)),
         # the per-trial result files that progress.csv is read from, also where auto-loggers are off
-        run_config=tune.RunConfig(name="tune", storage_path=str(out),
-                                  callbacks=[JsonLoggerCallback(), CSVLoggerCallback()]),
+        run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=2 if verbose() else 0,
+                                  callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), TrialProgress(samples, metric)]),
     )
     results = tuner.fit()
     trials = [_trial_row(result, out, validations, metric) for result in results]
@@ -145,6 +147,37 @@ def run_sweep(job: TrainingJob, samples: int = 4, space: dict | None = None, max
                "trials": [{k: v for k, v in trial.items() if k != "metrics"} for trial in trials]}
     write_json(out / "sweep.json", summary)
     return summary
+
+
+class TrialProgress(Callback):
+    """A bar of the sweep's trials as they end (a line each when the output is not a terminal),
+    with the best score so far; Tune's own status tables only with --verbose."""
+
+    def __init__(self, samples: int, metric: str):
+        from tqdm import tqdm
+        self.metric, self.best = metric, None
+        self.bar = tqdm(total=samples, desc="tune", unit="trial", disable=None, leave=True)
+
+    def _ended(self, trial, how: str) -> None:
+        score = (trial.last_result or {}).get(self.metric)
+        if score is not None and (self.best is None or score < self.best):
+            self.best = score
+        if self.bar.disable:
+            shown = "-" if score is None else f"{score:.4f}"
+            print(f"tune: trial {trial.trial_id} {how} ({self.metric} {shown})", flush=True)
+        else:
+            self.bar.total = max(self.bar.total, self.bar.n + 1)
+            self.bar.set_postfix_str(f"best {self.metric} {self.best:.4f}" if self.best is not None else "")
+            self.bar.update(1)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._ended(trial, "ended")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended(trial, "failed")
+
+    def on_experiment_end(self, trials, **info):
+        self.bar.close()
 
 
 def _trial_row(result, out: Path, validations: int, metric: str) -> dict:
