@@ -1,6 +1,6 @@
 """Faults under load: one of several replicas killed in the middle of a run.
 
-Starts its own local Ray (Serve's proxy on 127.0.0.1) with `t2p.serving.app`'s app at `--replicas`
+Starts its own local Ray (its ingress, `--ingress`, on 127.0.0.1) with `t2p.serving.app`'s app at `--replicas`
 replicas, sends `--requests` requests at `--concurrency`, and once `--kill-after` of them have
 finished kills one replica's actor (`ray.kill`, no restart by Ray: Serve's controller replaces it).
 Then it reports: requests completed, errors by kind, the slowest request (no request hangs),
@@ -100,18 +100,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length", type=int, default=40)
     parser.add_argument("--port", type=int, default=8200)
     parser.add_argument("--recovery-timeout", type=float, default=180, help="seconds to wait for the replica's return")
+    parser.add_argument("--ingress", choices=("haproxy", "python"), default="haproxy",
+                        help="how requests come in (t2p.serving.ingress; t2p serve's default: haproxy)")
     args = parser.parse_args(argv)
     if args.replicas < 2:
         parser.error("--replicas must be at least 2: one is killed, the others keep serving")
     if not Path(args.model).is_dir():
         parser.error(f"--model {args.model}: no such folder")
 
+    import os
+
+    from t2p.serving import ServeConfig
+    from t2p.serving.ingress import environment
+    os.environ.update(environment(args.ingress, ServeConfig(), "127.0.0.1", args.port))  # before Ray starts
+
     import ray
     from ray import serve
 
     from bench.peak import describe
     from t2p.serving.app import build_app
-    print(describe())
+    print(f"{describe()}; ingress {args.ingress}")
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})

@@ -141,6 +141,27 @@ class BodyLimit:
 
 # --- the app ------------------------------------------------------------------------------------
 
+class HeadAsGet:
+    """HEAD wherever GET is: the GET route answers, its body left out (FastAPI routes take only the
+    methods they name; a route declared for both documents itself twice)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message):
+            if message["type"] == "http.response.body":
+                if message.get("more_body"):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 ERRORS = {status: {"model": Error, "description": description} for status, description in {
     400: "the body is not a JSON object", 401: "no valid bearer token (when the server has one)",
     408: "the body took longer than body_timeout_s to arrive",
@@ -189,6 +210,7 @@ def create_api(limits: ServeConfig, replica: Callable[[], Replica] = current_rep
     api.add_exception_handler(Exception, _server_error)
     _document_schemas(api, [StepEvent, PoseBody, SegmentBody])
     api.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    api.add_middleware(HeadAsGet)
     if limits.cors_origins:  # added last, so outermost: a 413 or 401 reaches a browser's page too
         api.add_middleware(CORSMiddleware, allow_origins=limits.cors_origin_list(), allow_methods=["GET", "HEAD", "POST"],
                            allow_headers=["Authorization", "Content-Type", MODEL_HEADER],
@@ -248,28 +270,28 @@ def _read_routes(api: FastAPI, the_replica, authorized) -> None:
     """The page (/), /healthz (neither needs a token) and the routes that describe the server."""
     page = (Path(__file__).with_name(PAGE)).read_text(encoding="utf-8")
 
-    @api.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def home() -> HTMLResponse:
         """A page to try the API from a browser: type a sign, watch its refinement step by step."""
         return HTMLResponse(page, headers={"cache-control": "no-cache"})
 
-    @api.api_route("/healthz", methods=["GET", "HEAD"])
+    @api.get("/healthz")
     async def healthz(server: Any = Depends(the_replica)) -> Health:
         return Health(**server.health())
 
-    @api.api_route("/v1/models", methods=["GET", "HEAD"], responses={401: ERRORS[401]})
+    @api.get("/v1/models", responses={401: ERRORS[401]})
     async def list_models(server: Any = Depends(authorized)) -> ModelList:
         """The models this server has, by the names requests pick them with."""
         return ModelList(**server.list_models())
 
-    @api.api_route("/v1/model", methods=["GET", "HEAD"], responses={401: ERRORS[401], 422: ERRORS[422]})
+    @api.get("/v1/model", responses={401: ERRORS[401], 422: ERRORS[422]})
     async def describe(http_request: Request, model: str | None = None,
                        server: Any = Depends(authorized)) -> ModelDescription:
         """A model's skeleton, notations, languages, lexicon and limits (`?model=NAME`, else the default)."""
         served = await _served_model(server, requested_model(http_request, model))
         return ModelDescription(**server.describe(served))
 
-    @api.api_route("/v1/stats", methods=["GET", "HEAD"], responses={401: ERRORS[401]})
+    @api.get("/v1/stats", responses={401: ERRORS[401]})
     async def batch_stats(server: Any = Depends(authorized)) -> Stats:
         return Stats(**server.batch_stats())
 
