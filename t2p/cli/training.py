@@ -188,9 +188,9 @@ def tune_command(args: argparse.Namespace) -> int:
 # The quickstart's training: a shorter budget than `t2p train`'s defaults (which --full keeps), so the
 # main job ends within about 150 s on a 2-core machine; docs/quality.md ("The quickstart's budget")
 # has what it costs against the full run, measured on test.
-QUICKSTART_TRAINING = {"epochs": 50}
+QUICKSTART_TRAINING = {"epochs": 40}
 QUICKSTART_MODEL = {"dropout": 0.0}
-QUICKSTART_VALIDATE_EVERY = 10
+QUICKSTART_VALIDATE_EVERY = 20
 
 
 def _register_quickstart(subparsers) -> None:
