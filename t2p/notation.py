@@ -11,6 +11,15 @@
 Each input may carry a sign-language code (ISO 639-3, e.g. `ase`) that becomes a token.
 Empty text is allowed: it asks for unconditional generation (the model was trained with the text
 dropped for some examples, which is also what classifier-free guidance uses).
+
+A token reaches the model as its **parts** (`token_parts`), and its embedding is the sum of theirs:
+a SignWriting symbol is one token made of its base symbol, ISWA category, fill, angle, mirroring
+and place in the sign box; a HamNoSys symbol is itself, its class (handshape, orientation,
+location, ...) and, for the directional symbols, its direction. So a handshape seen in one sign
+is the same parts in every sign that uses it, whatever its rotation or language (docs/quality.md,
+Round V, measured why). Vocabularies of models trained before have no parts (`Vocabulary.parts`
+is False) and keep the tokens they were trained with: the `signwriting` package's tokens, one per
+box, base, fill, rotation and coordinate.
 """
 from __future__ import annotations
 
@@ -28,6 +37,7 @@ from signwriting.tokenizer import SignWritingTokenizer
 NOTATIONS = ("hamnosys", "signwriting", "text")
 PAD, BOS, UNK = "<pad>", "<bos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, UNK)
+PARTS = "<parts>"  # in a vocabulary: its entries are parts, each token the sum of its own
 
 
 class NotationError(ValueError):
@@ -120,6 +130,132 @@ def tokenize_signwriting(text: str) -> list[str]:
     return list(_signwriting_tokenizer().text_to_tokens(fsw)) if fsw.strip() else []
 
 
+# --- The parts of a symbol -------------------------------------------------------------------
+
+# HamNoSys 4's symbol classes, by the sections of the HamNoSys 4 documentation (and the DGS-Korpus
+# HamNoSys4TeX package's headings); every one of the 209 symbols of the `hamnosys` package's table
+# is in exactly one (tests/test_notation.py). Judgement calls: `hamarmextended` and `hambehind` are
+# distances (location), `hambetween` joins two handshapes or two locations (grouping),
+# `hamreplace` changes a handshape or orientation (movement), `hamalternatingmotion` relates the
+# two hands (symmetry), `hamorirelative` marks an orientation (palm orientation).
+HAMNOSYS_CLASSES = {
+    "handshape": "fist flathand finger2 finger23 finger23spread finger2345 pinch12 pinchall pinch12open cee12 "
+                 "ceeall ceeopen",
+    "handshape_modifier": "thumboutmod thumbacrossmod thumbopenmod fingerstraightmod fingerbendmod fingerhookmod "
+                          "doublebent doublehooked",
+    "extended_finger_direction": "extfingeru extfingerur extfingerr extfingerdr extfingerd extfingerdl extfingerl "
+                                 "extfingerul extfingerol extfingero extfingeror extfingeril extfingeri extfingerir "
+                                 "extfingerui extfingerdi extfingerdo extfingeruo",
+    "palm_orientation": "palmu palmur palmr palmdr palmd palmdl palml palmul orirelative",
+    "location": "head headtop forehead eyebrows eyes nose nostrils ear earlobe cheek lips tongue teeth chin underchin "
+                "neck shouldertop shoulders chest stomach belowstomach neutralspace upperarm elbow elbowinside "
+                "lowerarm wristback wristpulse thumbball palm handback thumbside pinkyside thumb indexfinger "
+                "middlefinger ringfinger pinky fingertip fingernail fingerpad fingermidjoint fingerbase fingerside "
+                "lrbeside lrat armextended behind",
+    "contact": "close touch interlock cross brushing",
+    "movement": "moveu moveur mover movedr moved movedl movel moveul moveol moveo moveor moveil movei moveir "
+                "moveui movedi movedo moveuo circleo circlei circled circleu circlel circler circleul circledr "
+                "circleur circledl circleol circleir circleor circleil circleui circledo circleuo circledi "
+                "fingerplay nodding swinging twisting stircw stirccw replace nomotion clocku clockul clockl "
+                "clockdl clockd clockdr clockr clockur clockfull arcl arcu arcr arcd wavy zigzag ellipseh "
+                "ellipseur ellipsev ellipseul increasing decreasing",
+    "manner_repetition": "smallmod largemod fast slow tense rest halt repeatfromstart repeatfromstartseveral "
+                         "repeatcontinue repeatcontinueseveral repeatreverse",
+    "symmetry": "symmpar symmlr nondominant nonipsi alternatingmotion",
+    "grouping": "space exclaim comma fullstop query altbegin metaalt altend seqbegin seqend parbegin parend "
+                "fusionbegin fusionend plus between",
+    "other": "coreftag corefref etc mime version40 wristtopulse wristtoback wristtothumb wristtopinky movecross "
+             "movex",
+}
+HAMNOSYS_CLASS = {f"ham{name}": kind for kind, names in HAMNOSYS_CLASSES.items() for name in names.split()}
+# symbols named by a direction (up, down, left, right, out, in and their combinations): the finger
+# direction "u" and the movement "u" share the direction's part
+_HAMNOSYS_DIRECTED = re.compile(r"ham(extfinger|palm|move|circle|clock|arc)(u|d|l|r|o|i|ur|ul|dr|dl|ol|or|il|ir|ui|"
+                                r"uo|di|do)$")
+
+# ISWA 2010's categories of SignWriting base symbols (inclusive ranges), checked against the
+# `signwriting` package's font: every base in them exists and none outside
+SIGNWRITING_CATEGORIES = (("hand", 0x100, 0x204), ("movement", 0x205, 0x2F6), ("dynamics", 0x2F7, 0x2FE),
+                          ("head", 0x2FF, 0x36C), ("body", 0x36D, 0x37E), ("location", 0x37F, 0x386),
+                          ("punctuation", 0x387, 0x38B))
+# a symbol's place in its sign box, in steps of this many FSW units (the fingerspelling lexicon's
+# hand moves by 3 units from one language's drawing to another's, a hand at the chin and one at the
+# chest are 40 or more apart), up to this many steps from the centre
+SIGNWRITING_PLACE_STEP, SIGNWRITING_PLACE_STEPS = 15, 16
+
+
+def signwriting_category(base: int) -> str:
+    return next(name for name, first, last in SIGNWRITING_CATEGORIES if first <= base <= last)
+
+
+def signwriting_symbol_parts(key: str, x: int, y: int) -> tuple[str, ...]:
+    """An FSW symbol (`S14c20`) at (x, y) -> its parts: base, category, fill, angle (rotation
+    modulo 8, in 45 degree steps), mirrored (rotations 8-f are 0-7 mirrored: the other hand), and
+    place in the sign box (from its centre, 500x500, in SIGNWRITING_PLACE_STEP units). Fill and
+    angle are read per category: a hand's fill is its palm's facing, a movement's which hand moves."""
+    base, fill, rotation = int(key[1:4], 16), int(key[4], 16), int(key[5], 16)
+    category = signwriting_category(base)
+
+    def place(value: int) -> int:
+        return max(-SIGNWRITING_PLACE_STEPS, min(SIGNWRITING_PLACE_STEPS, round((value - 500) / SIGNWRITING_PLACE_STEP)))
+    return (f"signwriting:{key[1:4]}", f"signwriting.category:{category}", f"signwriting.fill:{category}:{fill}",
+            f"signwriting.angle:{category}:{rotation % 8}", f"signwriting.mirrored:{category}:{rotation // 8}",
+            f"signwriting.x:{place(x)}", f"signwriting.y:{place(y)}")
+
+
+def hamnosys_symbol_parts(name: str) -> tuple[str, ...]:
+    """A HamNoSys symbol name -> itself, its class and, for a directional symbol, its direction."""
+    parts = (f"hamnosys:{name}", f"hamnosys.class:{HAMNOSYS_CLASS[name]}")
+    directed = _HAMNOSYS_DIRECTED.match(name)
+    return parts + (f"hamnosys.direction:{directed[2]}",) if directed else parts
+
+
+def signwriting_symbols(text: str) -> list[tuple[str, int, int] | str]:
+    """FSW or SWU -> per sign, its box letter, then each symbol as (key, x, y); checked as
+    `tokenize_signwriting` checks it."""
+    from signwriting.formats.fsw_to_sign import fsw_to_sign
+    tokenize_signwriting(text)  # the notation's own error, naming the position
+    fsw = swu2fsw(text) if text and is_swu(text.strip()) else text
+    symbols: list[tuple[str, int, int] | str] = []
+    for sign in fsw.split():
+        parsed = fsw_to_sign(sign)
+        symbols.append(parsed["box"]["symbol"])
+        symbols += [(symbol["symbol"], *symbol["position"]) for symbol in parsed["symbols"]]
+    return symbols
+
+
+def part_vocabulary() -> list[str]:
+    """Every part the fixed notations have: HamNoSys symbols, classes and directions; SignWriting
+    boxes, bases, categories, fills, angles, mirroring and places."""
+    names = list(hamnosys_symbols())
+    parts = [f"hamnosys:{name}" for name in names]
+    parts += [f"hamnosys.class:{kind}" for kind in HAMNOSYS_CLASSES]
+    parts += sorted({part for name in names for part in hamnosys_symbol_parts(name)[2:]})
+    parts += [f"signwriting.box:{box}" for box in "BLMR"]
+    for category, first, last in SIGNWRITING_CATEGORIES:
+        parts += [f"signwriting:{base:03x}" for base in range(first, last + 1)]
+        parts.append(f"signwriting.category:{category}")
+        parts += [f"signwriting.fill:{category}:{fill}" for fill in range(6)]
+        parts += [f"signwriting.angle:{category}:{angle}" for angle in range(8)]
+        parts += [f"signwriting.mirrored:{category}:{mirrored}" for mirrored in range(2)]
+    steps = range(-SIGNWRITING_PLACE_STEPS, SIGNWRITING_PLACE_STEPS + 1)
+    parts += [f"signwriting.{axis}:{step}" for axis in "xy" for step in steps]
+    return parts
+
+
+def token_parts(sign: SignText) -> list[tuple[str, ...]]:
+    """A sign -> its tokens, each as the parts its embedding is the sum of (the first part is the
+    token itself: the symbol, letter, language or marker); see the module's docstring."""
+    tokens = tokenize(sign)  # every check, and the tokens that have a single part
+    if sign.notation == "text" or len(tokens) == 1 or not tokens[-1].startswith(f"{sign.notation}:"):
+        return [(token,) for token in tokens]
+    head = [(token,) for token in tokens if not token.startswith(f"{sign.notation}:")]
+    if sign.notation == "hamnosys":
+        return head + [hamnosys_symbol_parts(name) for name in TOKENIZERS["hamnosys"](sign.text)]
+    return head + [(f"signwriting.box:{symbol}",) if isinstance(symbol, str) else signwriting_symbol_parts(*symbol)
+                   for symbol in signwriting_symbols(sign.text)]
+
+
 # --- Text -----------------------------------------------------------------------------------
 
 def tokenize_text(text: str) -> list[str]:
@@ -158,26 +294,38 @@ def tokenize(sign: SignText) -> list[str]:
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """Token strings <-> ids. Fixed notations (HamNoSys, SignWriting) are always present; text
-    characters and languages come from the training data. Unseen characters map to `<unk>`."""
+    """Token strings (or, with `parts`, part strings) <-> ids. Fixed notations (HamNoSys,
+    SignWriting) are always present; text characters and languages come from the training data.
+    Unseen characters map to `<unk>`."""
     tokens: tuple[str, ...]
 
     @classmethod
-    def build(cls, signs: Iterable[SignText] = ()) -> "Vocabulary":
-        tokens: list[str] = list(SPECIAL_TOKENS)
-        tokens += [f"notation:{name}" for name in NOTATIONS]
-        tokens += [f"hamnosys:{name}" for name in hamnosys_symbols()]
-        tokens += [f"signwriting:{token}" for token in signwriting_vocabulary()]
-        seen = set(tokens)
+    def build(cls, signs: Iterable[SignText] = (), parts: bool = True) -> "Vocabulary":
+        """The vocabulary of these signs: of parts (`token_parts`; the default) or, `parts=False`,
+        of whole tokens as models before parts had."""
+        entries: list[str] = list(SPECIAL_TOKENS) + ([PARTS] if parts else [])
+        entries += [f"notation:{name}" for name in NOTATIONS]
+        if parts:
+            entries += part_vocabulary()
+        else:
+            entries += [f"hamnosys:{name}" for name in hamnosys_symbols()]
+            entries += [f"signwriting:{token}" for token in signwriting_vocabulary()]
+        seen = set(entries)
         for sign in signs:
-            for token in tokenize(sign):
-                if token not in seen:
-                    seen.add(token)
-                    tokens.append(token)
-        return cls(tuple(tokens))
+            for token in (token_parts(sign) if parts else [(token,) for token in tokenize(sign)]):
+                for entry in token:
+                    if entry not in seen:
+                        seen.add(entry)
+                        entries.append(entry)
+        return cls(tuple(entries))
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    @property
+    def parts(self) -> bool:
+        """Whether a token is the sum of its parts (models since parts) or one entry of its own."""
+        return PARTS in self._index
 
     @property
     def _index(self) -> dict[str, int]:
@@ -197,14 +345,19 @@ class Vocabulary:
         return self._index[BOS]
 
     def symbol_mask(self) -> list[bool]:
-        """Per token id: is it a notation's symbol (a letter, a HamNoSys or SignWriting symbol),
-        as opposed to a special, language or notation token."""
-        return [token.startswith(tuple(f"{name}:" for name in NOTATIONS)) for token in self.tokens]
+        """Per entry: is it a notation's symbol (a letter, a HamNoSys or SignWriting symbol; a
+        token's first part), as opposed to a special, language, notation or secondary part."""
+        return [entry.startswith(tuple(f"{name}:" for name in NOTATIONS)) for entry in self.tokens]
 
     @property
     def languages(self) -> list[str]:
         return [t[len("lang:"):] for t in self.tokens if t.startswith("lang:")]
 
-    def encode(self, sign: SignText) -> list[int]:
-        index = self._index
-        return [index.get(token, index[UNK]) for token in tokenize(sign)]
+    def encode(self, sign: SignText) -> list[tuple[int, ...]]:
+        """A sign -> per token, the ids of its parts (one id per token without parts). A token
+        the vocabulary lacks (an unseen letter) is `<unk>`; a secondary part it lacks is left out."""
+        index, unknown = self._index, self._index[UNK]
+        if not self.parts:
+            return [(index.get(token, unknown),) for token in tokenize(sign)]
+        return [(index.get(token[0], unknown), *(index[part] for part in token[1:] if part in index))
+                for token in token_parts(sign)]

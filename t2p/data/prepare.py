@@ -282,7 +282,7 @@ def _manifest(rows: list[_Kept], summaries: list[dict], *, source: str, skeleton
         "skipped": skipped,
         "missing": {"count": len(missing), "ids": sorted(missing)},
         "mirrored": sum(k.item.mirror for k in rows),
-        "statistics": normaliser(moments, [k.frames for k in train]),
+        "statistics": normaliser(moments, [k.frames for k in train], [k.item.language for k in train]),
         "vocabulary": list(Vocabulary.build(SignText(k.item.text, k.item.notation, k.item.language)
                                             for k in train).tokens),
         "output_normalization": {

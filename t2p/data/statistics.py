@@ -62,8 +62,9 @@ def statistics(sequences: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict:
     return normaliser(moments, [len(poses) for poses, _ in sequences])
 
 
-def normaliser(moments: PoseMoments, lengths: Sequence[int]) -> dict:
-    """`statistics`' keys from the moments of the training sequences and their lengths in frames."""
+def normaliser(moments: PoseMoments, lengths: Sequence[int], languages: Sequence[str | None] = ()) -> dict:
+    """`statistics`' keys from the moments of the training sequences, their lengths in frames and,
+    when given, their languages (the mean log-length of each: the length predictor's prior)."""
     joints, dims = moments.total.shape
     mean = moments.total / np.maximum(moments.count, 1)
     # one spread per axis over all joints: per-joint spreads of near-static joints (or of depth)
@@ -79,4 +80,7 @@ def normaliser(moments: PoseMoments, lengths: Sequence[int]) -> dict:
     return {"pose_mean": mean.reshape(-1).astype(float).tolist(),
             "pose_std": std.reshape(-1).astype(float).tolist(),
             "neutral_pose": neutral.reshape(-1).astype(float).tolist(),
-            "log_length_prior": float(np.mean(log_lengths))}
+            "log_length_prior": float(np.mean(log_lengths)),
+            "language_log_lengths": {language: float(np.mean([log for log, other in zip(log_lengths, languages)
+                                                               if other == language]))
+                                     for language in sorted({language for language in languages if language})}}

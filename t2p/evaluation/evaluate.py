@@ -33,6 +33,7 @@ import numpy as np
 from t2p.data import PreparedItem, load_manifest, read_items
 from t2p.evaluation.baselines import MeanBaseline, RetrievalBaseline, constant_length, static_baseline
 from t2p.evaluation.metrics import METRICS, JointGroups, back_retrieval_ranks, dtw_mje_matrix, score
+from t2p.evaluation.notation import NOTATIONS_WITH_PARTS, edit_test, string_split
 from t2p.evaluation.report import (
     SET_METRICS,
     SWEEP_METRICS,
@@ -153,6 +154,7 @@ def evaluate(model: T2PModel, data_dir: Union[str, Path], out_dir: Union[str, Pa
             headline = (generated, scores["model"])
 
     generated, headline_scores = headline
+    notation = _notation_report(model, items, training, starts[0], systems.groups, main[0], config)
     sweep = [] if len(settings) == 1 else [
         _sweep_point(setting, headline_scores if setting == main else systems.score(generated[setting],
                                                                                      _sweep_metrics(config)),
@@ -160,7 +162,7 @@ def evaluate(model: T2PModel, data_dir: Union[str, Path], out_dir: Union[str, Pa
     report = EvaluationReport(
         model=model_name, data=str(data_dir), split=config.split, starts=starts, metrics=list(config.metrics),
         steps=main[0], guidance=main[1], generation_seconds=seconds[main], lengths=_length_policies(config),
-        sweep=sweep)
+        sweep=sweep, notation=notation)
     if out_dir is not None:
         write_report(report, out_dir, model, items[:config.examples], generated[main][:config.examples])
     return report
@@ -243,8 +245,24 @@ def _start_report(start: str, items: list[PreparedItem], outputs: dict[str, list
     length = {"model": float(np.mean([abs(len(output) - item.sequence.num_frames)
                                       for output, item in zip(outputs["model"], items)])),
               "constant": float(np.mean([abs(constant - item.sequence.num_frames) for item in items])),
-              "constant_frames": float(constant)}
+              "constant_frames": float(constant),
+              # in seconds: frame counts of data at different rates are not comparable
+              "model_s": float(np.mean([abs(len(output) - item.sequence.num_frames) / item.sequence.fps
+                                        for output, item in zip(outputs["model"], items)])),
+              "constant_s": float(np.mean([abs(constant - item.sequence.num_frames) / item.sequence.fps
+                                           for item in items]))}
     return StartReport(start, results, length)
+
+
+def _notation_report(model: T2PModel, items: list[PreparedItem], training: list[PreparedItem], headline: StartReport,
+                     groups, steps: int, config: EvaluationConfig) -> dict | None:
+    """For data in a notation with parts, and the handshape metric: held-out items by seen and
+    unseen string, and the handshape-edit test on the training signs (t2p.evaluation.notation)."""
+    if "handshape" not in config.metrics or not {item.sign.notation for item in items} & set(NOTATIONS_WITH_PARTS):
+        return None
+    scores = {system: [result.scores[system]["handshape"] for result in headline.items] for system in SYSTEMS}
+    strings = string_split(items, training, scores["model"], scores["other_text"], groups)
+    return {"strings": strings.to_dict(), "edits": edit_test(model, training, groups, steps=steps)}
 
 
 def _sweep_metrics(config: EvaluationConfig) -> list[str]:

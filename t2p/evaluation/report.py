@@ -72,6 +72,9 @@ class EvaluationReport:
     sweep: list[Setting] = field(default_factory=list)
     examples: list[str] = field(default_factory=list)
     plots: dict[str, str] = field(default_factory=dict)
+    # data in a notation with parts (t2p.evaluation.notation): held-out items by seen and unseen
+    # string, and the handshape-edit test; None for plain text
+    notation: dict | None = None
 
     @property
     def items(self) -> list[ItemResult]:
@@ -137,7 +140,7 @@ class EvaluationReport:
             "generation_time": {"seconds": self.generation_seconds,
                                 "seconds_per_item": self.generation_seconds / max(count, 1),
                                 "items_per_second": count / self.generation_seconds if self.generation_seconds > 0 else None},
-            "examples": self.examples, "plots": self.plots,
+            "examples": self.examples, "plots": self.plots, "notation": self.notation,
             "per_item": {start.start: [asdict(item) for item in start.items] for start in self.starts},
         }
 
@@ -157,6 +160,26 @@ class EvaluationReport:
                             f"{ratio:.2f}x | {mean['static']:.3f} | {mean['retrieval']:.3f} | {mean['mean_motion']:.3f} |")
         return rows
 
+    def notation_tables(self) -> list[str]:
+        """What the notation carries (t2p.evaluation.notation): seen and unseen strings, the edit test."""
+        split, edits = self.notation["strings"], self.notation["edits"]
+        lines = [f"## What the notation carries, {self.starts[0].start} start: handshape", "",
+                 "| held-out items | items | model | other text | training recordings of the same string |",
+                 "|---|---|---|---|---|"]
+        for name, row in (("string seen in training (another language)", split["seen"]),
+                          ("string never seen", split["unseen"])):
+            recordings = row.get("same_string_recordings", float("nan"))
+            lines.append(f"| {name} | {row['items']} | {row['model']:.3f} | {row['other_text']:.3f} | "
+                         + ("-" if math.isnan(recordings) else f"{recordings:.3f}") + " |")
+        if edits.get("edits"):
+            lines += ["", f"Handshape edits ({edits['edits']} edits of {edits['signs']} training signs, each hand symbol "
+                          "swapped for one of the training data's most common others): the hand's distance to the "
+                          f"recordings that carry the swapped-in handshape went from {edits['to_carriers_unedited']:.3f} "
+                          f"(unedited) to {edits['to_carriers_edited']:.3f} (edited), closer in "
+                          f"{100 * edits['moved_toward_share']:.0f}% of edits; the arm moved {edits['arm_moved']:.3f} "
+                          f"(DTW-MJE between the two outputs' arms; the unedited arm's own error: {edits['arm_error']:.3f})."]
+        return lines
+
     def to_markdown(self) -> str:
         count = len(self.items)
         lines = [f"# t2p evaluation: {self.split} split", "",
@@ -169,12 +192,16 @@ class EvaluationReport:
                   f"{1000 * self.generation_seconds / max(count, 1):.1f} ms per item (batched)",
                   f"- back-retrieval chance: top-1 {1 / max(count, 1):.3f}, top-5 {min(1.0, 5 / max(count, 1)):.3f}", ""]
         lines += ["## Does the text choose the sign? Every start", ""] + self.text_use_table()
+        if self.notation:
+            lines += ["", *self.notation_tables()]
         for start in self.starts:
             lines += ["", f"## From the {start.start} start: mean (median)", ""]
             lines += _table(self.summary(start=start.start), self.all_metrics, median=True)
+            seconds = (f" ({start.length['model_s']:.3f} s against {start.length['constant_s']:.3f} s)"
+                       if "model_s" in start.length else "")
             lines += ["", f"Length MAE from the {start.start} start: model {start.length['model']:.2f} frames, "
                           f"constant ({start.length['constant_frames']:.0f} frames, the training mean) "
-                          f"{start.length['constant']:.2f}."]
+                          f"{start.length['constant']:.2f}{seconds}."]
         if self.sweep:
             best = self.best_setting
             names = [name for name in SWEEP_METRICS if name in self.sweep[0].scores] + list(SET_METRICS)

@@ -32,8 +32,13 @@ class ModelConfig:
     pose_std: list[float] | None = None
     # the mean first frame of the training data: the default starting pose
     neutral_pose: list[float] | None = None
-    # mean log-length of the training data: the length predictor's prior
+    # mean log-length of the training data: the length predictor's prior; and of each language's
+    # (the language sets most of a recording's length): the prior of a text in that language
     log_length_prior: float = math.log(25.0)
+    language_log_lengths: dict[str, float] = field(default_factory=dict)
+    # whether the length predictor also reads the starting pose (models before format 6 did: the
+    # length then changed with where the hands start, which it should not, docs/quality.md Round V)
+    length_reads_start: bool = False
     # where outputs without a first pose are written (the training data's mean normalisation)
     output_normalization: dict = field(default_factory=lambda: {"center": [250.0, 250.0, 0.0], "scale": 0.005})
     output_canvas: list[int] = field(default_factory=lambda: [500, 500, 0])

@@ -37,18 +37,28 @@ class TextEncoding:
     """The encoded text, computed once per request and reused at every refinement step."""
     states: torch.Tensor  # (batch, tokens, d_model)
     mask: torch.Tensor    # (batch, tokens) True = real token
-    tokens: torch.Tensor | None = None  # (batch, tokens) the ids encoded: the length predictor reads them
+    tokens: torch.Tensor | None = None  # (batch, tokens, parts) the ids encoded: the length predictor reads them
 
 
-def pad_tokens(token_ids: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lists of token ids -> (tokens, mask), both (batch, longest)."""
-    longest = max(len(ids) for ids in token_ids)
-    tokens = torch.full((len(token_ids), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(token_ids), longest), dtype=torch.bool)
-    for i, ids in enumerate(token_ids):
-        tokens[i, :len(ids)] = torch.as_tensor(list(ids), dtype=torch.long)
+def pad_tokens(token_ids: Sequence[Sequence[Sequence[int] | int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per text, per token, the ids of its parts (`Vocabulary.encode`; a bare id is a token of one
+    part) -> tokens (batch, longest, most parts), padded with `pad_id`, and mask (batch, longest)."""
+    texts = [[(token,) if isinstance(token, int) else tuple(token) for token in ids] for ids in token_ids]
+    longest = max(len(ids) for ids in texts)
+    widest = max((len(token) for ids in texts for token in ids), default=1)
+    tokens = torch.full((len(texts), longest, widest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(texts), longest), dtype=torch.bool)
+    for i, ids in enumerate(texts):
+        for j, token in enumerate(ids):
+            tokens[i, j, :len(token)] = torch.as_tensor(token, dtype=torch.long)
         mask[i, :len(ids)] = True
     return tokens, mask
+
+
+def embed_parts(embedding: nn.Embedding, tokens: torch.Tensor) -> torch.Tensor:
+    """Each token's embedding: the sum of its parts' (the padding part's is zero)."""
+    # tokens: (batch, tokens, parts) -> (batch, tokens, d_model)
+    return embedding(tokens).sum(dim=2)
 
 
 class TextEncoder(nn.Module):
@@ -60,16 +70,19 @@ class TextEncoder(nn.Module):
         self.norm = nn.LayerNorm(config.d_model)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> TextEncoding:
-        # tokens, mask: (batch, tokens)
+        # tokens: (batch, tokens, parts); mask: (batch, tokens)
         positions = torch.arange(tokens.shape[1], device=tokens.device)
-        states = self.embedding(tokens) * math.sqrt(self.d_model) + sinusoidal(positions, self.d_model)
+        states = embed_parts(self.embedding, tokens) * math.sqrt(self.d_model) + sinusoidal(positions, self.d_model)
         states = self.norm(self.encoder(states, src_key_padding_mask=~mask))
         return TextEncoding(states, mask, tokens)
 
 
 class LengthPredictor(nn.Module):
-    """A Laplace distribution over log-length (location, log b^2 of its scale b) from the text's tokens and
-    the starting pose (where the hands start tells how far they have to go).
+    """A Laplace distribution over log-length (location, log b^2 of its scale b) from the text's
+    tokens, around its language's mean log-length (the training data's, where the language is
+    known). Not from the starting pose: a sign lasts as long wherever the hands start, and models
+    that read it (before format 6, `length_reads_start`) predicted from a reference's first frame
+    1.27x the error of a constant (docs/quality.md, Round V).
 
     It has its own bag of token embeddings rather than reading the text encoder's states: trained
     on those, the length loss dominated the encoder's gradients (50x the reconstruction's at the
@@ -79,8 +92,13 @@ class LengthPredictor(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.prior = config.log_length_prior
+        # each language's mean log-length, on its `lang:` entry: the prior of a text in that language
+        offsets = [config.language_log_lengths.get(entry[len("lang:"):], self.prior) - self.prior
+                   if entry.startswith("lang:") else 0.0 for entry in config.vocabulary]
+        self.register_buffer("language_offset", torch.tensor(offsets, dtype=torch.float32), persistent=False)
         self.tokens_in = nn.EmbeddingBag(len(config.vocabulary), config.d_model, mode="sum")
-        self.start_in = nn.Linear(config.num_joints * (config.dims + 1), config.d_model)
+        # models before format 6 read the starting pose too (`ModelConfig.length_reads_start`)
+        self.start_in = nn.Linear(config.num_joints * (config.dims + 1), config.d_model) if config.length_reads_start else None
         # how many symbols the text has: the mean of the token embeddings hides it, and it tells a
         # doubled letter (Irish "bb", 14 frames) from a single one (29), also for unseen characters
         self.count_in = nn.Linear(1, config.d_model)
@@ -93,19 +111,27 @@ class LengthPredictor(nn.Module):
 
     def forward(self, text: TextEncoding, symbols: torch.Tensor, start: torch.Tensor,
                 start_observed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # text.tokens: (batch, tokens); symbols: (batch,) symbol count; start: (batch, joints, dims)
+        # text.tokens: (batch, tokens, parts); symbols: (batch,) symbol count; start: (batch, joints, dims)
         # standardised; start_observed: (batch, joints)
-        weights = text.mask.float()
-        tokens = self.tokens_in(text.tokens, per_sample_weights=weights / weights.sum(1, keepdim=True).clamp(min=1))  # the mean
-        features = torch.cat([(start * start_observed.unsqueeze(-1)).flatten(1), start_observed], dim=-1)
+        # the mean over tokens of each token's parts summed: a token's first part is always there
+        # (<pad> of a token of an old vocabulary has a weight), its padding parts weigh nothing
+        share = text.mask.float() / text.mask.float().sum(1, keepdim=True).clamp(min=1)
+        present = torch.cat([torch.ones_like(text.tokens[..., :1]), text.tokens[..., 1:] != 0], dim=-1).float()
+        weights = share.unsqueeze(-1) * present
+        tokens = self.tokens_in(text.tokens.flatten(1), per_sample_weights=weights.flatten(1))
         count = self.count_in(torch.log1p(symbols.float()).unsqueeze(-1))
-        hidden = self.mlp(tokens + count + self.start_in(features))
+        hidden = tokens + count
+        if self.start_in is not None:
+            features = torch.cat([(start * start_observed.unsqueeze(-1)).flatten(1), start_observed], dim=-1)
+            hidden = hidden + self.start_in(features)
+        hidden = self.mlp(hidden)
         # the spread reads the features without training them: its NLL gradients (scaled by
         # 1/spread) otherwise swamp the location's in the shared layers and the length stays at
         # the prior (measured: training-set MAE 4.07 frames, a constant gives 4.1)
         # log b^2, b the Laplace scale of the log-length (half of it is log b)
         log_squared_scale = self.spread_out(hidden.detach()).squeeze(-1)
-        return self.location_out(hidden).squeeze(-1) + self.prior, log_squared_scale
+        prior = self.prior + (self.language_offset[text.tokens[..., 0]] * text.mask).sum(1)
+        return self.location_out(hidden).squeeze(-1) + prior, log_squared_scale
 
 
 class FirstPoseCorrector(nn.Module):

@@ -35,8 +35,9 @@ from t2p.pose import Normalization, Skeleton
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 5  # 2: presence head, length from text tokens and starting pose; 3: known frames (inpainting);
-#                    4: the length predictor reads the symbol count; 5: the schedule without training knobs
+FORMAT_VERSION = 6  # 2: presence head, length from text tokens and starting pose; 3: known frames (inpainting);
+#                    4: the length predictor reads the symbol count; 5: the schedule without training knobs;
+#                    6: tokens as the sum of their parts (a vocabulary of parts: t2p.notation)
 # format 4 saved two training knobs with the schedule; a format-4 folder is read without them
 _FORMAT_4_TRAINING_KNOBS = ("training_noise", "first_step_share")
 
@@ -117,8 +118,9 @@ class T2PModel(nn.Module):
         """(location, log b^2) of the Laplace distribution of the log-length in frames (b its scale),
         given the text and the starting pose; exp(location) is the median length."""
         # start: (batch, joints, dims) shoulder-normalised; start_confidence: (batch, joints)
-        unknown = text.tokens == self.vocabulary.unknown_id  # an unseen character is still a symbol
-        symbols = ((self.symbol_tokens[text.tokens] | unknown) & text.mask).sum(1)
+        first = text.tokens[..., 0]  # a token's first part is the token itself
+        unknown = first == self.vocabulary.unknown_id  # an unseen character is still a symbol
+        symbols = ((self.symbol_tokens[first] | unknown) & text.mask).sum(1)
         return self.length_predictor(text, symbols, self.standardize(start), (start_confidence > 0).float())
 
     def complete_first_pose(self, pose: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
@@ -184,13 +186,16 @@ def read_model_config(directory: str | Path) -> tuple[ModelConfig, ScheduleConfi
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}")
         version = saved.get("t2p_format")
-        if version not in (4, FORMAT_VERSION):
+        if version not in (4, 5, FORMAT_VERSION):  # 4 and 5: vocabularies of whole tokens, read as they were
             raise ValueError(f"model folder format {version!r}, this t2p reads format {FORMAT_VERSION}; retrain "
                              "the model with this version (t2p train)")
         schedule = dict(saved.get("schedule") or {})
+        model = dict(saved.get("model") or {})
+        if version in (4, 5):  # their length predictor read the starting pose
+            model.setdefault("length_reads_start", True)
         if version == 4:
             schedule = {key: value for key, value in schedule.items() if key not in _FORMAT_4_TRAINING_KNOBS}
-        return (ModelConfig.from_dict(saved.get("model") or {}),
+        return (ModelConfig.from_dict(model),
                 from_dict(ScheduleConfig, schedule, what="schedule config"))
     except (ValueError, TypeError, KeyError) as error:
         message = str(error)

@@ -21,8 +21,8 @@ from t2p.pose import Keypoints
 
 @dataclass
 class Example:
-    """One training sign: its text's token ids and its recording (shoulder-normalised)."""
-    tokens: list[int]
+    """One training sign: its text's tokens (per token, its parts' ids) and its recording (shoulder-normalised)."""
+    tokens: list[tuple[int, ...]]
     sequence: Keypoints
 
     def __len__(self) -> int:
@@ -35,7 +35,7 @@ class PoseBatch:
     confidence: torch.Tensor  # (batch, frames, joints); 0 for missing keypoints and padding
     frame_mask: torch.Tensor  # (batch, frames) True = real frame
     lengths: torch.Tensor     # (batch,)
-    tokens: torch.Tensor      # (batch, tokens)
+    tokens: torch.Tensor      # (batch, tokens, parts)
     token_mask: torch.Tensor  # (batch, tokens) True = real token
 
     def to(self, device: torch.device | str) -> "PoseBatch":
@@ -70,7 +70,7 @@ class LengthBatch:
     """What the length predictor learns from: the text, the first pose and the length of examples
     drawn at random, not the length-grouped pose batch (whose near-equal lengths pulled every
     prediction towards the batch's length: held-out MAE 3.2 -> 3.6 frames, docs/quality.md)."""
-    tokens: torch.Tensor            # (batch, tokens)
+    tokens: torch.Tensor            # (batch, tokens, parts)
     token_mask: torch.Tensor        # (batch, tokens) True = real token
     first_pose: torch.Tensor        # (batch, joints, dims)
     first_confidence: torch.Tensor  # (batch, joints)

@@ -273,10 +273,13 @@ def _draw(size: int, probability: float, generator: torch.Generator | None, devi
 
 def _hide_symbols(model: T2PModel, tokens: torch.Tensor, share: float,
                   generator: torch.Generator | None) -> torch.Tensor:
-    """Some symbols become <unk>, as characters never seen in training are at inference."""
-    # tokens: (batch, tokens)
-    hidden = model.symbol_tokens[tokens] & (torch.rand(tokens.shape, generator=generator) < share).to(tokens.device)
-    return torch.where(hidden, torch.full_like(tokens, model.vocabulary.unknown_id), tokens)
+    """Some symbols become <unk> (all their parts), as characters never seen in training are at inference."""
+    # tokens: (batch, tokens, parts)
+    first = tokens[..., 0]
+    hidden = model.symbol_tokens[first] & (torch.rand(first.shape, generator=generator) < share).to(tokens.device)
+    unknown = torch.zeros_like(tokens)
+    unknown[..., 0] = model.vocabulary.unknown_id
+    return torch.where(hidden.unsqueeze(-1), unknown, tokens)
 
 
 def _length_loss(model: T2PModel, batch: LengthBatch, unknown_symbols: float,
