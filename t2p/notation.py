@@ -13,8 +13,8 @@ Empty text is allowed: it asks for unconditional generation (the model was train
 dropped for some examples, which is also what classifier-free guidance uses).
 
 A token reaches the model as its **parts** (`token_parts`), and its embedding is the sum of theirs:
-a SignWriting symbol is one token made of its base symbol, ISWA category, fill, angle, mirroring
-and place in the sign box; a HamNoSys symbol is itself, its class (handshape, orientation,
+a SignWriting symbol is one token made of its base symbol, ISWA category, fill, angle, mirroring,
+place in the sign box and, for a hand, the ISWA group of the fingers it selects; a HamNoSys symbol is itself, its class (handshape, orientation,
 location, ...) and, for the directional symbols, its direction. So a handshape seen in one sign
 is the same parts in every sign that uses it, whatever its rotation or language (docs/quality.md,
 Round V, measured why). Vocabularies of models trained before have no parts (`Vocabulary.parts`
@@ -178,6 +178,13 @@ _HAMNOSYS_DIRECTED = re.compile(r"ham(extfinger|palm|move|circle|clock|arc)(u|d|
 SIGNWRITING_CATEGORIES = (("hand", 0x100, 0x204), ("movement", 0x205, 0x2F6), ("dynamics", 0x2F7, 0x2FE),
                           ("head", 0x2FF, 0x36C), ("body", 0x36D, 0x37E), ("location", 0x37F, 0x386),
                           ("punctuation", 0x387, 0x38B))
+# ISWA 2010's ten groups of hand symbols, by the fingers they select (each named here by its first
+# symbol's Unicode name; the first bases as in Sutton's SignMaker alphabets): a handshape never seen
+# in training shares its group's part with the seen handshapes of the same fingers
+SIGNWRITING_HAND_GROUPS = ((0x100, "index"), (0x10E, "index_middle"), (0x11E, "index_middle_thumb"),
+                           (0x144, "four_fingers"), (0x14C, "five_fingers"), (0x186, "index_middle_ring"),
+                           (0x1A4, "index_middle_little"), (0x1BA, "index_ring_little"),
+                           (0x1CD, "middle_ring_little"), (0x1F5, "thumb"))
 # a symbol's place in its sign box, in steps of this many FSW units (the fingerspelling lexicon's
 # hand moves by 3 units from one language's drawing to another's, a hand at the chin and one at the
 # chest are 40 or more apart), up to this many steps from the centre
@@ -188,11 +195,19 @@ def signwriting_category(base: int) -> str:
     return next(name for name, first, last in SIGNWRITING_CATEGORIES if first <= base <= last)
 
 
+def signwriting_hand_group(base: int) -> str:
+    """The ISWA group (selected fingers) of a hand symbol's base."""
+    if signwriting_category(base) != "hand":
+        raise ValueError(f"S{base:03x} is not a hand symbol")
+    return [name for first, name in SIGNWRITING_HAND_GROUPS if first <= base][-1]
+
+
 def signwriting_symbol_parts(key: str, x: int, y: int) -> tuple[str, ...]:
     """An FSW symbol (`S14c20`) at (x, y) -> its parts: base, category, fill, angle (rotation
-    modulo 8, in 45 degree steps), mirrored (rotations 8-f are 0-7 mirrored: the other hand), and
-    place in the sign box (from its centre, 500x500, in SIGNWRITING_PLACE_STEP units). Fill and
-    angle are read per category: a hand's fill is its palm's facing, a movement's which hand moves."""
+    modulo 8, in 45 degree steps), mirrored (rotations 8-f are 0-7 mirrored: the other hand),
+    place in the sign box (from its centre, 500x500, in SIGNWRITING_PLACE_STEP units) and, for a
+    hand, its ISWA group. Fill and angle are read per category: a hand's fill is its palm's facing,
+    a movement's which hand moves."""
     base, fill, rotation = int(key[1:4], 16), int(key[4], 16), int(key[5], 16)
     category = signwriting_category(base)
 
@@ -200,7 +215,8 @@ def signwriting_symbol_parts(key: str, x: int, y: int) -> tuple[str, ...]:
         return max(-SIGNWRITING_PLACE_STEPS, min(SIGNWRITING_PLACE_STEPS, round((value - 500) / SIGNWRITING_PLACE_STEP)))
     return (f"signwriting:{key[1:4]}", f"signwriting.category:{category}", f"signwriting.fill:{category}:{fill}",
             f"signwriting.angle:{category}:{rotation % 8}", f"signwriting.mirrored:{category}:{rotation // 8}",
-            f"signwriting.x:{place(x)}", f"signwriting.y:{place(y)}")
+            f"signwriting.x:{place(x)}", f"signwriting.y:{place(y)}") + \
+        ((f"signwriting.hand_group:{signwriting_hand_group(base)}",) if category == "hand" else ())
 
 
 def hamnosys_symbol_parts(name: str) -> tuple[str, ...]:
@@ -238,6 +254,7 @@ def part_vocabulary() -> list[str]:
         parts += [f"signwriting.fill:{category}:{fill}" for fill in range(6)]
         parts += [f"signwriting.angle:{category}:{angle}" for angle in range(8)]
         parts += [f"signwriting.mirrored:{category}:{mirrored}" for mirrored in range(2)]
+    parts += [f"signwriting.hand_group:{name}" for _, name in SIGNWRITING_HAND_GROUPS]
     steps = range(-SIGNWRITING_PLACE_STEPS, SIGNWRITING_PLACE_STEPS + 1)
     parts += [f"signwriting.{axis}:{step}" for axis in "xy" for step in steps]
     return parts

@@ -4,8 +4,8 @@ import json
 import pytest
 from conftest import DATA, POSES
 
-from t2p.notation import (HAMNOSYS_CLASSES, UNK, NotationError, SignText, Vocabulary, hamnosys_symbols, token_parts,
-                          tokenize)
+from t2p.notation import (HAMNOSYS_CLASSES, SIGNWRITING_HAND_GROUPS, UNK, NotationError, SignText, Vocabulary,
+                          hamnosys_symbols, signwriting_hand_group, token_parts, tokenize)
 
 HAMNOSYS = json.loads((DATA / "hamnosys" / "ham2pose_data.json").read_text())
 
@@ -95,7 +95,8 @@ def test_a_signwriting_symbol_is_one_token_made_of_its_parts():
     tokens = token_parts(SignText("M518x529S14c20481x471S27106503x489", "signwriting", "ase"))
     assert tokens[:4] == [("<bos>",), ("lang:ase",), ("notation:signwriting",), ("signwriting.box:M",)]
     assert tokens[4] == ("signwriting:14c", "signwriting.category:hand", "signwriting.fill:hand:2",
-                         "signwriting.angle:hand:0", "signwriting.mirrored:hand:0", "signwriting.x:-1", "signwriting.y:-2")
+                         "signwriting.angle:hand:0", "signwriting.mirrored:hand:0", "signwriting.x:-1", "signwriting.y:-2",
+                         "signwriting.hand_group:five_fingers")
     assert tokens[5][:5] == ("signwriting:271", "signwriting.category:movement", "signwriting.fill:movement:0",
                              "signwriting.angle:movement:6", "signwriting.mirrored:movement:0")
 
@@ -112,7 +113,24 @@ def test_a_symbol_never_seen_whole_is_known_by_its_parts():
     """A fill and rotation of a base never drawn together in training: every part has its id."""
     vocabulary = Vocabulary.build([SignText("M518x529S14c20481x471", "signwriting")])
     (*_, symbol) = vocabulary.encode(SignText("M518x529S14c5f481x471", "signwriting"))
-    assert len(symbol) == 7 and vocabulary.unknown_id not in symbol
+    assert len(symbol) == 8 and vocabulary.unknown_id not in symbol
+
+
+def test_handshapes_of_the_same_fingers_share_their_group():
+    """ISWA's hand groups: every hand base in exactly one, by the fingers its Unicode name selects."""
+    import unicodedata
+    first_names = {name: unicodedata.name(chr(0x1D800 + first - 0x100)) for first, name in SIGNWRITING_HAND_GROUPS}
+    assert first_names["index"] == "SIGNWRITING HAND-FIST INDEX"
+    assert first_names["five_fingers"] == "SIGNWRITING HAND-FLAT FIVE FINGERS SPREAD"
+    assert first_names["thumb"] == "SIGNWRITING HAND-FIST THUMB"
+    groups = [signwriting_hand_group(base) for base in range(0x100, 0x205)]
+    assert groups[0] == "index" and groups[-1] == "thumb" and len(set(groups)) == 10
+    spread, claw, four = (token_parts(SignText(f"M518x529S{base}20481x471", "signwriting"))[-1]
+                          for base in ("14c", "15a", "144"))
+    assert spread[0] != claw[0] and spread[-1] == claw[-1] == "signwriting.hand_group:five_fingers"
+    assert four[-1] == "signwriting.hand_group:four_fingers"
+    with pytest.raises(ValueError):
+        signwriting_hand_group(0x205)  # a movement
 
 
 def test_every_hamnosys_symbol_has_exactly_one_class_and_directions_are_shared():
@@ -137,7 +155,8 @@ def test_a_handshape_edit_changes_the_hand_symbol_and_nothing_else():
     assert handshapes(sign) == ["14c"]
     edited = with_handshape(sign, "1f7")
     assert edited == SignText("M518x529S1f720481x471S27106503x489", "signwriting", "ase")
-    assert token_parts(edited)[4][1:] == token_parts(sign)[4][1:]  # fill, angle, mirroring and place kept
+    assert token_parts(edited)[4][1:-1] == token_parts(sign)[4][1:-1]  # fill, angle, mirroring and place kept
+    assert token_parts(edited)[4][-1] == "signwriting.hand_group:thumb"  # the new handshape's fingers
     ham = SignText("hamflathand,hamthumboutmod,hamextfingeru,hampalmd,hamchest,hammoveo", "hamnosys")
     assert handshapes(ham) == ["hamflathand"]
     assert tokenize(with_handshape(ham, "hamfist"))[2:] == ["hamnosys:hamfist"] + tokenize(ham)[3:]

@@ -43,8 +43,8 @@ def environment(ingress: str, limits: ServeConfig, host: str, port: int) -> dict
         **common,
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         # Ray's throughput-optimised mode: the replica runs requests on its own event loop, no extra
-        # thread hop; 10 steps x 40 frames at concurrency 32 went from 41% to 52% of the engine
-        # (bench/serve_ingress.py, docs/serving.md)
+        # thread hop; at concurrency 32 and 3 steps x 40 frames 114 req/s against HAProxy alone's 75
+        # (10 steps: 38 against 35; bench/serve_ingress.py, docs/serving.md)
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_HAPROXY_BINARY_PATH": str(_wrapper_executable()),
         # a response may take request_timeout_s (t2p answers 504 then); HAProxy waits a little longer
