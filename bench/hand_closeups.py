@@ -43,21 +43,27 @@ def main() -> None:
             distance = handshape_distance(generated.data, reference.data, hands, reference.confidence, generated.confidence)
             panels.append((f"{label} hs {distance:.2f}", generated.data))
         for column, (title, data) in enumerate(panels):
-            axis = axes[row, column]
-            middle = len(data) // 2
-            points = data[middle, list(hand.joints)] - data[middle, hand.wrist]  # the hand from its wrist
-            index = {joint: k for k, joint in enumerate(hand.joints)}
-            for a, b, c, d in hand.angles[:15]:  # the bones of the five digits
-                for start, end in ((a, b), (c, d)):
-                    axis.plot([points[index[start], 0], points[index[end], 0]],
-                              [-points[index[start], 1], -points[index[end], 1]], "r-")
-            axis.set_aspect("equal")
-            axis.set_xticks([])
-            axis.set_yticks([])
-            axis.set_title(f"{language} {letter} ({split})\n{title}" if column == 0 else title, fontsize=7)
+            draw_hand(axes[row, column], data, hand,
+                      f"{language} {letter} ({split})\n{title}" if column == 0 else title)
     figure.tight_layout()
     figure.savefig(args.out, dpi=80)
     print(args.out)
+
+
+def draw_hand(axis, data, hand, title: str) -> None:
+    """The bones of `hand`'s five digits at the middle frame of `data` (frames, joints, xyz),
+    relative to its wrist, seen from the front."""
+    middle = len(data) // 2
+    points = data[middle, list(hand.joints)] - data[middle, hand.wrist]  # the hand from its wrist
+    index = {joint: k for k, joint in enumerate(hand.joints)}
+    for a, b, c, d in hand.angles[:15]:  # the bones of the five digits
+        for start, end in ((a, b), (c, d)):
+            axis.plot([points[index[start], 0], points[index[end], 0]],
+                      [-points[index[start], 1], -points[index[end], 1]], "r-")
+    axis.set_aspect("equal")
+    axis.set_xticks([])
+    axis.set_yticks([])
+    axis.set_title(title, fontsize=7)
 
 
 if __name__ == "__main__":

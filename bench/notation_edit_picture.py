@@ -12,7 +12,9 @@ closer) to the recordings carrying the swapped-in handshape. For docs/quality.md
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import matplotlib
 
@@ -20,6 +22,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.hand_closeups import draw_hand  # noqa: E402
 from t2p.data import read_items  # noqa: E402
 from t2p.evaluation.handshape import handshape_distance  # noqa: E402
 from t2p.evaluation.notation import handshapes, with_handshape  # noqa: E402
@@ -66,18 +71,7 @@ def main() -> None:
                                                                          carrier.sequence.data))):
             # the signing hand: the one the recording tracks most (the sign's own for its outputs)
             hand = max(hands, key=lambda h: (recording.confidence[:, list(h.joints)] > 0).mean())
-            axis = axes[row, column]
-            middle = len(data) // 2
-            points = data[middle, list(hand.joints)] - data[middle, hand.wrist]  # the hand from its wrist
-            index = {joint: k for k, joint in enumerate(hand.joints)}
-            for a, b, c, d in hand.angles[:15]:  # the bones of the five digits
-                for start, end in ((a, b), (c, d)):
-                    axis.plot([points[index[start], 0], points[index[end], 0]],
-                              [-points[index[start], 1], -points[index[end], 1]], "r-")
-            axis.set_aspect("equal")
-            axis.set_xticks([])
-            axis.set_yticks([])
-            axis.set_title(title, fontsize=7)
+            draw_hand(axes[row, column], data, hand, title)
     figure.tight_layout()
     figure.savefig(args.out, dpi=80)
     print(args.out)
