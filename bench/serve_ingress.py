@@ -112,7 +112,7 @@ def measure(endpoint: Endpoint, stats_path: str, path: str, bodies: list[dict], 
             budget_s: float) -> dict:
     """One level through the ingress: rates, latencies, and CPU ms per request of ingress and replica."""
     def replica_cpu() -> tuple[float, int, int]:
-        status, content = endpoint.request("GET", stats_path)
+        _, content = endpoint.request("GET", stats_path)
         stats = json.loads(content)
         return stats["cpu_s"], stats["requests"], stats["batches"]
 

@@ -15,10 +15,10 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from conftest import BIN, POSES, tiny_model_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import BIN, POSES, tiny_model_config
 from t2p.cli import main
 from t2p.data.sources import index_items
 from t2p.model import ModelFolderError, ScheduleConfig, T2PModel
@@ -305,8 +305,9 @@ def fuzz_client(model_dir):
 
 
 def test_every_number_the_api_reads_is_finite():
-    from t2p.serving.requests import GenerateRequest
     from pydantic import ValidationError
+
+    from t2p.serving.requests import GenerateRequest
     for field in ("guidance", "speed"):
         with pytest.raises(ValidationError):
             GenerateRequest(text="a", **{field: math.nan})

@@ -11,8 +11,8 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import asdict, replace
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import httpx

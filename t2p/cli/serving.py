@@ -78,8 +78,8 @@ def serve_command(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from t2p.serving.app import build_app
     from t2p.cluster import quiet_ray_logs, verbose
+    from t2p.serving.app import build_app
     quiet_ray_logs()  # Ray's INFO lines stay in its session logs (logs/serve: requests, replicas) unless --verbose
     if not ray.is_initialized():
         if own_cluster:
