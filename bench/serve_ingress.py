@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -43,7 +44,7 @@ MODES = {  # mode -> (t2p ingress, extra environment)
     "haproxy": ("haproxy", {}),
     "haproxy+throughput": ("haproxy", {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}),
 }
-SERVED = {"max_batch_size": 32, "batch_wait_timeout_s": 0.05, "max_steps": 100, "max_frames": 256}
+SERVED = {"max_batch_size": 32, "batch_wait_timeout_s": 0.0, "max_steps": 100, "max_frames": 256}  # the defaults
 
 
 def floor_app():
@@ -111,23 +112,42 @@ def streamed(host: str, port: int, body: dict, timeout_s: float = 120) -> tuple[
 def measure(endpoint: Endpoint, stats_path: str, path: str, bodies: list[dict], concurrency: int,
             budget_s: float) -> dict:
     """One level through the ingress: rates, latencies, and CPU ms per request of ingress and replica."""
-    def replica_cpu() -> tuple[float, int, int]:
+    def replica_cpu() -> tuple[float, int, int, list]:
         _, content = endpoint.request("GET", stats_path)
         stats = json.loads(content)
-        return stats["cpu_s"], stats["requests"], stats["batches"]
+        return stats["cpu_s"], stats["requests"], stats["batches"], stats.get("recent_step_rows", [])
 
     ingress_before = sum(process_cpu_s(pid) for pid in endpoint.proxy_pids)
-    replica_before, requests_before, batches_before = replica_cpu()
+    replica_before, requests_before, batches_before, _ = replica_cpu()
+    client_before, machine_before = time.process_time(), machine_cpu()
     level = run_level(RoutedEndpoint(endpoint, path), bodies, concurrency, budget_s, stats=False)
+    # the load generator (this process's threads) and the whole machine, over the same level
+    client, machine = time.process_time() - client_before, [b - a for a, b in zip(machine_before, machine_cpu())]
     ingress = sum(process_cpu_s(pid) for pid in endpoint.proxy_pids) - ingress_before
-    replica_after, requests_after, batches_after = replica_cpu()
+    replica_after, requests_after, batches_after, step_rows = replica_cpu()
     served = max(1, requests_after - requests_before)
     done = len(level.latencies)
     return {"ok": done, "errors": len(level.errors), "first_error": level.errors[0] if level.errors else "",
             "req_s": done / level.wall, "p50_ms": percentile(level.latencies, 50) * 1e3,
             "p99_ms": percentile(level.latencies, 99) * 1e3,
             "mean_batch": served / max(1, batches_after - batches_before),
-            "ingress_ms": ingress * 1e3 / served, "replica_ms": (replica_after - replica_before) * 1e3 / served}
+            "ingress_ms": ingress * 1e3 / served, "replica_ms": (replica_after - replica_before) * 1e3 / served,
+            "client_ms": client * 1e3 / served, "machine_busy": machine[0] / max(machine[1], 1e-9),
+            "step_rows": sum(step_rows) / len(step_rows) if step_rows else float("nan")}
+
+
+def rows_per_step(record: dict) -> int:
+    """The batch the refiner ran at: requests per refinement step (joins per step before the
+    replica reported them)."""
+    rows = record.get("step_rows", float("nan"))
+    return max(1, round(record["mean_batch"] if math.isnan(rows) else rows))
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU jiffies of the whole machine so far, from /proc/stat."""
+    fields = [float(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 class RoutedEndpoint:
@@ -181,8 +201,8 @@ def run_mode(args: argparse.Namespace) -> None:
         stream_body = bodies[max(args.steps)][0]
         first, total, lines = streamed("127.0.0.1", args.port, stream_body)
         emit({"kind": "stream", "among": 0, "first_s": first, "total_s": total, "steps": lines})
-        among = max(args.concurrency)
-        load = threading.Thread(target=run_level, args=(endpoint, bodies[max(args.steps)][:among * 4], among,
+        among = max(args.concurrency)  # the streamed request is one of them: `among - 1` others
+        load = threading.Thread(target=run_level, args=(endpoint, bodies[max(args.steps)][:(among - 1) * 4], among - 1,
                                                         args.max_seconds), kwargs={"stats": False}, daemon=True)
         load.start()
         time.sleep(0.5)  # the others are in their batches
@@ -241,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     for steps in args.steps:
         bodies = [{"text": text, "steps": steps, "length": args.length} for text in DEFAULT_TEXTS]
         engine[steps] = {batch: engine_throughput(args.model, bodies, SERVED, batch) for batch in sorted(
-            {1, 32, *(max(1, round(record["mean_batch"])) for records in results.values() for record in records
+            {1, 32, *(rows_per_step(record) for records in results.values() for record in records
                      if record.get("kind") == "t2p" and record["steps"] == steps)})}
     print(f"engine: generate in this process, {torch.get_num_threads()} threads, {args.length} frames; "
           "items/s (CPU ms per item) by batch:")
@@ -251,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'ingress':<19} {'app':<6} {'steps':>5} {'conc':>4} {'ok':>4} {'err':>3} {'req/s':>7} {'p50_ms':>7} "
           f"{'p99_ms':>7} {'p99/p50':>7} {'batch':>5} | CPU ms/req: {'ingress':>7} {'replica':>7} | "
-          f"{'engine':>6} {'t2p-floor-engine':>16} | {'vs engine@32':>12}")
+          f"{'engine':>6} {'t2p-floor-engine':>16} | {'vs engine@32':>12} | rows/step client_ms machine_busy")
     for mode, records in results.items():
         ready = next((record for record in records if record["kind"] == "ready"), None)
         floors = {record["concurrency"]: record for record in records if record["kind"] == "floor"}
@@ -265,11 +285,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"{record['ingress_ms']:>7.2f} {record['replica_ms']:>7.2f} | ")
             if record["kind"] == "t2p":
                 floor = floors[record["concurrency"]]
-                item_cpu = engine[steps][max(1, round(record["mean_batch"]))]["cpu_ms"]
+                item_cpu = engine[steps][rows_per_step(record)]["cpu_ms"]
                 overhead = (record["ingress_ms"] + record["replica_ms"] - floor["ingress_ms"] - floor["replica_ms"]
                             - item_cpu)
                 share = record["req_s"] / engine[steps][32]["items_per_s"]
-                line += f"{item_cpu:>6.2f} {overhead:>16.2f} | {100 * share:>11.0f}%"
+                line += (f"{item_cpu:>6.2f} {overhead:>16.2f} | {100 * share:>11.0f}% | {record['step_rows']:>9.1f} "
+                         f"{record['client_ms']:>9.2f} {100 * record['machine_busy']:>8.0f}%")
             print(line)
             if record["errors"]:
                 print(f"{'':<19} first error: {record['first_error']}")

@@ -298,7 +298,7 @@ def test_models_are_picked_by_name_and_batches_never_mix_them(server, model, oth
         np.testing.assert_allclose(np.asarray(response.json()["frames"], np.float32), _written(model, expected),
                                    atol=1e-4)
     assert not np.allclose(expected_sgg.data, expected_other.data)  # so each model's own output is a claim
-    assert after.get("sgg/2", 0) > before.get("sgg/2", 0) and after.get("other/2", 0) > before.get("other/2", 0)
+    assert after.get("sgg", 0) > before.get("sgg", 0) and after.get("other", 0) > before.get("other", 0)
 
     with httpx.Client(base_url=server, trust_env=False, timeout=60, headers=AUTH) as client:
         by_header = client.post("/v1/generate", json=body, headers={"serve_multiplexed_model_id": "third"})
@@ -704,30 +704,35 @@ def test_t2p_serve_refuses_to_listen_beyond_loopback_without_a_token(model_dir, 
 
 # --- fair batches: the replica's scheduler, without Serve -----------------------------------------
 
-def test_batches_group_items_by_model_and_power_of_two_steps(model):
-    from t2p.serving.batches import FairBatcher, step_group
-    assert [step_group(steps) for steps in (1, 2, 3, 4, 5, 8, 9, 100)] == [1, 2, 4, 4, 8, 8, 16, 128]
-    runs = []
+def test_requests_of_one_model_share_steps_whatever_their_step_counts_and_models_never_mix(model):
+    from t2p.serving.batches import ContinuousBatcher
+    joins, steps = [], []
 
     async def send():
-        batcher = FairBatcher(max_batch_size=8, batch_wait_timeout_s=0.05, on_run=lambda group, size: runs.append((group, size)))
+        batcher = ContinuousBatcher(max_batch_size=8, batch_wait_timeout_s=0.05,
+                                    on_join=lambda key, count: joins.append((key, count)),
+                                    on_step=lambda key, rows: steps.append((key, rows)))
         items = [SignRequest("essen", steps=3, length=4), SignRequest("pizza", steps=4, length=6),
                  SignRequest("essen", steps=5, length=4), SignRequest("kinder", steps=3, length=4)]
         keys = ["a", "a", "a", "b"]  # "b": another model's name, with the same weights here
         return await asyncio.gather(*(batcher.generate(model, key, item) for key, item in zip(keys, items))), items
 
     results, items = asyncio.run(send())
-    assert sorted(runs) == [(("a", 4), 2), (("a", 8), 1), (("b", 4), 1)]
+    assert sorted(joins) == [("a", 3), ("b", 1)]
+    # model a: 3 rows for 3 steps, then the 4- and 5-step rows, then the 5-step one alone; b apart
+    assert [rows for key, rows in steps if key == "a"] == [3, 3, 3, 2, 1]
+    assert [rows for key, rows in steps if key == "b"] == [1, 1, 1]
     for item, result in zip(items, results):  # each as generated alone
         (alone,) = generate(model, [item])
         np.testing.assert_allclose(result.data, alone.data, atol=1e-5)
 
 
-def test_a_one_step_request_waits_for_a_step_of_a_long_batch_not_for_all_of_it(model):
-    from t2p.serving.batches import FairBatcher
+def test_a_request_joins_a_running_batch_at_its_next_step(model):
+    from t2p.serving.batches import ContinuousBatcher
+    rows = []
 
     async def race():
-        batcher = FairBatcher(max_batch_size=8, batch_wait_timeout_s=0)
+        batcher = ContinuousBatcher(max_batch_size=8, batch_wait_timeout_s=0, on_step=lambda key, count: rows.append(count))
         long_steps = []
 
         async def long_run():
@@ -738,15 +743,18 @@ def test_a_one_step_request_waits_for_a_step_of_a_long_batch_not_for_all_of_it(m
         while not long_steps:  # the long batch has begun
             await asyncio.sleep(0.001)
         begun = len(long_steps)
-        await batcher.generate(model, "m", SignRequest("pizza", steps=1, length=40))
+        short = await batcher.generate(model, "m", SignRequest("pizza", steps=1, length=40))
         done_at = len(long_steps)
         await running
-        return begun, done_at, len(long_steps)
+        return begun, done_at, len(long_steps), short
 
-    begun, short_done_at, long_total = asyncio.run(race())
+    begun, short_done_at, long_total, short = asyncio.run(race())
     assert long_total == 64
-    # the batches take turns: the short one's single step came after at most two more of the long one's
+    # the short one's single step was the long one's next step or the one after, taken together
     assert short_done_at - begun <= 2, (begun, short_done_at)
+    assert rows.count(2) == 1 and len(rows) == 64, rows
+    (alone,) = generate(model, [SignRequest("pizza", steps=1, length=40)])
+    np.testing.assert_allclose(short.data, alone.data, atol=1e-5)
 
 
 async def _drain(stream) -> list:
@@ -756,11 +764,11 @@ async def _drain(stream) -> list:
 def test_requests_nobody_waits_for_leave_their_batch_within_one_step(model):
     """Six streams share a run; four clients leave after the first step, and one request times out:
     the next step but one refines only the rest, and a run nobody waits for stops."""
-    from t2p.serving.batches import FairBatcher
+    from t2p.serving.batches import ContinuousBatcher
     rows = []
 
     async def leave():
-        batcher = FairBatcher(max_batch_size=8, batch_wait_timeout_s=0.05, on_step=lambda group, count: rows.append(count))
+        batcher = ContinuousBatcher(max_batch_size=8, batch_wait_timeout_s=0.05, on_step=lambda key, count: rows.append(count))
         streams = [batcher.stream(model, "m", SignRequest("essen", steps=5, length=30)) for _ in range(6)]
         await asyncio.gather(*(anext(stream) for stream in streams))  # everyone has the first step
         for stream in streams[:4]:

@@ -71,96 +71,239 @@ def refinement_steps(model: T2PModel, requests: Sequence[SignRequest | SignText 
 def _refinement(model: T2PModel, requests: list[SignRequest], every_step: bool,
                 wanted: Callable[[], Sequence[bool]] | None) -> Iterator[RefinementStep]:
     model.eval()
-    batch = _Batch.of(model, requests)
-    for step in range(batch.longest_schedule - 1, -1, -1):
-        rows = batch.refine(step, None if wanted is None else list(wanted()))
-        done = batch.longest_schedule - step
-        refined = [step < count for count in batch.steps]
-        sequences = batch.output() if every_step or step == 0 else None
-        yield RefinementStep(done, batch.longest_schedule, refined, sequences, rows)
+    pool = RefinementPool(model)
+    rows = pool.prepare(requests)
+    longest = max(row.steps for row in rows)
+    for done in range(1, longest + 1):
+        keep = None if wanted is None else list(wanted())
+        for index, row in enumerate(rows):
+            if keep is not None and not keep[index]:
+                pool.leave(row)
+            elif row.steps == longest - done + 1:  # its schedule begins now: every row ends at the last step
+                pool.join([row])
+        step = pool.step()
+        sequences = pool.sequences(rows) if every_step or done == longest else None
+        yield RefinementStep(done, longest, [longest - done < row.steps for row in rows], sequences, len(step.refined))
 
 
-class _Batch:
-    """The requests of one call as padded tensors, refined in place one step at a time."""
+@dataclass(eq=False)
+class Row:
+    """One request in refinement: its own tensors (unpadded) and how far its schedule has gone."""
+    steps: int
+    frames: int
+    text: torch.Tensor               # (tokens, d_model) the encoded text
+    start: torch.Tensor              # (joints, dims) the pose refinement starts from
+    x_T: torch.Tensor                # (frames, joints, dims) where refinement starts
+    x_t: torch.Tensor                # (frames, joints, dims) the sequence now
+    known: torch.Tensor | None       # (frames, joints, dims) values given, or None
+    known_mask: torch.Tensor | None  # (frames, joints) bool
+    presence: torch.Tensor           # (frames, joints) bool, the last step's
+    betas: torch.Tensor              # (steps + 1,) beta at each step in the order they are taken, then 0
+    guidance: float
+    keep_proportions: bool
+    done: int = 0                    # steps taken
 
-    def __init__(self, model: T2PModel, steps: list[int], text: TextEncoding, start: torch.Tensor,
-                 frames: list[int], known: torch.Tensor, known_mask: torch.Tensor, guidance: list[float],
-                 proportions: torch.Tensor):
-        # start: (batch, joints, dims); known: (batch, frames, joints, dims); known_mask: (batch, frames, joints, 1)
-        device = start.device
-        self.model, self.steps, self.frames, self.start = model, steps, frames, start
-        self.schedule = model.schedule
-        size, longest = len(steps), max(frames)
-        self.longest_schedule, self.fewest_steps = max(steps), min(steps)
-        # every request's betas on one grid, aligned at the end: one with fewer steps starts later
-        # (beta 1 until its schedule begins) and is not refined before then
-        betas = torch.ones(size, self.longest_schedule)
-        for i, count in enumerate(steps):
-            betas[i, :count] = self.schedule.betas(count)  # validates every step count
-        next_betas = torch.cat([torch.zeros(size, 1), betas[:, :-1]], dim=1)  # 0 after the last step
-        self.betas, self.next_betas = betas.to(device), next_betas.to(device)
-        self.starts_at = torch.tensor(steps, device=device)
-        self.frame_mask = torch.arange(longest, device=device).unsqueeze(0) < torch.tensor(frames, device=device).unsqueeze(1)
-        self.known, self.known_mask = known, known_mask
-        self.any_known = bool(known_mask.any())
-        # x_T, where refinement starts (t2p.model.schedule): the first pose held over every frame;
-        # gaps between known values start from the straight path between them, as in training
-        x_T = start.unsqueeze(1).expand(size, longest, *start.shape[1:]).contiguous()
-        self.x_T = interpolate_known(known, known_mask[..., 0], start) if self.any_known else x_T
-        self.x_t = self.x_T.clone()
-        self.presence = torch.ones(size, longest, start.shape[1], dtype=torch.bool, device=device)
-        self.everyone = torch.arange(size, device=device)
-        self.proportions = proportions
-        self.bones = model.skeleton.bone_tree() if bool(proportions.any()) else []
-        self.refiner = guided(model, text, guidance)
+    @property
+    def finished(self) -> bool:
+        return self.done == self.steps
 
-    @classmethod
-    def of(cls, model: T2PModel, requests: list[SignRequest]) -> "_Batch":
-        device = model.pose_mean.device
+
+@dataclass
+class PoolStep:
+    """What one step of a pool did: the rows it refined and those whose schedule it ended (they left)."""
+    refined: list[Row]
+    finished: list[Row]
+
+
+class RefinementPool:
+    """Rows refined together, each at its own step of its own schedule: rows join and leave between
+    steps. `refinement_steps` adds a call's rows as their schedules begin, so they all end at its
+    last step; Serve adds each request as it arrives, so it waits for one step of the running batch,
+    not for all of it (continuous batching). A row's result does not depend on the others in the pool."""
+
+    def __init__(self, model: T2PModel):
+        self.model, self.schedule = model, model.schedule
+        self.device = model.pose_mean.device
+        self.rows: list[Row] = []
+        self._bones: list | None = None  # the skeleton's bone tree, for `keep_proportions`
+        self._stack: _Stack | None = None
+        self._empty_text: torch.Tensor | None = None  # (1, d_model) the encoding of no text, for guidance
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @torch.inference_mode()
+    def prepare(self, requests: Sequence[SignRequest]) -> list[Row]:
+        """The requests' rows, ready to join: text encoded, lengths predicted, starts completed.
+        A `ValueError` names what is wrong with a request."""
+        model, device = self.model, self.device
         defaults = model.schedule_config
         text = model.encode_signs([request.text(model.config.default_notation) for request in requests], device)
         first_pose, first_confidence = _first_poses(model, [request.first_pose for request in requests], device)
         start = model.complete_first_pose(first_pose, first_confidence)  # (batch, joints, dims)
         frames = _lengths(model, text, first_pose, first_confidence, requests)
         known, known_mask = _observed(model, requests, max(frames), device)
-        return cls(model, [defaults.steps if r.steps is None else r.steps for r in requests], text, start, frames,
-                   known, known_mask, [defaults.guidance if r.guidance is None else r.guidance for r in requests],
-                   torch.tensor([r.keep_proportions for r in requests], device=device))
+        rows = []
+        for i, request in enumerate(requests):
+            steps = defaults.steps if request.steps is None else request.steps
+            # taken from the first step (beta 1: the start held) to the last, then 0: the clean sequence
+            betas = torch.cat([self.schedule.betas(steps).flip(0), torch.zeros(1)]).to(device)  # validates steps
+            length, tokens = frames[i], int(text.mask[i].sum())
+            given = known_mask[i, :length, :, 0]
+            x_T = start[i].expand(length, *start.shape[1:]).contiguous()
+            if bool(given.any()):  # gaps start from the straight path between known values, as in training
+                x_T = interpolate_known(known[i:i + 1, :length], given.unsqueeze(0), start[i:i + 1])[0]
+            rows.append(Row(steps, length, text.states[i, :tokens], start[i], x_T, x_T.clone(),
+                            known[i, :length] if bool(given.any()) else None, given if bool(given.any()) else None,
+                            torch.ones(length, start.shape[1], dtype=torch.bool, device=device), betas,
+                            defaults.guidance if request.guidance is None else request.guidance,
+                            bool(request.keep_proportions)))
+        return rows
 
-    def refine(self, step: int, wanted: list[bool] | None = None) -> int:
-        """Refinement step `step` (counting down) for the requests whose schedule has begun (and,
-        given `wanted`, that someone still waits for); returns how many it refined."""
-        rows = self.everyone if step < self.fewest_steps else self.everyone[step < self.starts_at]
-        if wanted is not None and not all(wanted):
-            rows = rows[torch.tensor(wanted, device=rows.device)[rows]]
-        if len(rows) == 0:
-            return 0
-        given = Known(self.known[rows], self.known_mask[rows, ..., 0]) if self.any_known else None
-        refined = self.refiner(rows, self.x_t[rows], self.start[rows], self.betas[rows, step], self.frame_mask[rows],
-                               given)
+    def join(self, rows: Sequence[Row]) -> None:
+        """Rows refined from the next step on."""
+        joining = [row for row in rows if row not in self.rows and not row.finished]
+        if joining:
+            self._unstack()
+            self.rows.extend(joining)
+
+    def leave(self, row: Row) -> None:
+        """A row refined no more (nobody waits for it); its sequence stays as it is."""
+        if row in self.rows:
+            self._unstack()
+            self.rows.remove(row)
+
+    @torch.inference_mode()
+    def step(self) -> PoolStep:
+        """One refinement step of every row in the pool; rows whose schedule it ends leave."""
+        if not self.rows:
+            return PoolStep([], [])
+        stack = self._stack or self._stacked()
+        beta = stack.betas.gather(1, stack.done.unsqueeze(1)).squeeze(1)
+        next_beta = stack.betas.gather(1, (stack.done + 1).unsqueeze(1)).squeeze(1)
+        refined = self._refine(stack, beta)
         present = refined.presence_logits > 0
-        if self.any_known:
-            present = present | self.known_mask[rows, ..., 0]
+        if stack.known is not None:
+            present = present | stack.known_mask[..., 0]
         # an absent joint rests at the starting pose, as the missing joints of training targets do:
         # the next step's input then looks like what the refiner was trained on
-        clean = torch.where(present.unsqueeze(-1), refined.poses, self.x_T[rows])
-        if self.any_known:
-            clean = torch.where(self.known_mask[rows], self.known[rows], clean)
-        self.x_t[rows] = self.schedule.step(self.x_t[rows], clean, self.x_T[rows], self.betas[rows, step],
-                                            self.next_betas[rows, step])
-        self.presence[rows] = present
-        return len(rows)
+        clean = torch.where(present.unsqueeze(-1), refined.poses, stack.x_T)
+        if stack.known is not None:
+            clean = torch.where(stack.known_mask, stack.known, clean)
+        stack.x_t = self.schedule.step(stack.x_t, clean, stack.x_T, beta, next_beta)
+        stack.presence = present
+        stack.done = stack.done + 1
+        stepped = list(self.rows)
+        finished = [row for row, done in zip(stepped, stack.done.tolist()) if done == row.steps]
+        if finished:
+            self._unstack()
+            self.rows = [row for row in self.rows if not row.finished]
+        return PoolStep(stepped, finished)
 
-    def output(self) -> list[Keypoints]:
-        """Every request's sequence as it is now, on the CPU (one copy for the batch, then views)."""
-        output = self.x_t
-        if self.bones:
-            output = torch.where(self.proportions.view(-1, 1, 1, 1), keep_bone_lengths(self.x_t, self.start, self.bones),
-                                 output)
-        # observed values come back exactly as given, not as the last step's approximation of them
-        data = torch.where(self.known_mask, self.known, output).cpu().numpy()
-        confidence = self.presence.float().cpu().numpy()
-        return [Keypoints(data[i, :length], confidence[i, :length]) for i, length in enumerate(self.frames)]
+    @torch.inference_mode()
+    def sequences(self, rows: Sequence[Row]) -> list[Keypoints]:
+        """The rows' sequences as they are now, on the CPU: observed values exactly as given,
+        confidence 0 for the joints the last step found absent."""
+        self._sync()
+        out = []
+        for row in rows:
+            data = row.x_t
+            if row.keep_proportions:
+                if self._bones is None:
+                    self._bones = self.model.skeleton.bone_tree()
+                data = keep_bone_lengths(data.unsqueeze(0), row.start.unsqueeze(0), self._bones)[0]
+            if row.known is not None:
+                data = torch.where(row.known_mask.unsqueeze(-1), row.known, data)
+            out.append(Keypoints(data.cpu().numpy().copy(), row.presence.float().cpu().numpy()))
+        return out
+
+    # --- the padded batch of the rows in the pool ------------------------------------------
+
+    def _stacked(self) -> _Stack:
+        rows = self.rows
+        frames, tokens = max(row.frames for row in rows), max(len(row.text) for row in rows)
+        schedule = max(len(row.betas) for row in rows)
+
+        def pad(tensors: list[torch.Tensor], length: int, value=0) -> torch.Tensor:
+            return torch.stack([torch.nn.functional.pad(t, (0, 0) * (t.dim() - 1) + (0, length - len(t)), value=value)
+                                for t in tensors])
+
+        given = [row for row in rows if row.known is not None]
+        known = known_mask = None
+        if given:
+            known = pad([row.known if row.known is not None else torch.zeros_like(row.x_t) for row in rows], frames)
+            known_mask = pad([row.known_mask if row.known_mask is not None
+                              else torch.zeros(row.frames, row.x_t.shape[1], dtype=torch.bool, device=self.device)
+                              for row in rows], frames, value=False).unsqueeze(-1)
+        lengths = torch.tensor([row.frames for row in rows], device=self.device)
+        text_lengths = torch.tensor([len(row.text) for row in rows], device=self.device)
+        self._stack = _Stack(
+            x_t=pad([row.x_t for row in rows], frames), x_T=pad([row.x_T for row in rows], frames),
+            start=torch.stack([row.start for row in rows]), known=known, known_mask=known_mask,
+            presence=pad([row.presence for row in rows], frames, value=True),
+            frame_mask=torch.arange(frames, device=self.device).unsqueeze(0) < lengths.unsqueeze(1),
+            text=TextEncoding(pad([row.text for row in rows], tokens),
+                              torch.arange(tokens, device=self.device).unsqueeze(0) < text_lengths.unsqueeze(1)),
+            betas=torch.stack([torch.nn.functional.pad(row.betas, (0, schedule - len(row.betas))) for row in rows]),
+            done=torch.tensor([row.done for row in rows], device=self.device),
+            guidance=torch.tensor([row.guidance for row in rows], device=self.device))
+        return self._stack
+
+    def _sync(self) -> None:
+        """The stacked state written back into the rows (views: the stack's tensors are replaced,
+        never changed in place, at every step)."""
+        if self._stack is None:
+            return
+        stack = self._stack
+        for i, (row, done) in enumerate(zip(self.rows, stack.done.tolist())):
+            row.x_t, row.presence, row.done = stack.x_t[i, :row.frames], stack.presence[i, :row.frames], done
+
+    def _unstack(self) -> None:
+        self._sync()
+        self._stack = None
+
+    def _refine(self, stack: _Stack, beta: torch.Tensor) -> Refined:
+        """The refiner on every row, with classifier-free guidance `uncond + s * (cond - uncond)` for
+        the rows whose scale s is not 1: only those also run an unconditional pass, in the same call."""
+        model = self.model
+        known = None if stack.known is None else Known(stack.known, stack.known_mask[..., 0])
+        twice = (stack.guidance != 1).nonzero().squeeze(1)
+        if len(twice) == 0:
+            return model.refine(stack.x_t, stack.start, beta, stack.text, stack.frame_mask, known)
+        if self._empty_text is None:
+            empty_tokens, empty_mask = pad_tokens([[model.vocabulary.bos_id]])
+            self._empty_text = model.encode_text(empty_tokens.to(self.device), empty_mask.to(self.device)).states[0]
+        count, tokens = len(stack.x_t), stack.text.states.shape[1]
+        empty_states = torch.nn.functional.pad(self._empty_text, (0, 0, 0, tokens - 1)).expand(len(twice), -1, -1)
+        empty_mask = (torch.arange(tokens, device=self.device) == 0).expand(len(twice), -1)
+        both = TextEncoding(torch.cat([stack.text.states, empty_states]), torch.cat([stack.text.mask, empty_mask]))
+        known_both = None if known is None else Known(torch.cat([known.values, known.values[twice]]),
+                                                      torch.cat([known.mask, known.mask[twice]]))
+        out = model.refine(torch.cat([stack.x_t, stack.x_t[twice]]), torch.cat([stack.start, stack.start[twice]]),
+                           torch.cat([beta, beta[twice]]), both,
+                           torch.cat([stack.frame_mask, stack.frame_mask[twice]]), known_both)
+        poses, logits = out.poses[:count].clone(), out.presence_logits[:count].clone()
+        scale = stack.guidance[twice]
+        uncond_poses, uncond_logits = out.poses[count:], out.presence_logits[count:]
+        poses[twice] = uncond_poses + scale.view(-1, 1, 1, 1) * (poses[twice] - uncond_poses)
+        logits[twice] = uncond_logits + scale.view(-1, 1, 1) * (logits[twice] - uncond_logits)
+        return Refined(poses, logits)
+
+
+@dataclass
+class _Stack:
+    """The pool's rows as one padded batch, kept while no row joins or leaves."""
+    x_t: torch.Tensor                # (rows, frames, joints, dims)
+    x_T: torch.Tensor                # (rows, frames, joints, dims)
+    start: torch.Tensor              # (rows, joints, dims)
+    known: torch.Tensor | None       # (rows, frames, joints, dims)
+    known_mask: torch.Tensor | None  # (rows, frames, joints, 1) bool
+    presence: torch.Tensor           # (rows, frames, joints) bool
+    frame_mask: torch.Tensor         # (rows, frames) True = real frame
+    text: TextEncoding               # states (rows, tokens, d_model), mask (rows, tokens)
+    betas: torch.Tensor              # (rows, longest schedule + 1)
+    done: torch.Tensor               # (rows,) steps taken
+    guidance: torch.Tensor           # (rows,)
 
 
 BONE_TOLERANCE = 0.04  # a bone may differ this much from the signer's: real recordings vary (depth, tracking)
@@ -186,45 +329,6 @@ def keep_bone_lengths(poses: torch.Tensor, reference: torch.Tensor, bones: Seque
         allowed = torch.minimum(torch.maximum(length, target * (1 - tolerance)), target * (1 + tolerance))
         out[:, :, child] = out[:, :, parent] + direction / length.clamp(min=1e-6) * allowed
     return out
-
-
-def guided(model: T2PModel, text: TextEncoding, guidance: list[float]):
-    """The refiner with classifier-free guidance, `uncond + s * (cond - uncond)` per row:
-    refine(rows, x_t, start, beta, frame_mask, known) for some rows of the batch. Only the guided
-    rows (s != 1) also run an unconditional pass, in the same forward call."""
-    device = text.states.device
-    scales = torch.tensor([float(g) for g in guidance], device=device)
-    guided_rows = scales != 1
-    empty = None
-    if guided_rows.any():
-        empty_tokens, empty_mask = pad_tokens([[model.vocabulary.bos_id]] * len(guidance))
-        empty = model.encode_text(empty_tokens.to(device), empty_mask.to(device))
-        padding = text.states.shape[1] - 1
-        empty = TextEncoding(torch.nn.functional.pad(empty.states, (0, 0, 0, padding)),
-                             torch.nn.functional.pad(empty.mask, (0, padding), value=False))
-
-    def refine(rows, x_t, start, beta, frame_mask, known: Known | None = None) -> Refined:
-        # x_t: (rows, frames, joints, dims); start: (rows, joints, dims); beta: (rows,)
-        conditional = TextEncoding(text.states[rows], text.mask[rows])
-        if empty is None or not guided_rows[rows].any():
-            return model.refine(x_t, start, beta, conditional, frame_mask, known)
-        twice = guided_rows[rows].nonzero().squeeze(1)  # positions within `rows` that are guided
-        unconditional_rows = rows[twice]
-        both = TextEncoding(torch.cat([conditional.states, empty.states[unconditional_rows]]),
-                            torch.cat([conditional.mask, empty.mask[unconditional_rows]]))
-        known_both = None if known is None else Known(torch.cat([known.values, known.values[twice]]),
-                                                      torch.cat([known.mask, known.mask[twice]]))
-        out = model.refine(torch.cat([x_t, x_t[twice]]), torch.cat([start, start[twice]]),
-                           torch.cat([beta, beta[twice]]), both, torch.cat([frame_mask, frame_mask[twice]]), known_both)
-        count = len(rows)
-        poses, logits = out.poses[:count].clone(), out.presence_logits[:count].clone()
-        scale = scales[unconditional_rows]
-        uncond_poses, uncond_logits = out.poses[count:], out.presence_logits[count:]
-        poses[twice] = uncond_poses + scale.view(-1, 1, 1, 1) * (poses[twice] - uncond_poses)
-        logits[twice] = uncond_logits + scale.view(-1, 1, 1) * (logits[twice] - uncond_logits)
-        return Refined(poses, logits)
-
-    return refine
 
 
 def _lengths(model: T2PModel, text: TextEncoding, first_pose: torch.Tensor, first_confidence: torch.Tensor,

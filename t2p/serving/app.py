@@ -58,7 +58,7 @@ from t2p.generation.sentence import Sentence, compose_sentence, lexicon_spoken_l
 from t2p.model import T2PModel, read_model_config
 from t2p.notation import NOTATIONS, Vocabulary
 from t2p.pose import Keypoints, Pose, PoseSequence
-from t2p.serving.batches import FairBatcher
+from t2p.serving.batches import ContinuousBatcher
 from t2p.serving.config import (
     DEFAULT_MODEL_NAME,
     ServeConfig,
@@ -85,8 +85,8 @@ from t2p.serving.requests import (
 @dataclass
 class BatchStats:
     """What the batches have seen; GET /v1/stats exposes it so batching can be checked from outside.
-    A batch is one run of `generate`'s loop (`t2p.serving.batches`); `groups` counts them by model and
-    step group."""
+    A batch is the requests that joined a model's refinement pool at one step (`t2p.serving.batches`:
+    they are then refined with the rows already there, `recent_step_rows`); `groups` counts them by model."""
     batches: int = 0
     requests: int = 0
     generate_calls: int = 0
@@ -146,10 +146,9 @@ class T2PServer:
         self.model, self.limits = self.default.model, self.default.limits  # the default's (GET /v1/model)
         self.lexicon = lexicon
         self.stats = BatchStats()
-        self.batches = FairBatcher(self.config.max_batch_size, self.config.batch_wait_timeout_s,
-                                   on_run=lambda group, size: self.stats.record(size, calls=1,
-                                                                                group=f"{group[0]}/{group[1]}"),
-                                   on_step=lambda group, rows: self.stats.recent_step_rows.append(rows))
+        self.batches = ContinuousBatcher(self.config.max_batch_size, self.config.batch_wait_timeout_s,
+                                         on_join=lambda name, count: self.stats.record(count, calls=1, group=str(name)),
+                                         on_step=lambda name, rows: self.stats.recent_step_rows.append(rows))
         # sentences and corrections wait on their batches in threads of their own, not the default
         # executor's few, which serialise responses
         self.compositions = ThreadPoolExecutor(max_workers=2 * self.config.max_batch_size,

@@ -37,10 +37,10 @@ class ServeConfig:
     max_frames: int = _limit(MAX_FRAMES, "frames per sign, asked for or predicted (never above the model's)")
     max_steps: int = _limit(100, "refinement steps per request (never above the schedule's)")
     max_step_frames: int = _limit(262144, "steps x frames of one request, at most (a sentence: all its signs)")
-    # chosen by bench/serve_sweep.py on 2 CPU cores (docs/serving.md): a batch that waits 50 ms fills,
-    # and full batches doubled throughput over 10 ms waits, whose batches held 3-4 requests
-    max_batch_size: int = _limit(32, "requests per batch (one run of the refinement loop)")
-    batch_wait_timeout_s: float = _limit(0.05, "seconds a batch waits to fill once its first request is in")
+    # requests join a running batch at its next step (continuous batching, t2p.serving.batches), so
+    # a batch fills without waiting: an idle pool starts at once (docs/serving.md)
+    max_batch_size: int = _limit(32, "requests refined together (the rows of a model's refinement pool)")
+    batch_wait_timeout_s: float = _limit(0.0, "seconds an idle pool waits for more requests before its first step")
     max_loaded_models: int = _limit(3, "models a replica keeps loaded besides the one requests naming none get "
                                        "(least recently used out)")
     max_guidance: float = _limit(20.0, "largest |guidance|")

@@ -91,7 +91,7 @@ class Stats(BaseModel):
     mean_batch_size: float
     max_batch_size: int
     recent_batch_sizes: list[int]
-    batches_by_group: dict[str, int] = Field(description="batches per 'model/step group' (steps rounded up to a power of two)")
+    batches_by_group: dict[str, int] = Field(description="batches (requests joining a refinement pool at one step) per model")
     recent_step_rows: list[int] = Field(description="requests each recent refinement step refined (a request nobody "
                                                     "waits for any more is dropped from its batch's next step)")
     refine_s: float = Field(description="seconds this replica spent in refinement steps")
