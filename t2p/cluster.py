@@ -27,10 +27,12 @@ def ensure_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
     if not quiet:
         print("t2p: no Ray cluster given (RAY_ADDRESS unset): starting a local Ray instance on this machine",
               flush=True)
+    # a local instance's one node is never drained or preempted: Ray Train's watcher for that would
+    # only cost an actor's start-up (2-3 s of a core here) beside the first epoch
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     # address="local": a new instance of this process's own, never one that another program started
     # on this machine (which the run would share, and whose leftovers it would wait behind)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_TRAIN_V2_ENABLED": "1"}})
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     quiet_ray_logs()
 
 

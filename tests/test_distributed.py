@@ -108,3 +108,52 @@ def test_workers_that_would_take_every_cpu_of_a_local_ray_get_a_share_and_a_clus
         fit_workers_to_cluster(TrainingJob(data="data", out="run", gpu=True))
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # a cluster: an autoscaler may add nodes
     assert fit_workers_to_cluster(job).cpus_per_worker == 1.0
+
+
+# --- a worker's rows, epoch after epoch ------------------------------------------------------
+
+class _CountingShard:
+    """A Ray Data shard stand-in: rows with ids, and how often it was read."""
+
+    def __init__(self, ids):
+        self.ids, self.reads = list(ids), 0
+
+    def iter_batches(self, batch_size, **_):
+        import numpy as np
+        self.reads += 1
+        for begin in range(0, len(self.ids), batch_size):
+            yield {"id": np.asarray(self.ids[begin:begin + batch_size])}
+
+
+def _examples_of(rows):
+    import numpy as np
+    from t2p.pose import Keypoints
+    from t2p.training.batches import Example
+    return [Example([(int(row_id),)], Keypoints(np.zeros((3, 2, 2), np.float32), np.ones((3, 2), np.float32)))
+            for row_id in rows["id"]]
+
+
+def test_a_worker_reads_its_shard_once_when_its_rows_fit_and_reshuffles_them_every_epoch():
+    import torch
+    from t2p.training.job import WorkerRows
+    shard = _CountingShard(range(50))
+    rows = WorkerRows(shard, _examples_of, limit_bytes=1 << 20)
+    generator = torch.Generator().manual_seed(0)
+    epochs = [[row_id for ids, _ in rows.windows(16, seed=epoch, generator=generator) for row_id in ids]
+              for epoch in range(3)]
+    assert shard.reads == 1
+    assert all(sorted(map(int, epoch)) == list(range(50)) for epoch in epochs)
+    assert epochs[1] != epochs[2]  # a new order every epoch
+    windows = [len(examples) for _, examples in rows.windows(16, seed=3, generator=generator)]
+    assert windows == [16, 16, 16, 2]
+
+
+def test_a_worker_whose_rows_do_not_fit_streams_its_shard_every_epoch():
+    import torch
+    from t2p.training.job import WorkerRows
+    shard = _CountingShard(range(50))
+    rows = WorkerRows(shard, _examples_of, limit_bytes=1000)  # 50 rows x 72 bytes do not fit
+    generator = torch.Generator().manual_seed(0)
+    for epoch in range(3):
+        assert sorted(int(i) for ids, _ in rows.windows(16, seed=epoch, generator=generator) for i in ids) == list(range(50))
+    assert shard.reads == 3

@@ -112,10 +112,14 @@ class TrainingJob:
     validation_items: int = 64                    # validation items scored (evenly spaced over the split)
     validate_every: int = 0                       # epochs between validations; 0: about 20 in a run
     calibrate: bool = True                        # after training, save the best-measured steps and guidance
+    calibration_guidance: list = field(default_factory=lambda: [1.0, 2.0])  # the guidance scales calibration tries
     # the validation metric the best checkpoint, the saved steps and a sweep's best trial are chosen
     # on: one of SELECTION_METRICS
     select_on: str = DEFAULT_SELECTION
     max_failures: int = 1                         # worker failures survived by restarting from the last checkpoint
+    # a worker keeps its decoded rows in memory after the first epoch when they take at most this
+    # many MB, and shuffles them itself instead of reading its shard again (0: stream every epoch)
+    cache_mb: int = 1024
     wandb: bool = False
     name: str = "ray"                             # Ray's run name inside `out`
 
@@ -126,6 +130,10 @@ class TrainingJob:
             raise ValueError(f"training job max_failures: must be >= 0, got {self.max_failures}")
         if self.validate_every < 0 or self.validation_items < 1:
             raise ValueError("training job validate_every must be >= 0 and validation_items >= 1")
+        if not self.calibration_guidance or any(not float(scale) >= 1 for scale in self.calibration_guidance):
+            raise ValueError(f"training job calibration_guidance: scales >= 1, got {self.calibration_guidance}")
+        if self.cache_mb < 0:
+            raise ValueError(f"training job cache_mb: must be >= 0, got {self.cache_mb}")
         if not self.cpus_per_worker > 0:
             raise ValueError(f"training job cpus_per_worker: must be > 0, got {self.cpus_per_worker}")
         if self.select_on not in SELECTION_METRICS:

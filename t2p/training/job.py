@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import ray
 import ray.data
@@ -28,7 +28,7 @@ from t2p.config import from_dict, read_json, write_json
 from t2p.data import load_manifest, read_items, shard_paths
 from t2p.data.shards import training_texts
 from t2p.model import ModelConfig, ScheduleConfig, T2PModel, save_schedule
-from t2p.training.batches import BUCKET_BATCHES, ShardExamples, window_batches
+from t2p.training.batches import BUCKET_BATCHES, Example, ShardExamples, window_batches
 from t2p.training.checkpoints import (
     HISTORY_FILE,
     latest_checkpoint,
@@ -79,8 +79,9 @@ def train_loop_per_worker(config: dict) -> None:
     validated = set(job.validation_epochs(train_config.epochs))
 
     progress = config.get("progress") if rank == 0 else None
+    rows = WorkerRows(shard, decode, limit_bytes=job.cache_mb * 2 ** 20)
     for epoch in range(start_epoch, train_config.epochs):
-        metrics = train_epoch(learner, shard, decode, train_config, model_config.max_frames, generator, device,
+        metrics = train_epoch(learner, rows, train_config, model_config.max_frames, generator, device,
                               epoch=epoch, rank=rank)
         metrics["started_at_epoch"] = start_epoch
         if progress is not None and epoch not in validated:
@@ -104,19 +105,52 @@ def train_loop_per_worker(config: dict) -> None:
         logger.finish()
 
 
-def train_epoch(learner: Learner, shard, decode: ShardExamples, config: TrainConfig, max_frames: int,
+class WorkerRows:
+    """A worker's training rows, epoch after epoch, in shuffled windows of decoded `Example`s.
+
+    The first epoch streams the worker's Ray Data shard. When its decoded rows take at most
+    `limit_bytes`, the worker keeps them and later epochs shuffle them in memory: re-reading 478
+    fingerspelling rows cost 0.2 s of Ray Data and 0.35 s of contention per 2.3 s epoch on 2 cores
+    (docs/quality.md, "The quickstart's budget"). Larger shards stream every epoch. Rows stay with
+    the worker that read them first; their order is reshuffled every epoch either way."""
+
+    def __init__(self, shard, decode: ShardExamples, limit_bytes: int):
+        self.shard, self.decode, self.limit_bytes = shard, decode, limit_bytes
+        self.kept: list[tuple[str, Example]] | None = None
+
+    def windows(self, size: int, seed: int, generator: torch.Generator) -> Iterator[tuple[list[str], list[Example]]]:
+        """(row ids, examples) in windows of `size` rows, shuffled anew for this epoch."""
+        if self.kept is not None:
+            order = torch.randperm(len(self.kept), generator=generator).tolist()
+            for begin in range(0, len(order), size):
+                window = [self.kept[i] for i in order[begin:begin + size]]
+                yield [row_id for row_id, _ in window], [example for _, example in window]
+            return
+        kept, kept_bytes = [], 0
+        for rows in self.shard.iter_batches(batch_size=size, batch_format="numpy", local_shuffle_buffer_size=2 * size,
+                                            local_shuffle_seed=seed):
+            ids, examples = [str(row_id) for row_id in rows["id"]], self.decode(rows)
+            if kept is not None:
+                kept_bytes += sum(example.sequence.data.nbytes + example.sequence.confidence.nbytes
+                                  for example in examples)
+                if kept_bytes <= self.limit_bytes:
+                    kept.extend(zip(ids, examples))
+                else:
+                    kept = None
+            yield ids, examples
+        self.kept = kept
+
+
+def train_epoch(learner: Learner, rows: WorkerRows, config: TrainConfig, max_frames: int,
                 generator: torch.Generator, device, epoch: int, rank: int) -> dict:
-    """One pass over this worker's shard, in windows of BUCKET_BATCHES batches grouped by length
+    """One pass over this worker's rows, in windows of BUCKET_BATCHES batches grouped by length
     (`window_batches`, as `fit` batches). Returns the mean losses (train_*), the learning rate and
     how many rows all workers read."""
     sums: dict[str, float] = {}
     batches, examples_seen, ids_seen = 0, 0, set()
-    window = BUCKET_BATCHES * config.batch_size
-    for rows in shard.iter_batches(batch_size=window, batch_format="numpy", local_shuffle_buffer_size=2 * window,
-                                   local_shuffle_seed=config.seed + 1000 * rank + epoch):
-        examples = decode(rows)
+    for ids, examples in rows.windows(BUCKET_BATCHES * config.batch_size, config.seed + 1000 * rank + epoch, generator):
         examples_seen += len(examples)
-        ids_seen.update(str(row_id) for row_id in rows["id"])
+        ids_seen.update(ids)
         for batch, lengths in window_batches(examples, config.batch_size, generator, max_frames):
             for name, value in learner.step(batch.to(device), lengths.to(device), generator).items():
                 sums[name] = sums.get(name, 0.0) + value
@@ -298,6 +332,7 @@ def calibrate(model_dir: Path, job: TrainingJob) -> dict:
     schedule, table = choose_generation_defaults(T2PModel.load(model_dir),
                                                  evenly_spaced(read_items(job.data, "validation"),
                                                                job.validation_items),
+                                                 guidance=tuple(float(scale) for scale in job.calibration_guidance),
                                                  metric=job.select_on)
     save_schedule(model_dir, schedule)
     write_json(model_dir.parent / "generation.json", table)
