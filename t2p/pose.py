@@ -369,6 +369,9 @@ def _check_complete(buffer: bytes, label: str) -> None:
         people = reader.unpack(ConstStructs.ushort)
     except Exception as error:  # a header cut short, or not a pose header at all
         raise PoseFormatError(f"{label}: not a readable .pose file ({type(error).__name__}: {error})") from None
+    if not header.components or not all(c.format for c in header.components):
+        # pose-format's own reader fails on these with a bare max() of nothing
+        raise PoseFormatError(f"{label}: not a readable .pose file (its header describes no points)")
     frame_bytes = people * sum(len(c.points) for c in header.components) * (header.num_dims() + 1) * 4
     if not frame_bytes:
         return

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import BIN, POSES, tiny_model_config
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from t2p.cli import main
@@ -282,6 +282,7 @@ def test_fuzzed_generate_requests_never_get_a_5xx(fuzz_client, body):
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cut=st.integers(0, 8000), flips=st.lists(st.tuples(st.integers(0, 7999), st.integers(0, 255)), max_size=6))
+@example(cut=0, flips=[(10, 0)])  # found by this test: a header of no components crashed pose-format's reader
 def test_fuzzed_pose_bytes_are_read_or_refused_never_a_crash(fuzz_client, cut, flips):
     data = bytearray(ESSEN.read_bytes()[:cut or None])
     for position, value in flips:
