@@ -79,8 +79,9 @@ def _refinement(model: T2PModel, requests: list[SignRequest], every_step: bool,
         for index, row in enumerate(rows):
             if keep is not None and not keep[index]:
                 pool.leave(row)
-            elif row.steps == longest - done + 1:  # its schedule begins now: every row ends at the last step
-                pool.join([row])
+        # the rows whose schedule begins now: every row ends at the last step
+        pool.join([row for index, row in enumerate(rows)
+                   if row.steps == longest - done + 1 and (keep is None or keep[index])])
         step = pool.step()
         sequences = pool.sequences(rows) if every_step or done == longest else None
         yield RefinementStep(done, longest, [longest - done < row.steps for row in rows], sequences, len(step.refined))
@@ -150,11 +151,12 @@ class RefinementPool:
             betas = torch.cat([self.schedule.betas(steps).flip(0), torch.zeros(1)]).to(device)  # validates steps
             length, tokens = frames[i], int(text.mask[i].sum())
             given = known_mask[i, :length, :, 0]
+            has_known = bool(given.any())
             x_T = start[i].expand(length, *start.shape[1:]).contiguous()
-            if bool(given.any()):  # gaps start from the straight path between known values, as in training
+            if has_known:  # gaps start from the straight path between known values, as in training
                 x_T = interpolate_known(known[i:i + 1, :length], given.unsqueeze(0), start[i:i + 1])[0]
             rows.append(Row(steps, length, text.states[i, :tokens], start[i], x_T, x_T.clone(),
-                            known[i, :length] if bool(given.any()) else None, given if bool(given.any()) else None,
+                            known[i, :length] if has_known else None, given if has_known else None,
                             torch.ones(length, start.shape[1], dtype=torch.bool, device=device), betas,
                             defaults.guidance if request.guidance is None else request.guidance,
                             bool(request.keep_proportions)))
@@ -228,9 +230,8 @@ class RefinementPool:
             return torch.stack([torch.nn.functional.pad(t, (0, 0) * (t.dim() - 1) + (0, length - len(t)), value=value)
                                 for t in tensors])
 
-        given = [row for row in rows if row.known is not None]
         known = known_mask = None
-        if given:
+        if any(row.known is not None for row in rows):
             known = pad([row.known if row.known is not None else torch.zeros_like(row.x_t) for row in rows], frames)
             known_mask = pad([row.known_mask if row.known_mask is not None
                               else torch.zeros(row.frames, row.x_t.shape[1], dtype=torch.bool, device=self.device)
@@ -244,7 +245,7 @@ class RefinementPool:
             frame_mask=torch.arange(frames, device=self.device).unsqueeze(0) < lengths.unsqueeze(1),
             text=TextEncoding(pad([row.text for row in rows], tokens),
                               torch.arange(tokens, device=self.device).unsqueeze(0) < text_lengths.unsqueeze(1)),
-            betas=torch.stack([torch.nn.functional.pad(row.betas, (0, schedule - len(row.betas))) for row in rows]),
+            betas=pad([row.betas for row in rows], schedule),
             done=torch.tensor([row.done for row in rows], device=self.device),
             guidance=torch.tensor([row.guidance for row in rows], device=self.device))
         return self._stack

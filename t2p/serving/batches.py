@@ -220,10 +220,9 @@ class ContinuousBatcher:
         if joining:
             now = time.monotonic()
             advanced.joined, advanced.waited_s = len(joining), sum(now - entry.arrived for entry in joining)
-            for entry, row in zip(joining, self._rows(pool, joining, advanced)):
-                if row is not None:
-                    state.entries[row] = entry
-                    pool.join([row])
+            rows = self._rows(pool, joining, advanced)
+            state.entries.update((row, entry) for entry, row in zip(joining, rows) if row is not None)
+            pool.join([row for row in rows if row is not None])
         if not len(pool):
             return advanced
         step = pool.step()

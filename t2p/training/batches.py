@@ -8,7 +8,7 @@ window of examples grouped into batches of similar length, each with its length 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -112,6 +112,16 @@ class ShardExamples:
 
 
 BUCKET_BATCHES = 8  # batches drawn together and grouped by length
+
+Item = TypeVar("Item")
+
+
+def shuffled_windows(items: Sequence[Item], size: int, generator: torch.Generator) -> Iterator[list[Item]]:
+    """One epoch of `items` in a new random order, in windows of `size`: what `window_batches` groups
+    (`fit`'s epochs, and a Ray worker's epochs over the rows it keeps in memory)."""
+    order = torch.randperm(len(items), generator=generator).tolist()
+    for begin in range(0, len(order), size):
+        yield [items[i] for i in order[begin:begin + size]]
 
 
 def window_batches(window: Sequence[Example], batch_size: int, generator: torch.Generator,

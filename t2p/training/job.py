@@ -28,7 +28,7 @@ from t2p.config import from_dict, read_json, write_json
 from t2p.data import load_manifest, read_items, shard_paths
 from t2p.data.shards import training_texts
 from t2p.model import ModelConfig, ScheduleConfig, T2PModel, save_schedule
-from t2p.training.batches import BUCKET_BATCHES, Example, ShardExamples, window_batches
+from t2p.training.batches import BUCKET_BATCHES, Example, ShardExamples, shuffled_windows, window_batches
 from t2p.training.checkpoints import (
     HISTORY_FILE,
     latest_checkpoint,
@@ -121,9 +121,7 @@ class WorkerRows:
     def windows(self, size: int, seed: int, generator: torch.Generator) -> Iterator[tuple[list[str], list[Example]]]:
         """(row ids, examples) in windows of `size` rows, shuffled anew for this epoch."""
         if self.kept is not None:
-            order = torch.randperm(len(self.kept), generator=generator).tolist()
-            for begin in range(0, len(order), size):
-                window = [self.kept[i] for i in order[begin:begin + size]]
+            for window in shuffled_windows(self.kept, size, generator):
                 yield [row_id for row_id, _ in window], [example for _, example in window]
             return
         kept, kept_bytes = [], 0

@@ -15,7 +15,14 @@ from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, Se
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from t2p.model import T2PModel
-from t2p.training.batches import BUCKET_BATCHES, Example, LengthBatch, PoseBatch, window_batches
+from t2p.training.batches import (
+    BUCKET_BATCHES,
+    Example,
+    LengthBatch,
+    PoseBatch,
+    shuffled_windows,
+    window_batches,
+)
 from t2p.training.config import TrainConfig
 from t2p.training.objective import TrainingObjective
 
@@ -132,9 +139,7 @@ def local_batches(examples: Sequence[Example], config: TrainConfig, generator: t
     `config.epochs` passes, or after exactly `iterations` batches when given."""
     produced, epoch = 0, 0
     while (iterations is None and epoch < config.epochs) or (iterations is not None and produced < iterations):
-        order = torch.randperm(len(examples), generator=generator).tolist()
-        for begin in range(0, len(order), BUCKET_BATCHES * config.batch_size):
-            window = [examples[i] for i in order[begin:begin + BUCKET_BATCHES * config.batch_size]]
+        for window in shuffled_windows(examples, BUCKET_BATCHES * config.batch_size, generator):
             for batches in window_batches(window, config.batch_size, generator):
                 if iterations is not None and produced >= iterations:
                     return
