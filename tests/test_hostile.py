@@ -192,6 +192,24 @@ def test_a_run_folder_that_cannot_be_written_is_one_line(real_corpus, tmp_path, 
     assert error.startswith("t2p train: error: ") and str(blocked) in error and "Not a directory" in error
 
 
+def test_a_run_started_from_a_model_that_cannot_start_it_is_refused_in_one_line(real_corpus, tmp_path, capsys):
+    from conftest import tiny_model_config
+
+    from t2p.model import T2PModel
+    from t2p.notation import SignText, Vocabulary
+    from t2p.pose import Skeleton, SkeletonComponent
+
+    error = _one_line_error(capsys, main(["train", "--data", str(real_corpus.folder), "--out", str(tmp_path / "a"),
+                                          "--init", str(tmp_path)]))
+    assert "is not a t2p model folder" in error
+    skeleton = Skeleton("toy", (SkeletonComponent("BODY", ("P",), (), ((255, 0, 0),), "XYC"),), 2)
+    T2PModel(tiny_model_config(Vocabulary.build([SignText("a")]), skeleton, d_model=16)).save(tmp_path / "small")
+    error = _one_line_error(capsys, main(["train", "--data", str(real_corpus.folder), "--out", str(tmp_path / "b"),
+                                          "--init", str(tmp_path / "small")]))
+    assert error.startswith("t2p train: error: --init ") and "d_model 16 (here 128)" in error
+    assert not (tmp_path / "b" / "ray").exists()  # refused before Ray started
+
+
 # --- HTTP: every mistake a 4xx with a JSON message -----------------------------------------------
 
 def _new_api(model_dir, servers: list, **limits):

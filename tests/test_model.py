@@ -267,6 +267,39 @@ def test_loading_rejects_unknown_config_keys(real_model, tmp_path):
         T2PModel.load(tmp_path / "model")
 
 
+def test_a_new_model_starts_from_another_models_weights_token_by_token():
+    # a model pretrained on one vocabulary starts one whose vocabulary has other letters, in
+    # another order: shared tokens keep their trained rows, new ones their own start
+    first = Vocabulary.build([SignText("abc", "text", "ase")])
+    second = Vocabulary.build([SignText("xcb", "text", "gsg")])
+    source = T2PModel(tiny_model_config(first, TOY_SKELETON))
+    target = T2PModel(tiny_model_config(second, TOY_SKELETON))
+    untouched = target.text_encoder.embedding.weight.detach().clone()
+    copied = target.start_from(source)
+    assert copied["kept"] == 0 and copied["entries"] == len(set(first.tokens) & set(second.tokens))
+    rows = {entry: i for i, entry in enumerate(first.tokens)}
+    for i, entry in enumerate(second.tokens):
+        for table in ("text_encoder.embedding.weight", "length_predictor.tokens_in.weight"):
+            own, theirs = target.state_dict()[table][i], source.state_dict()[table]
+            if entry in rows:
+                assert torch.equal(own, theirs[rows[entry]]), (table, entry)
+        if entry not in rows:  # "text:x", "lang:gsg"
+            assert torch.equal(target.text_encoder.embedding.weight[i], untouched[i]), entry
+    assert {"text:x", "lang:gsg"} <= set(second.tokens) - set(rows)
+    for name, tensor in source.refiner.state_dict().items():
+        assert torch.equal(target.refiner.state_dict()[name], tensor), name
+
+
+def test_starting_from_a_model_of_another_size_is_refused_by_name():
+    vocabulary = Vocabulary.build([SignText("abc", "text")])
+    source = T2PModel(tiny_model_config(vocabulary, TOY_SKELETON, d_model=16))
+    target = T2PModel(tiny_model_config(vocabulary, TOY_SKELETON))
+    before = {name: tensor.clone() for name, tensor in target.state_dict().items()}
+    with pytest.raises(ValueError, match=r"d_model 16 \(here 32\).*--set d_model="):
+        target.start_from(source)
+    assert all(torch.equal(target.state_dict()[name], tensor) for name, tensor in before.items())
+
+
 def test_generated_pose_is_written_in_the_first_pose_space(real_model, real_data, tmp_path):
     _, signs, sequences = real_data
     (generated,) = generate(real_model, [SignRequest(signs[0], first_pose=sequences[0], steps=2)])

@@ -53,6 +53,9 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                              + "; ".join(f"{name}: {what}" for name, what in SELECTION_METRICS.items())
                              + f" (default {defaults['select_on']})")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline without a key)")
+    parser.add_argument("--init", type=Path, dest="init_from", metavar="MODEL_DIR",
+                        help="start a new run from this model folder's weights where they fit (fine-tuning on a new "
+                             "corpus: every token the two vocabularies share keeps its embedding)")
 
 
 def _option(args: argparse.Namespace, name: str):
@@ -89,14 +92,15 @@ def training_job_from_args(args: argparse.Namespace) -> TrainingJob:
                        cpus_per_worker=_option(args, "cpus_per_worker"), model=model, train=train, schedule=schedule,
                        validation_items=_option(args, "validation_items"),
                        validate_every=_option(args, "validate_every"), wandb=args.wandb,
-                       max_failures=_option(args, "max_failures"), select_on=_option(args, "select_on"))
+                       max_failures=_option(args, "max_failures"), select_on=_option(args, "select_on"),
+                       init_from=str(args.init_from) if args.init_from else "")
 
 
 # the job fields `TrainingJob.changed_settings` names, as the flags that set them
 FLAGS = {"data": "--data", "workers": "--workers", "gpu": "--gpu/--device", "cpus_per_worker": "--cpus-per-worker",
          "max_failures": "--max-failures", "validation_items": "--validation-items",
          "validate_every": "--validate-every", "wandb": "--wandb", "batch_size": "--batch-size",
-         "select_on": "--select-on", "set": "--set"}
+         "select_on": "--select-on", "init_from": "--init", "set": "--set"}
 
 
 def changed_flags(args: argparse.Namespace, saved, only_given: bool) -> list[str]:

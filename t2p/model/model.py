@@ -38,6 +38,10 @@ WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 6  # 2: presence head, length from text tokens and starting pose; 3: known frames (inpainting);
 #                    4: the length predictor reads the symbol count; 5: the schedule without training knobs;
 #                    6: tokens as the sum of their parts (a vocabulary of parts: t2p.notation)
+# the weights with a row per vocabulary entry: `start_from` copies them entry by entry
+_TOKEN_TABLES = ("text_encoder.embedding.weight", "length_predictor.tokens_in.weight")
+# the settings two models must share for one to start the other
+_ARCHITECTURE = ("d_model", "heads", "text_layers", "refiner_layers", "ff_mult")
 # format 4 saved two training knobs with the schedule; a format-4 folder is read without them
 _FORMAT_4_TRAINING_KNOBS = ("training_noise", "first_step_share")
 
@@ -137,6 +141,35 @@ class T2PModel(nn.Module):
             known = Known(self.standardize(known.values), known.mask)
         refined = self.refiner(self.standardize(x_t), self.standardize(start), beta, text, frame_mask, known)
         return Refined(self.destandardize(refined.poses), refined.presence_logits)
+
+    def start_from(self, source: "T2PModel") -> dict[str, int]:
+        """Copy into this (new) model every weight of `source` that has the same name and shape,
+        and the rows of the token tables by vocabulary entry (a part, letter or language), so a
+        model trained or pretrained on other data starts this one whatever its vocabulary.
+        Returns how many tensors and entries were copied and how many tensors were left as they are
+        (those of another skeleton); a ValueError if the two are not the same network."""
+        differ = [f"{name} {getattr(source.config, name)} (here {getattr(self.config, name)})"
+                  for name in _ARCHITECTURE if getattr(source.config, name) != getattr(self.config, name)]
+        if differ:
+            raise ValueError(f"the model started from has {', '.join(differ)}: train with the same sizes "
+                             f"(--set {differ[0].split()[0]}=...)")
+        own, theirs = self.state_dict(), source.state_dict()
+        index = {entry: i for i, entry in enumerate(source.vocabulary.tokens)}
+        pairs = [(i, index[entry]) for i, entry in enumerate(self.vocabulary.tokens) if entry in index]
+        rows, to = (torch.tensor([pair[k] for pair in pairs], dtype=torch.long) for k in (1, 0))
+        copied, entries, kept = 0, len(pairs), 0
+        with torch.no_grad():
+            for name, tensor in own.items():
+                other = theirs.get(name)
+                if name in _TOKEN_TABLES and other is not None and other.shape[1:] == tensor.shape[1:]:
+                    tensor[to] = other[rows].to(tensor)
+                    copied += 1
+                elif other is not None and other.shape == tensor.shape and name not in _TOKEN_TABLES:
+                    tensor.copy_(other)
+                    copied += 1
+                else:
+                    kept += 1
+        return {"tensors": copied, "entries": entries, "kept": kept}
 
     # --- disk ----------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:

@@ -122,6 +122,9 @@ class TrainingJob:
     cache_mb: int = 1024
     wandb: bool = False
     name: str = "ray"                             # Ray's run name inside `out`
+    # a model folder whose weights start a new run where names and shapes match, token tables by
+    # vocabulary entry (`T2PModel.start_from`): fine-tuning on a new corpus; "" starts from scratch
+    init_from: str = ""
 
     def __post_init__(self):
         if self.workers < 1:
@@ -155,7 +158,7 @@ class TrainingJob:
     # the fields that say which run a job is, in the order a refusal lists them; `batch_size` lives
     # in the `train` settings but is a flag of its own
     IDENTITY_FIELDS = ("data", "workers", "gpu", "cpus_per_worker", "max_failures", "validation_items",
-                       "validate_every", "wandb", "batch_size", "select_on")
+                       "validate_every", "wandb", "batch_size", "select_on", "init_from")
 
     def changed_settings(self, asked: "TrainingJob", given: Collection[str] | None = None) -> list[str]:
         """Whether `asked` is the run this (saved) job is: the names in `IDENTITY_FIELDS` whose value
@@ -181,8 +184,8 @@ class TrainingJob:
 def _identity_value(job: dict, name: str):
     if name == "batch_size":
         return job["train"].get("batch_size")
-    if name == "data":  # the same folder however it was written
-        return str(Path(job["data"]).resolve())
+    if name in ("data", "init_from") and job.get(name):  # the same folder however it was written
+        return str(Path(job[name]).resolve())
     return job[name]
 
 

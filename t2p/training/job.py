@@ -64,6 +64,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     model = T2PModel(model_config, schedule_config)
     saved = restore_weights(model, config.get("resume_from"))
+    if saved is None and job.init_from:
+        model.start_from(T2PModel.load(job.init_from))
     start_epoch, history = (saved.epoch + 1, saved.history) if saved is not None else (0, [])
     device = ray.train.torch.get_device()
     steps_per_epoch = max(1, math.ceil(config["train_rows"] / context.get_world_size() / train_config.batch_size))
@@ -265,6 +267,12 @@ def _start_run(job: TrainingJob) -> tuple[TrainingJob, dict, tuple[ModelConfig, 
     if job.select_on == "val_neutral_handshape" and not any(hand.angles for hand in model_config.build_skeleton().hands()):
         raise ValueError(f"--select-on val_neutral_handshape needs the hands' finger points; {data}'s skeleton "
                          f"has none: select on val_dtw_mje or val_neutral_dtw_mje")
+    if job.init_from:  # refused here, before Ray starts, if it cannot start this model
+        job = TrainingJob.from_dict({**job.to_dict(), "init_from": str(Path(job.init_from).resolve())})
+        try:
+            T2PModel(model_config, schedule_config).start_from(T2PModel.load(job.init_from))
+        except ValueError as error:
+            raise ValueError(f"--init {job.init_from}: {error}") from None
     write_job(out, job, train_config, schedule_config)
     return job, manifest, (model_config, train_config, schedule_config)
 
