@@ -201,7 +201,7 @@ class ContinuousBatcher:
 
     def _until_ready(self) -> float | None:
         """Seconds until an idle pool's oldest waiting request starts anyway; None when nothing waits."""
-        oldest = [state.waiting[0].arrived for state in self.pools.values() if state.has_work()]
+        oldest = [state.waiting[0].arrived for state in self.pools.values() if state.has_work() and state.waiting]
         if not oldest:
             return None
         return max(0.0, min(oldest) + self.batch_wait_timeout_s - time.monotonic())

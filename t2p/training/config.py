@@ -4,7 +4,7 @@ is written; saved as the run's job.json), and `route_settings`, which sends `--s
 config that owns the key. At the Ray boundary they are plain dicts (`to_dict` / `from_dict`)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Collection
 
@@ -144,6 +144,12 @@ class TrainingJob:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def with_absolute_paths(self) -> "TrainingJob":
+        """The job with its folders (data, out, init_from) absolute: Ray workers and Tune trials
+        run elsewhere than the command."""
+        return replace(self, data=str(Path(self.data).resolve()), out=str(Path(self.out).resolve()),
+                       init_from=str(Path(self.init_from).resolve()) if self.init_from else "")
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainingJob":

@@ -256,9 +256,9 @@ def run_training(job: TrainingJob, callbacks: Sequence = ()) -> dict:
 def _start_run(job: TrainingJob) -> tuple[TrainingJob, dict, tuple[ModelConfig, TrainConfig, ScheduleConfig]]:
     """The job with absolute paths, the data's manifest and the run's configs, checked before Ray
     starts; job.json written into the run folder."""
-    out, data = Path(job.out).resolve(), Path(job.data).resolve()
+    job = job.with_absolute_paths()
+    out, data = Path(job.out), Path(job.data)
     manifest = load_manifest(data)
-    job = TrainingJob.from_dict({**job.to_dict(), "out": str(out), "data": str(data)})
     model_config = model_config_from_manifest(manifest, known_texts=training_texts(data), **job.model)
     train_config = TrainConfig.from_dict({**TrainConfig().to_dict(), **job.train})
     schedule_config = from_dict(ScheduleConfig, {**ScheduleConfig().to_dict(), **job.schedule}, what="schedule config")
@@ -268,7 +268,6 @@ def _start_run(job: TrainingJob) -> tuple[TrainingJob, dict, tuple[ModelConfig, 
         raise ValueError(f"--select-on val_neutral_handshape needs the hands' finger points; {data}'s skeleton "
                          f"has none: select on val_dtw_mje or val_neutral_dtw_mje")
     if job.init_from:  # refused here, before Ray starts, if it cannot start this model
-        job = TrainingJob.from_dict({**job.to_dict(), "init_from": str(Path(job.init_from).resolve())})
         try:
             T2PModel(model_config, schedule_config).start_from(T2PModel.load(job.init_from))
         except ValueError as error:

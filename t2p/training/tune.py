@@ -101,10 +101,8 @@ def run_sweep(job: TrainingJob, samples: int = 4, space: dict | None = None, max
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
-    out = Path(job.out).resolve()
-    # absolute: a trial runs in its own folder
-    job = replace(job, out=str(out), data=str(Path(job.data).resolve()),
-                  init_from=str(Path(job.init_from).resolve()) if job.init_from else "")
+    job = job.with_absolute_paths()  # a trial runs in its own folder
+    out = Path(job.out)
     metric = job.select_on
     ensure_ray()
     # what ASHA counts: a trial's validation reports, on the run's own cadence
