@@ -39,8 +39,8 @@ from t2p.training.job import model_config_from_manifest
 
 def signwriting_alphabets() -> list[tuple[str, SignText]]:
     """Every fingerspelling alphabet the `signwriting` package ships, as (key `language:letter` in
-    lower case, sign): 24 languages, every variant of every letter, notation without recordings
-    . The few entries that are not FSW are left out."""
+    lower case, sign): 24 languages, every variant of every letter, notation without recordings.
+    The few entries that are not FSW are left out."""
     folder = files("signwriting.fingerspelling").joinpath("data")
     signs = []
     for path in sorted(folder.iterdir(), key=lambda entry: entry.name):
